@@ -22,8 +22,9 @@ class Registry(Generic[T]):
         True
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, attribute: str = "name") -> None:
         self.kind = kind
+        self.attribute = attribute  # the class attribute that receives the registered name
         self._items: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -33,7 +34,7 @@ class Registry(Generic[T]):
                     f"{self.kind} name {name!r} is already registered by {self._items[name].__qualname__}; "
                     f"choose another name for {cls.__qualname__}."
                 )
-            cls.name = name  # type: ignore[attr-defined]
+            setattr(cls, self.attribute, name)
             self._items[name] = cls
             return cls
 

@@ -25,3 +25,62 @@ def _fresh_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+# --- Tiny real Hugging Face models and toy data (tests/tiny_models.py), built once per session. ---
+
+
+@pytest.fixture(scope="session")
+def bert_classifier_dir(tmp_path_factory):
+    """A saved BERT classifier with labels ["negative", "positive"] and a WordPiece tokenizer."""
+    from tiny_models import save_bert_classifier
+
+    return save_bert_classifier(tmp_path_factory.mktemp("bert_classifier"), ["negative", "positive"])
+
+
+@pytest.fixture(scope="session")
+def roberta_classifier_dir(tmp_path_factory):
+    """A saved RoBERTa classifier with labels in the OTHER order, ["positive", "negative"], and a BPE tokenizer."""
+    from tiny_models import save_roberta_classifier
+
+    return save_roberta_classifier(tmp_path_factory.mktemp("roberta_classifier"), ["positive", "negative"])
+
+
+@pytest.fixture(scope="session")
+def bert_encoder_dir(tmp_path_factory):
+    """A saved bare BertModel (AutoModel) with a WordPiece tokenizer."""
+    from tiny_models import save_bert_encoder
+
+    return save_bert_encoder(tmp_path_factory.mktemp("bert_encoder"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_encoder_dir(tmp_path_factory):
+    """A saved GPT2Model whose tokenizer pads on the right with <|pad|> (id 1)."""
+    from tiny_models import save_gpt2_encoder
+
+    return save_gpt2_encoder(tmp_path_factory.mktemp("gpt2_encoder"))
+
+
+@pytest.fixture(scope="session")
+def generic_label_classifier_dir(tmp_path_factory):
+    """A saved BERT classifier whose labels are only LABEL_0, LABEL_1."""
+    from tiny_models import save_generic_label_classifier
+
+    return save_generic_label_classifier(tmp_path_factory.mktemp("generic_label_classifier"))
+
+
+@pytest.fixture(scope="session")
+def toy_sentiment():
+    """{"train": 240 rows, "validation": 80 rows} of {"text", "label"}; 0 = negative, 1 = positive."""
+    from tiny_models import make_toy_sentiment
+
+    return {"train": make_toy_sentiment(240, 0), "validation": make_toy_sentiment(80, 1)}
+
+
+@pytest.fixture(scope="session")
+def toy_topics():
+    """{"train": 240 rows, "validation": 80 rows} of {"text", "label"}; 0 = sports, 1 = politics, 2 = science."""
+    from tiny_models import make_toy_topics
+
+    return {"train": make_toy_topics(240, 0), "validation": make_toy_topics(80, 1)}

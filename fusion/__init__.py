@@ -1,0 +1,36 @@
+"""fusion: build, train, evaluate and ship ensembles of Hugging Face, PyTorch and scikit-learn models.
+
+Example:
+    >>> from fusion import Ensemble, HFEncoder, SklearnMember, LinearFuser  # doctest: +SKIP
+    >>> ens = Ensemble([HFEncoder("all-MiniLM-L6-v2"), SklearnMember(tfidf_logreg)], fuser=LinearFuser())
+    >>> ens.fit(train, validation).save_pretrained("out/ensemble")
+"""
+
+from .cache import OutputCache
+from .ensemble import Ensemble
+from .errors import (
+    ChecksumError,
+    ConfigError,
+    DataError,
+    FusionError,
+    LabelMismatchError,
+    MemberOutputError,
+    NotFittedError,
+    PersistenceError,
+    UnknownNameError,
+)
+from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
+from .heads import HEADS, Head, LinearHead, MLPHead
+from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember
+from .training import TrainConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ensemble", "OutputCache", "TrainConfig",
+    "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember",
+    "Head", "HEADS", "LinearHead", "MLPHead",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",
+    "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
+    "UnknownNameError", "PersistenceError", "ChecksumError",
+]

@@ -1,0 +1,96 @@
+"""OutputCache: member outputs stored once per (member fingerprint, data fingerprint, variant).
+
+Entries live in memory and, when a directory is given, as safetensors files
+``<dir>/<member fp>/<variant>-<data fp>.safetensors``. The cache is disposable: an unreadable or foreign file
+is logged and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .io import atomic_save_tensors
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, torch.Tensor]
+
+
+class OutputCache:
+    """Remembers what each member said about each dataset, so no model runs twice on the same rows.
+
+    Args:
+        directory: where to persist entries; ``None`` keeps them in memory only.
+
+    Attributes:
+        hits / misses: lookups answered from the cache / computed.
+
+    Example:
+        >>> cache = OutputCache()
+        >>> cache.get_or_compute("member-fp", "data-fp", lambda: {"logits": torch.zeros(2, 3)})["logits"].shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self._memory: dict[tuple[str, str, str], Outputs] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, member_fp: str, data_fp: str, variant: str) -> Path:
+        assert self.directory is not None
+        return self.directory / member_fp[:24] / f"{variant}-{data_fp[:24]}.safetensors"
+
+    def get(self, member_fp: str, data_fp: str, variant: str = "outputs") -> Outputs | None:
+        """The stored entry, or None."""
+        key = (member_fp, data_fp, variant)
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is None:
+            return None
+        path = self._path(*key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if (meta.get("member"), meta.get("data"), meta.get("variant")) != key:
+                    logger.warning("cache file %s belongs to another entry; recomputing", path)
+                    return None
+                outputs = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except Exception as err:  # a cache is disposable: never fail a run because of it
+            logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
+            return None
+        self._memory[key] = outputs
+        return outputs
+
+    def put(self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs") -> None:
+        """Store an entry (atomically on disk)."""
+        outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
+        self._memory[(member_fp, data_fp, variant)] = outputs
+        if self.directory is not None:
+            meta = {"member": member_fp, "data": data_fp, "variant": variant}
+            atomic_save_tensors(self._path(member_fp, data_fp, variant), outputs, meta)
+
+    def get_or_compute(
+        self, member_fp: str, data_fp: str, compute: Callable[[], Outputs], variant: str = "outputs"
+    ) -> Outputs:
+        """Return the cached entry, computing and storing it first if absent."""
+        cached = self.get(member_fp, data_fp, variant)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        outputs = compute()
+        self.put(member_fp, data_fp, outputs, variant)
+        return self._memory[(member_fp, data_fp, variant)]
+
+    def clear_memory(self) -> None:
+        """Forget in-memory entries (files on disk stay)."""
+        self._memory.clear()

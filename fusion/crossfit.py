@@ -1,0 +1,50 @@
+"""Out-of-fold member outputs: K-fold cross-fitting of trainable members on the training rows."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from .cache import OutputCache, Outputs
+from .data import TextData
+from .members.base import Member
+
+logger = logging.getLogger(__name__)
+
+
+def folds(labels: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified K folds when every class has at least ``cv`` rows, else plain shuffled K folds."""
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() >= cv:
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    else:
+        logger.warning("a class has fewer than cv=%d rows; using unstratified folds", cv)
+        splitter = KFold(n_splits=cv, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def out_of_fold_outputs(
+    member: Member, train: TextData, label_names: list[str], cache: OutputCache, cv: int, seed: int
+) -> Outputs:
+    """Outputs of ``member`` on every training row, each from a copy trained on the other folds.
+
+    Cached by the member's unfitted fingerprint and the labelled data, so a later fit (another fuser) trains
+    no fold again.
+    """
+    spec = member.unfitted_copy()
+
+    def compute() -> Outputs:
+        result: dict[str, torch.Tensor] = {}
+        for k, (fit_rows, out_rows) in enumerate(folds(train.labels, cv, seed)):
+            logger.info("cross-fitting member %s: fold %d/%d", member.name, k + 1, cv)
+            fold_member = spec.unfitted_copy().fit(train.subset(fit_rows), label_names, cache)
+            for name, value in fold_member.compute(train.subset(out_rows), cache).items():
+                if name not in result:
+                    result[name] = torch.empty((len(train), *value.shape[1:]), dtype=value.dtype)
+                result[name][torch.as_tensor(out_rows)] = value
+        return result
+
+    return cache.get_or_compute(spec.fingerprint(), train.label_fingerprint, compute, f"oof-cv{cv}-seed{seed}")

@@ -1,0 +1,171 @@
+"""Normalise what users pass as data (datasets.Dataset, dict of lists, DataFrame, list of str) into TextData."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class TextData:
+    """Texts, optional integer label ids (in the ensemble's label order), and content fingerprints.
+
+    ``fingerprint`` hashes the texts only (member outputs depend on nothing else); ``label_fingerprint``
+    also covers the labels, for anything trained on them (out-of-fold outputs).
+    """
+
+    texts: list[str]
+    labels: np.ndarray | None = None
+    fingerprint: str = field(default="", compare=False)
+    label_fingerprint: str = field(default="", compare=False)
+    parent: TextData | None = field(default=None, compare=False, repr=False)
+    index: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", _hash_texts(self.texts))
+        if not self.label_fingerprint:
+            labels = b"" if self.labels is None else np.ascontiguousarray(self.labels, dtype=np.int64).tobytes()
+            object.__setattr__(self, "label_fingerprint", hashlib.sha256(self.fingerprint.encode() + labels).hexdigest())
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> TextData:
+        """The rows at ``index`` (in that order); remembers its parent (the root dataset) and row positions,
+        so per-dataset cached results (embeddings) can be sliced instead of recomputed."""
+        index = np.asarray(index, dtype=np.int64)
+        labels = None if self.labels is None else self.labels[index]
+        root, root_index = (self.parent, self.index[index]) if self.parent is not None else (self, index)
+        return TextData([self.texts[i] for i in index], labels, parent=root, index=root_index)
+
+
+def _hash_texts(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def dataset_label_names(data: Any, label_column: str) -> list[str] | None:
+    """Label names declared by a ``datasets.ClassLabel`` column, if any."""
+    features = getattr(data, "features", None)
+    feature = features.get(label_column) if features is not None else None
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
+
+
+def _columns(data: Any) -> list[str]:
+    if hasattr(data, "column_names"):
+        return list(data.column_names)
+    if hasattr(data, "columns"):
+        return [str(c) for c in data.columns]
+    return list(data.keys())
+
+
+def column_values(data: Any, name: str, where: str) -> list[Any]:
+    """The values of one column; a missing column raises DataError listing the ones present."""
+    columns = _columns(data)
+    if name not in columns:
+        raise DataError(
+            f"{where}: no column {name!r}; the data has columns {columns}. "
+            f"Rename the column or pass text_column=/label_column= to the Ensemble."
+        )
+    values = data[name]
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _check_texts(texts: list[Any], where: str, column: str) -> list[str]:
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(
+                f"{where}: column {column!r} row {row} is {type(text).__name__} ({text!r}), not a string; "
+                "drop or fill missing texts first."
+            )
+    return texts
+
+
+def encode_labels(raw: list[Any], label_names: Sequence[str], where: str, column: str) -> np.ndarray:
+    """Map label values (ids or names) to ids in ``label_names`` order."""
+    index = {name: i for i, name in enumerate(label_names)}
+    ids = np.empty(len(raw), dtype=np.int64)
+    for row, value in enumerate(raw):
+        if isinstance(value, str) and value in index:
+            ids[row] = index[value]
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(label_names):
+            ids[row] = int(value)
+        else:
+            raise DataError(
+                f"{where}: column {column!r} row {row} has label {value!r}, which is neither a label name in "
+                f"{list(label_names)} nor an id in 0..{len(label_names) - 1}. Fix the data or the ensemble's labels=."
+            )
+    return ids
+
+
+def as_text_data(
+    data: Any,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+    require_labels: bool = False,
+    where: str = "data",
+) -> TextData:
+    """Turn user data into TextData.
+
+    Args:
+        data: a ``datasets.Dataset``, a mapping of column -> list, a pandas DataFrame, a list of strings,
+            or a single string.
+        text_column / label_column: column names.
+        label_names: the ensemble's label names; string labels are looked up in it, ids must be in range.
+            When the data declares ClassLabel names in another order, ids are mapped by name.
+        require_labels: raise if the label column is absent.
+        where: how error messages name this data ("train", "validation", ...).
+
+    Raises:
+        DataError: empty data, a missing column, a non-string text or an unknown label.
+
+    Example:
+        >>> as_text_data({"text": ["good", "bad"], "label": [1, 0]}, label_names=["neg", "pos"]).labels
+        array([1, 0])
+    """
+    if isinstance(data, TextData):
+        texts, raw_labels = data.texts, None if data.labels is None else data.labels.tolist()
+    elif isinstance(data, str):
+        texts, raw_labels = [data], None
+    elif isinstance(data, Sequence) and not isinstance(data, Mapping):
+        texts, raw_labels = _check_texts(list(data), where, "<list>"), None
+    else:
+        texts = _check_texts(column_values(data, text_column, where), where, text_column)
+        has_labels = label_column in _columns(data)
+        if require_labels and not has_labels:
+            column_values(data, label_column, where)  # raises the missing-column error
+        raw_labels = column_values(data, label_column, where) if has_labels else None
+        declared = dataset_label_names(data, label_column)
+        if raw_labels is not None and declared and label_names and list(declared) != list(label_names):
+            raw_labels = [declared[i] for i in raw_labels]  # align ClassLabel ids by name, never by position
+    if not texts:
+        raise DataError(f"{where}: the data has no rows; pass at least one example.")
+    if require_labels and raw_labels is None:
+        raise DataError(f"{where}: labels are required here, but the data has none (a plain list of texts).")
+    labels = None
+    if raw_labels is not None and label_names is not None:
+        labels = encode_labels(raw_labels, label_names, where, label_column)
+    return TextData(texts, labels)
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Seeded split of ``n`` rows into (fit rows, early-stopping rows); no split if too few rows."""
+    n_hold = int(round(n * fraction))
+    if fraction <= 0 or n_hold < 1 or n - n_hold < 1:
+        return np.arange(n), None
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])

@@ -1,0 +1,158 @@
+"""Persistence primitives: atomic writes, sha256 checksums, verified safetensors and JSON.
+
+Every writer here either leaves the complete result or nothing: files are written beside their target and
+renamed into place, directories are built under a temporary name and swapped in at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ChecksumError, PersistenceError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 over tensor names, dtypes, shapes and bytes: a fingerprint of learned state."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
+
+    Example:
+        >>> with atomic_directory(tmp / "out") as staging:  # doctest: +SKIP
+        ...     (staging / "config.json").write_text("{}")
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = None
+    if target.exists():
+        backup = target.parent / f".{target.name}.old-{os.getpid()}"
+        shutil.rmtree(backup, ignore_errors=True)
+        target.rename(backup)
+    staging.rename(target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def atomic_save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write ``tensors`` as one safetensors file, renamed into place once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON (for stable diffs and checksums)."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a JSON file; a missing or invalid file raises PersistenceError naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersistenceError(f"{what}: {path} is missing. Is this a directory written by save_pretrained?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PersistenceError(f"{what}: {path} is not valid JSON ({err}); re-save it or restore it.") from err
+
+
+def verify_checksum(path: str | os.PathLike, expected: str, what: str) -> None:
+    """Raise ChecksumError when the file's sha256 is not ``expected``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersistenceError(f"{what}: file {path} is missing; restore it or save the ensemble again.")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{what}: {path} has sha256 {actual[:12]}…, but {expected[:12]}… was recorded when it was saved. "
+            "The file was changed or corrupted; restore the original or save the ensemble again."
+        )
+
+
+def load_tensors(
+    path: str | os.PathLike,
+    what: str,
+    *,
+    sha256: str | None = None,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, verifying its checksum and (optionally) exact tensor names and shapes."""
+    path = Path(path)
+    if sha256 is not None:
+        verify_checksum(path, sha256, what)
+    elif not path.is_file():
+        raise PersistenceError(f"{what}: file {path} is missing; restore it or save the ensemble again.")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PersistenceError(f"{what}: {path} is not a readable safetensors file ({err}).") from err
+    if expected_shapes is not None:
+        check_state(tensors, expected_shapes, f"{what} ({path.name})")
+    return tensors
+
+
+def check_state(
+    tensors: Mapping[str, torch.Tensor], expected_shapes: Mapping[str, tuple[int, ...]], what: str
+) -> None:
+    """Strict comparison of a state dict with expected names and shapes; lists every difference."""
+    missing = sorted(set(expected_shapes) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected_shapes))
+    wrong = [
+        f"{name}: file {tuple(tensors[name].shape)} vs expected {tuple(expected_shapes[name])}"
+        for name in sorted(set(tensors) & set(expected_shapes))
+        if tuple(tensors[name].shape) != tuple(expected_shapes[name])
+    ]
+    if missing or unexpected or wrong:
+        parts = [f"missing tensors {missing}" if missing else "", f"unexpected tensors {unexpected}" if unexpected else ""]
+        parts += [f"shape mismatch {w}" for w in wrong]
+        raise PersistenceError(
+            f"{what} does not match the saved configuration: {'; '.join(p for p in parts if p)}. "
+            "The weights belong to another configuration; save the ensemble again."
+        )

@@ -1,0 +1,9 @@
+"""Members: the models an ensemble combines, behind one small protocol (see ``base.Member``)."""
+
+from .base import MEMBERS, Member
+from .hf_classifier import HFClassifier
+from .hf_encoder import HFEncoder
+from .hf_source import HFSource
+from .sklearn_member import SklearnMember
+
+__all__ = ["MEMBERS", "Member", "HFClassifier", "HFEncoder", "HFSource", "SklearnMember"]

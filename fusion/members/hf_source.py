@@ -1,0 +1,96 @@
+"""Where a Hugging Face member's files come from (local directory or hub id) and their checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import ChecksumError, ConfigError
+from ..io import sha256_file
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "special_tokens_map.json",
+    "spiece.model", "sentencepiece.bpe.model", "added_tokens.json",
+)
+
+
+class HFSource:
+    """A model reference: a local directory, or a hub id (+ revision) resolved through the local HF cache.
+
+    Example:
+        >>> src = HFSource("path/to/model")  # doctest: +SKIP
+        >>> src.weights_sha256  # {"model.safetensors": "9f86d0..."}  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | os.PathLike, revision: str | None = None) -> None:
+        self.model = str(model)
+        self.revision = revision
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.model).is_dir()
+
+    @cached_property
+    def local_dir(self) -> Path:
+        """The directory holding the files (a hub id is downloaded or found in the local cache)."""
+        if self.is_local:
+            return Path(self.model).resolve()
+        if Path(self.model).exists() or self.model.startswith((".", "/", "~")):
+            raise ConfigError(f"model {self.model!r} is not a directory; pass a model directory or a hub id.")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(self.model, revision=self.revision))
+        except Exception as err:
+            raise ConfigError(
+                f"cannot find model {self.model!r}: it is not a local directory, and the hub could not provide it "
+                f"({type(err).__name__}: {err}). Check the path, or download it while online "
+                "(HF_HUB_OFFLINE=1 only uses what is already cached)."
+            ) from err
+
+    @cached_property
+    def resolved_revision(self) -> str | None:
+        """The commit of a hub snapshot (its directory name), or None for a local directory."""
+        return None if self.is_local else self.local_dir.name
+
+    @cached_property
+    def weights_sha256(self) -> dict[str, str]:
+        """sha256 of each weight file, by file name."""
+        files = sorted({p for pattern in WEIGHT_PATTERNS for p in self.local_dir.glob(pattern)})
+        if not files:
+            raise ConfigError(f"model {self.model!r}: no weight files ({', '.join(WEIGHT_PATTERNS)}) in {self.local_dir}.")
+        return {p.name: sha256_file(p) for p in files}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of weights, config and tokenizer files: identical models share cache entries."""
+        digest = hashlib.sha256()
+        for name, sha in self.weights_sha256.items():
+            digest.update(f"{name}={sha};".encode())
+        for name in ("config.json", *TOKENIZER_FILES):
+            path = self.local_dir / name
+            if path.is_file():
+                digest.update(f"{name}={sha256_file(path)};".encode())
+        return digest.hexdigest()
+
+    def to_config(self) -> dict[str, Any]:
+        return {"model": self.model, "revision": self.resolved_revision or self.revision,
+                "weights_sha256": self.weights_sha256}
+
+    def verify(self, recorded: dict[str, str], member: str) -> None:
+        """Raise ChecksumError if the weight files differ from those recorded at save time."""
+        current = self.weights_sha256
+        if current != recorded:
+            changed = sorted(set(current) ^ set(recorded) | {k for k in current if recorded.get(k) != current[k]})
+            raise ChecksumError(
+                f"member {member!r}: weight files of {self.model!r} differ from those the ensemble was saved with "
+                f"(changed: {changed}). Restore that model version (revision={self.revision!r}), or pass "
+                "verify_members=False to from_pretrained and refit, at your own risk."
+            )

@@ -1,0 +1,431 @@
+"""The one training loop, through Accelerate, used by heads, fusers and member fine-tuning.
+
+Batching is ours, not Accelerate's (no prepared DataLoader, no ``gradient_accumulation_steps``), so that one
+process and N processes make the same updates: every process draws the same permutation, takes its contiguous
+slice of each global micro-batch, and scales its loss so that DDP's gradient average is the gradient of the
+mean loss over all rows of the optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Protocol, runtime_checkable
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env, set_seed
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DataError, FusionError
+
+__all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "train"]
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+_PRECISIONS = ("auto", "no", "fp16", "bf16")
+_MISSING = object()
+# Attributes Accelerator.prepare() sets on the model object itself; train() puts them back as they were.
+_PREPARE_ATTRS = ("forward", "_original_forward", "_is_accelerate_prepared")
+
+
+class TrainingError(FusionError, RuntimeError):
+    """Training diverged (a non-finite loss) or a loss function returned the wrong shape."""
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "learning_rate": (lambda v: _num(v) and v > 0, "a finite number > 0"),
+    "max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v is None or (_int(v) and v >= 1), "None (full batch) or an integer >= 1"),
+    "weight_decay": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "grad_accumulation": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "patience": (lambda v: v is None or (_int(v) and v >= 1), "None (never stop early) or an integer >= 1"),
+    "min_delta": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "max_grad_norm": (lambda v: v is None or (_num(v) and v > 0), "None (no clipping) or a number > 0"),
+    "mixed_precision": (lambda v: isinstance(v, str) and v in _PRECISIONS, f"one of {_PRECISIONS}"),
+    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "show_progress": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`; validated on construction, round-trips through a JSON-able dict.
+
+    Attributes:
+        learning_rate: AdamW learning rate.
+        max_epochs: Upper bound on passes over the training rows.
+        batch_size: GLOBAL rows per micro-batch (one forward/backward), over all processes; None = all rows.
+            An optimizer step sees ``batch_size * grad_accumulation`` rows.
+        weight_decay: AdamW (decoupled) weight decay.
+        grad_accumulation: Micro-batches per optimizer step (with ``batch_size=None``: the full batch cut
+            into this many micro-batches, to save memory).
+        patience: Epochs without an improvement > ``min_delta`` of the monitored loss before stopping;
+            None never stops early.
+        min_delta: Smallest decrease of the monitored loss that counts as an improvement.
+        max_grad_norm: Clip the global gradient norm to this; None does not clip.
+        mixed_precision: "auto" (bf16 on a CUDA device that supports it, else "no"), "no", "fp16", "bf16".
+            Accelerate runs "fp16" as fp32 on CPU.
+        seed: Seeds the global RNGs (dropout) and, as ``seed + epoch``, each epoch's row permutation.
+        show_progress: A progress bar over epochs on the main process.
+
+    Raises:
+        ConfigError: A value is out of range or of the wrong type; the message names the field.
+
+    Example:
+        >>> TrainConfig.from_dict(TrainConfig(batch_size=32).to_dict()).batch_size
+        32
+    """
+
+    learning_rate: float = 1e-3
+    max_epochs: int = 100
+    batch_size: int | None = None
+    weight_decay: float = 0.0
+    grad_accumulation: int = 1
+    patience: int | None = 10
+    min_delta: float = 1e-4
+    max_grad_norm: float | None = None
+    mixed_precision: str = "auto"
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, (valid, requirement) in _CHECKS.items():
+            if not valid(getattr(self, name)):
+                raise ConfigError(f"TrainConfig.{name} must be {requirement}; got {getattr(self, name)!r}.")
+
+    def to_dict(self) -> dict:
+        """All fields as a JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from :meth:`to_dict` output; missing keys take their defaults.
+
+        Raises:
+            ConfigError: ``d`` is not a dict, has a key that is not a field (the message lists the valid
+                keys and the closest match), or holds an invalid value.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"TrainConfig.from_dict expects a dict; got {type(d).__name__}.")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in valid)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown TrainConfig key(s) {unknown}; valid keys are: {', '.join(valid)}.{hint}"
+            )
+        return cls(**d)
+
+
+@runtime_checkable
+class Rows(Protocol):
+    """Training or validation rows: anything that returns a CPU batch for a 1-D LongTensor of row indices."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: torch.Tensor) -> Batch: ...
+
+
+class TensorRows:
+    """:class:`Rows` over named tensors of equal length (first dimension = rows).
+
+    Raises:
+        DataError: No tensors, a value that is not a tensor with a row dimension, or unequal row counts.
+
+    Example:
+        >>> rows = TensorRows(x=torch.zeros(4, 3), y=torch.ones(4))
+        >>> len(rows), rows.take(torch.tensor([0, 2]))["x"].shape
+        (4, torch.Size([2, 3]))
+    """
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        if not tensors:
+            raise DataError("TensorRows needs at least one tensor, e.g. TensorRows(x=features, y=labels).")
+        bad = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor) or t.ndim == 0]
+        if bad:
+            raise DataError(f"TensorRows values must be tensors with a row dimension; check {bad}.")
+        lengths = {name: int(t.shape[0]) for name, t in tensors.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"TensorRows tensors must have the same number of rows; got {lengths}.")
+        self.tensors = tensors
+        self._length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def take(self, index: torch.Tensor) -> Batch:
+        return {name: t[index] for name, t in self.tensors.items()}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: the 1-based ``best_epoch`` whose weights were kept, ``epochs_run``, the
+    monitored ``best_loss`` at that epoch, and ``history``: per epoch ``{"epoch", "train_loss", "val_loss"}``
+    (``val_loss`` is None without val rows)."""
+
+    best_epoch: int
+    epochs_run: int
+    best_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    accelerator: Accelerator
+    wrapped: torch.nn.Module  # what prepare() returned (DDP when distributed): trained through
+    model: torch.nn.Module  # the caller's object: evaluated and snapshotted
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    config: TrainConfig
+    desc: str
+
+
+def _resolve_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    device = PartialState._shared_state.get("device")
+    if device is None:
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+        device = torch.device("cpu" if cpu else "cuda")
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+@contextlib.contextmanager
+def _fresh_accelerator(mixed_precision: str) -> Iterator[Accelerator]:
+    """An Accelerator with our precision; Accelerate's process-wide state is put back afterwards.
+
+    AcceleratorState refuses a second, different ``mixed_precision`` in one process, so it is cleared first.
+    PartialState (device, process group) is kept, so this also works inside a distributed run.
+    """
+    shared = AcceleratorState._shared_state, GradientState._shared_state
+    saved = [dict(s) for s in shared]
+    for s in shared:
+        s.clear()  # in place: live state objects alias these very dicts
+    try:
+        # Unused trainable parameters (e.g. a pretrained pooler nobody calls) would make DDP fail.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        yield Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+    finally:
+        for s, contents in zip(shared, saved, strict=True):
+            s.clear()
+            s.update(contents)
+
+
+def _micro_batches(perm: torch.Tensor, config: TrainConfig) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Yields (rows in the optimizer step, its global micro-batches of row indices)."""
+    if config.batch_size is None:
+        yield len(perm), list(perm.tensor_split(min(config.grad_accumulation, len(perm))))
+        return
+    for step in perm.split(config.batch_size * config.grad_accumulation):
+        yield len(step), list(step.split(config.batch_size))
+
+
+def _losses(run: _Run, model: torch.nn.Module, rows: Rows, index: torch.Tensor) -> torch.Tensor:
+    batch = {k: v.to(run.accelerator.device, non_blocking=True) for k, v in rows.take(index).items()}
+    losses = run.loss_fn(model, batch)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (len(index),):
+        got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise TrainingError(
+            f"{run.desc}: loss_fn must return per-example losses of shape [{len(index)}] for a batch of "
+            f"{len(index)} rows; got {got}. Use reduction='none' in torch losses."
+        )
+    return losses.float()
+
+
+def _micro_step(run: _Run, rows: Rows, global_idx: torch.Tensor, scale: float) -> torch.Tensor:
+    """Forward/backward of this process's slice; returns the detached sum of its losses."""
+    acc = run.accelerator
+    local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
+    if len(local) == 0:  # still a forward/backward (weight 0), so DDP's gradient hooks fire on every process
+        acc.backward(_losses(run, run.wrapped, rows, global_idx[:1]).sum() * 0.0)
+        return torch.zeros((), device=acc.device)
+    loss_sum = _losses(run, run.wrapped, rows, local).sum()
+    acc.backward(loss_sum * scale)
+    return loss_sum.detach()
+
+
+def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) -> torch.Tensor:
+    """One pass over a fresh permutation; returns this process's sum of per-example train losses."""
+    acc, config = run.accelerator, run.config
+    perm = torch.randperm(len(rows), generator=generator.manual_seed(config.seed + epoch))
+    total = torch.zeros((), device=acc.device)
+    run.wrapped.train()
+    for step_rows, micro in _micro_batches(perm, config):
+        scale = acc.num_processes / step_rows  # DDP averages over processes -> mean over the step's rows
+        for i, global_idx in enumerate(micro):
+            with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
+                total += _micro_step(run, rows, global_idx, scale)
+        if config.max_grad_norm is not None:
+            acc.clip_grad_norm_(run.wrapped.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@torch.no_grad()
+def _val_sum(run: _Run, rows: Rows) -> torch.Tensor:
+    """This process's share of the summed val losses (rows replicated; each batch split as in training)."""
+    acc = run.accelerator
+    total = torch.zeros((), device=acc.device)
+    run.model.eval()
+    for global_idx in torch.arange(len(rows)).split(run.config.batch_size or len(rows)):
+        local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
+        if len(local):
+            total += _losses(run, run.model, rows, local).sum()
+    return total
+
+
+def _changing_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training can change: trainable parameters and buffers (frozen weights need no copy)."""
+    params = {f"p:{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    return params | {f"b:{n}": b for n, b in model.named_buffers()}
+
+
+def _epoch_losses(run: _Run, epoch: int, sums: list[torch.Tensor], sizes: list[int]) -> list[float | None]:
+    """Mean train (and val) loss over all processes: one reduction, one host sync; raises if not finite."""
+    means = [s / n for s, n in zip(run.accelerator.reduce(torch.stack(sums)).tolist(), sizes, strict=True)]
+    if not all(math.isfinite(m) for m in means):
+        losses = ", ".join(f"{name} {m}" for name, m in zip(("train", "val"), means, strict=False))
+        raise TrainingError(
+            f"{run.desc}: the loss became non-finite in epoch {epoch} ({losses}); "
+            f"try a lower learning_rate (now {run.config.learning_rate}) or max_grad_norm, or check the inputs "
+            "for NaN/inf."
+        )
+    return means + [None] * (2 - len(means))
+
+
+def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
+    config, generator = run.config, torch.Generator()
+    sizes = [len(train_rows)] + ([len(val_rows)] if val_rows is not None else [])
+    result, best_state = TrainResult(best_epoch=0, epochs_run=0, best_loss=math.inf), {}
+    show = config.show_progress and run.accelerator.is_main_process
+    with tqdm(total=config.max_epochs, desc=run.desc, unit="epoch", disable=not show, leave=False) as bar:
+        for epoch in range(1, config.max_epochs + 1):
+            sums = [_train_epoch(run, train_rows, generator, epoch)]
+            sums += [_val_sum(run, val_rows)] if val_rows is not None else []
+            train_loss, val_loss = _epoch_losses(run, epoch, sums, sizes)
+            result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            result.epochs_run = epoch
+            logger.debug("%s epoch %d: train_loss=%.6g val_loss=%s", run.desc, epoch, train_loss, val_loss)
+            bar.set_postfix(
+                train=f"{train_loss:.4g}", val="-" if val_loss is None else f"{val_loss:.4g}", refresh=False
+            )
+            bar.update(1)
+            monitored = train_loss if val_loss is None else val_loss
+            if monitored < result.best_loss - config.min_delta:
+                result.best_epoch, result.best_loss = epoch, monitored
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in _changing_tensors(run.model).items()
+                }
+            elif config.patience is not None and epoch - result.best_epoch >= config.patience:
+                break
+    with torch.no_grad():
+        for key, tensor in _changing_tensors(run.model.to("cpu")).items():
+            tensor.copy_(best_state[key])
+    return result
+
+
+def _prepare(accelerator: Accelerator, model: torch.nn.Module, config: TrainConfig, desc: str) -> tuple:
+    """The model moved and wrapped, and its AdamW optimizer, as prepared by Accelerate."""
+    if accelerator.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logger.warning(
+            "%s: WORLD_SIZE=%s but Accelerate sees one process, so each process trains alone; on CPU set "
+            "ACCELERATE_USE_CPU=1 before anything creates an Accelerator or PartialState.",
+            desc,
+            os.environ["WORLD_SIZE"],
+        )
+    model.to(accelerator.device)  # before AdamW, so fused=True sees CUDA parameters
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{desc}: the model has no parameters with requires_grad=True; nothing to train.")
+    fused = True if accelerator.device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
+    )
+    return accelerator.prepare(model, optimizer)
+
+
+def _check_rows(rows: Rows, name: str, desc: str) -> None:
+    if not isinstance(rows, Rows):
+        raise DataError(f"{desc}: {name} must have __len__ and take(index); got {type(rows).__name__}.")
+    if len(rows) == 0:
+        raise DataError(f"{desc}: {name} is empty; training needs at least one row.")
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_rows: Rows,
+    config: TrainConfig,
+    val_rows: Rows | None = None,
+    desc: str = "training",
+) -> TrainResult:
+    """Train ``model`` in place with AdamW through Accelerate, keeping the weights of the best epoch.
+
+    Runs unchanged in one process and under ``torchrun`` (DDP), with the same updates up to float rounding.
+    Early stopping monitors the mean per-example val loss if ``val_rows`` is given, else the epoch's mean
+    train loss (computed as the epoch's batches went by).
+
+    Args:
+        model: Trained in place; left on CPU, in eval mode, holding the best epoch's weights.
+        loss_fn: ``loss_fn(model, batch)`` returns PER-EXAMPLE losses, shape ``[rows]``. It must call
+            ``model(...)`` itself, not a submodule, so that DDP sees the forward.
+        train_rows: Training rows (e.g. :class:`TensorRows`); batches are moved to the device.
+        config: Hyper-parameters.
+        val_rows: Optional validation rows, the same on every process.
+        desc: Names this run in the progress bar, logs and error messages.
+
+    Returns:
+        The best epoch, epochs run, best monitored loss and per-epoch history.
+
+    Raises:
+        DataError: ``train_rows`` or ``val_rows`` is empty or not a :class:`Rows`.
+        ConfigError: The model has no trainable parameters.
+        TrainingError: A loss became NaN/inf, or ``loss_fn`` returned the wrong shape.
+
+    Example:
+        >>> x = torch.randn(64, 3); y = (x[:, 0] > 0).float()
+        >>> def bce(m, b):
+        ...     logits = m(b["x"])[:, 0]
+        ...     return torch.nn.functional.binary_cross_entropy_with_logits(logits, b["y"], reduction="none")
+        >>> result = train(torch.nn.Linear(3, 1), bce, TensorRows(x=x, y=y), TrainConfig(show_progress=False))
+        >>> result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+        True
+    """
+    _check_rows(train_rows, "train_rows", desc)
+    if val_rows is not None:
+        _check_rows(val_rows, "val_rows", desc)
+    saved_attrs = {name: model.__dict__.get(name, _MISSING) for name in _PREPARE_ATTRS}
+    model.__dict__.pop("_is_accelerate_prepared", None)  # else prepare() would skip DDP and autocast
+    try:
+        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator:
+            set_seed(config.seed)
+            wrapped, optimizer = _prepare(accelerator, model, config, desc)
+            return _fit(
+                _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc), train_rows, val_rows
+            )
+    finally:
+        for name, value in saved_attrs.items():
+            model.__dict__.pop(name, None)
+            if value is not _MISSING:
+                model.__dict__[name] = value
+        model.to("cpu").eval()

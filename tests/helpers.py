@@ -1,0 +1,71 @@
+"""Shared test helpers: small scikit-learn members, model-run counters, fake members with bad outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from fusion import SklearnMember
+from fusion.members.base import Member
+
+
+def tfidf_member(name: str = "tfidf") -> SklearnMember:
+    return SklearnMember(make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)), name=name)
+
+
+class RunCounter:
+    """Counts forward passes of every torch module a member runs and predict_proba calls of sklearn members."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.calls = 0
+        self._handles = []
+        for member in members:
+            for module in member.torch_modules():
+                self._handles.append(module.register_forward_hook(self._count))
+            estimator = getattr(member, "estimator_", None)
+            if estimator is not None:
+                original = estimator.predict_proba
+
+                def counted(*args: Any, _original=original, **kwargs: Any):
+                    self.calls += 1
+                    return _original(*args, **kwargs)
+
+                estimator.predict_proba = counted
+
+    def _count(self, *args: Any) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class FakeMember(Member):
+    """A member whose outputs are whatever the test says (wrong row counts, NaN, ...)."""
+
+    kind = "fake"
+
+    def __init__(self, name: str, labels: list[str], make_logits) -> None:
+        super().__init__(name)
+        self.labels, self.make_logits = labels, make_logits
+
+    def output_labels(self, ensemble_labels):
+        return self.labels
+
+    def fingerprint(self) -> str:
+        return f"fake-{self.name}-{id(self)}"
+
+    def compute(self, data, cache):
+        return {"logits": torch.as_tensor(self.make_logits(len(data)), dtype=torch.float32)}
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict, directory: Path, **options: Any) -> FakeMember:
+        raise NotImplementedError

@@ -1,0 +1,138 @@
+"""End-to-end behaviour of Ensemble: fit, predict, label alignment, caching, cross-fitting, save/reload."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import RunCounter, tfidf_member
+from sklearn.model_selection import StratifiedKFold
+
+from fusion import (
+    Ensemble,
+    HFClassifier,
+    HFEncoder,
+    LinearFuser,
+    MeanFuser,
+    MLPHead,
+    StackingFuser,
+    VoteFuser,
+)
+from fusion.crossfit import out_of_fold_outputs
+from fusion.data import as_text_data
+
+
+@pytest.fixture
+def four_members(bert_classifier_dir, roberta_classifier_dir, bert_encoder_dir):
+    return [
+        HFClassifier(bert_classifier_dir, name="bert", show_progress=False),
+        HFClassifier(roberta_classifier_dir, name="roberta", show_progress=False),
+        HFEncoder(bert_encoder_dir, pooling="mean", head=MLPHead(hidden=16), name="encoder", show_progress=False),
+        tfidf_member(),
+    ]
+
+
+def test_issue_example_fit_predict_save_reload(four_members, toy_sentiment, tmp_path):
+    ens = Ensemble(four_members, fuser=LinearFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    proba = ens.predict_proba(["a great film", "dull"])
+    assert proba.shape == (2, 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-9)
+    assert set(ens.predict(["a great film", "dull"])) <= {"negative", "positive"}
+    ens.save_pretrained(tmp_path / "ens")
+    same = Ensemble.from_pretrained(tmp_path / "ens")
+    texts = toy_sentiment["validation"]["text"]
+    assert np.array_equal(same.predict_proba(texts), ens.predict_proba(texts))
+    assert same.labels == ["negative", "positive"] and [m.name for m in same.members] == [m.name for m in four_members]
+    card = (tmp_path / "ens" / "README.md").read_text()
+    assert "fuser:linear" in card and "| bert |" in card
+
+
+def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_dir, toy_sentiment):
+    member = HFClassifier(roberta_classifier_dir, name="roberta", show_progress=False)
+    assert member.output_labels(None) == ["positive", "negative"]
+    ens = Ensemble([member], labels=["negative", "positive"]).fit(toy_sentiment["train"])
+    data = as_text_data(toy_sentiment["validation"], label_names=ens.labels)
+    raw = member.compute(data, ens.cache)["logits"]
+    aligned = ens.member_outputs(data).logits[:, 0]
+    assert torch.equal(aligned, raw[:, [1, 0]])
+
+
+def test_second_fit_with_another_fuser_runs_no_model(four_members, toy_sentiment):
+    ens = Ensemble(four_members, fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    counter = RunCounter(ens.members)
+    misses = ens.cache.misses
+    for fuser in (StackingFuser(), LinearFuser(), VoteFuser()):
+        ens.fuser = fuser
+        ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    counter.remove()
+    assert counter.calls == 0, "a model ran again although its outputs were cached"
+    assert ens.cache.misses == misses
+    # the counter does count: predicting on new rows runs every model once
+    counter = RunCounter(ens.members)
+    ens.predict_proba(["entirely new text"])
+    assert counter.calls >= 4
+
+
+def test_disk_cache_is_shared_between_ensembles(bert_classifier_dir, toy_sentiment, tmp_path):
+    first = Ensemble([HFClassifier(bert_classifier_dir, show_progress=False)], cache_dir=tmp_path / "cache")
+    first.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert list((tmp_path / "cache").rglob("*.safetensors"))
+    member = HFClassifier(bert_classifier_dir, show_progress=False)
+    second = Ensemble([member], fuser=VoteFuser(), cache_dir=tmp_path / "cache")
+    member.load()
+    counter = RunCounter([member])
+    second.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert counter.calls == 0 and second.cache.misses == 0
+
+
+def test_fuser_trains_on_out_of_fold_outputs_of_trainable_members(toy_sentiment):
+    ens = Ensemble([tfidf_member()], fuser=StackingFuser(), labels=["negative", "positive"], cv=4, seed=3)
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert ens.fuser_data_ == "train" and ens.metrics_["fuser_in_sample"] is False
+    train = as_text_data(toy_sentiment["train"], label_names=ens.labels)
+    oof = out_of_fold_outputs(ens.members[0], train, ens.labels, ens.cache, cv=4, seed=3)["logits"]
+    # the same numbers by hand: each fold's rows predicted by a clone fitted on the other folds
+    expected = np.empty((len(train), 2))
+    for fit_rows, out_rows in StratifiedKFold(4, shuffle=True, random_state=3).split(train.texts, train.labels):
+        model = tfidf_member().estimator.fit([train.texts[i] for i in fit_rows], train.labels[fit_rows])
+        expected[out_rows] = model.predict_proba([train.texts[i] for i in out_rows])
+    np.testing.assert_allclose(oof.exp().numpy(), expected, atol=1e-5)
+    in_sample = ens.member_outputs(train).logits[:, 0]
+    assert not torch.allclose(oof, in_sample, atol=1e-3), "OOF outputs must differ from in-sample outputs"
+
+
+def test_frozen_members_fuse_on_validation_by_default(bert_classifier_dir, roberta_classifier_dir, toy_sentiment, tmp_path):
+    members = [HFClassifier(d, show_progress=False) for d in (bert_classifier_dir, roberta_classifier_dir)]
+    ens = Ensemble(members, fuser=LinearFuser()).fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert ens.fuser_data_ == "validation" and ens.metrics_["fuser_in_sample"] is True
+    ens.save_pretrained(tmp_path / "e")
+    assert "in-sample" in (tmp_path / "e" / "README.md").read_text()
+
+
+def test_multiclass_with_datasets_classlabel(bert_encoder_dir, toy_topics):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["sports", "politics", "science"])})
+    train = Dataset.from_dict(toy_topics["train"], features=features)
+    validation = Dataset.from_dict(toy_topics["validation"], features=features)
+    members = [HFEncoder(bert_encoder_dir, pooling="cls", name="enc", show_progress=False), tfidf_member()]
+    ens = Ensemble(members, fuser=StackingFuser(passthrough=True)).fit(train, validation)
+    assert ens.labels == ["sports", "politics", "science"]
+    assert ens.predict_proba(validation).shape == (len(validation), 3)
+    assert ens.metrics_["scores"]["fuser:stacking"]["accuracy"] > 0.6
+
+
+def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sentiment, tmp_path):
+    ens = Ensemble([HFClassifier(bert_classifier_dir, show_progress=False), tfidf_member()], fuser=MeanFuser())
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"]).save_pretrained(tmp_path / "e")
+    config = json.loads((tmp_path / "e" / "fusion_config.json").read_text())
+    hf = config["members"][0]
+    assert hf["model"] == str(bert_classifier_dir) and set(hf["weights_sha256"]) == {"model.safetensors"}
+    assert config["fuser"]["name"] == "mean" and config["labels"] == ["negative", "positive"]
+    assert {"torch", "transformers", "fusion"} <= set(config["versions"])
+    assert "members/1-tfidf/estimator.skops" in config["files"] and "fuser.safetensors" in config["files"]
+    assert not list(tmp_path.glob(".e.*")), "no temporary folder is left behind"

@@ -1,0 +1,433 @@
+"""Tests of fusion.training: the one training loop (learning, determinism, early stopping, accumulation,
+config validation, errors, Accelerate state hygiene, and 1 vs 2 processes giving the same weights)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from fusion.errors import ConfigError, DataError, FusionError
+from fusion.training import Rows, TensorRows, TrainConfig, TrainingError, TrainResult, train
+
+QUIET = {"show_progress": False}
+
+
+def bce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(model(batch["x"])[:, 0], batch["y"], reduction="none")
+
+
+def mse(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (model(batch["x"])[:, 0] - batch["y"]) ** 2
+
+
+def logistic_data(n: int = 400, d: int = 5, seed: int = 1) -> TensorRows:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (torch.sigmoid(x @ torch.randn(d, generator=g)) > torch.rand(n, generator=g)).float()
+    return TensorRows(x=x, y=y)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def fit_linear(
+    config: TrainConfig, rows: TensorRows | None = None, **kwargs
+) -> tuple[torch.nn.Module, TrainResult]:
+    rows = rows or logistic_data()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(rows.tensors["x"].shape[1], 1)
+    return model, train(model, bce, rows, config, **kwargs)
+
+
+# ---------------------------------------------------------------- learning
+
+
+def test_logistic_regression_reaches_sklearn_loss():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    rows = logistic_data()
+    x, y = rows.tensors["x"].numpy(), rows.tensors["y"].numpy()
+    reference = log_loss(y, LogisticRegression(C=1e6, max_iter=1000).fit(x, y).predict_proba(x)[:, 1])
+    config = TrainConfig(learning_rate=0.1, max_epochs=400, patience=None, **QUIET)
+    model, result = fit_linear(config, rows)
+    with torch.no_grad():
+        final = bce(model, rows.tensors).mean().item()
+    assert final == pytest.approx(reference, abs=1e-3)
+    assert result.best_loss == pytest.approx(reference, abs=2e-3)  # train loss seen during the epoch
+    assert result.history[0]["train_loss"] > result.best_loss + 0.1
+
+
+def test_linear_regression_recovers_weights_with_minibatches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=g)
+    true_w, true_b = torch.tensor([1.5, -2.0, 0.5]), 0.7
+    rows = TensorRows(x=x, y=x @ true_w + true_b + 0.01 * torch.randn(512, generator=g))
+    model = torch.nn.Linear(3, 1)
+    config = TrainConfig(
+        learning_rate=0.05, max_epochs=300, batch_size=64, patience=20, min_delta=1e-7, **QUIET
+    )
+    train(model, mse, rows, config)
+    assert torch.allclose(model.weight[0], true_w, atol=0.01)
+    assert model.bias.item() == pytest.approx(true_b, abs=0.01)
+
+
+def test_full_batch_logistic_regression_is_fast():
+    rows = logistic_data(n=1000, d=10)
+    config = TrainConfig(learning_rate=0.05, max_epochs=200, patience=None, **QUIET)
+    fit_linear(TrainConfig(max_epochs=1, **QUIET), rows)  # one-time imports (torch._dynamo via optimizers)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # OpenMP threads only slow tiny ops, 20x on a loaded 2-core box: time the loop
+    try:
+        seconds = []
+        for _ in range(3):  # best of 3: robust to a busy machine
+            start = time.perf_counter()
+            _, result = fit_linear(config, rows)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.epochs_run == 200
+    assert min(seconds) < 1.0  # about 0.08 s on an idle CPU
+
+
+def test_returns_original_model_on_cpu_in_eval_mode_with_state_restored():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Dropout(0.1), torch.nn.Linear(4, 1))
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.clone()
+    result = train(model, bce, logistic_data(), TrainConfig(max_epochs=3, mixed_precision="bf16", **QUIET))
+    assert isinstance(result, TrainResult)
+    assert not model.training and model[2].weight.device.type == "cpu"
+    assert torch.equal(model[0].weight, frozen)
+    assert model[2].weight.dtype == torch.float32
+    # Accelerate patches forward (autocast) and marks the object prepared; train() must undo both.
+    assert not {"forward", "_original_forward", "_is_accelerate_prepared"} & set(model.__dict__)
+
+
+def test_custom_rows_protocol():
+    class Squares:
+        def __len__(self) -> int:
+            return 32
+
+        def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+            x = index.float()[:, None] / 32
+            return {"x": x, "y": 2 * x[:, 0]}
+
+    assert isinstance(Squares(), Rows)
+    model = torch.nn.Linear(1, 1)
+    train(model, mse, Squares(), TrainConfig(learning_rate=0.05, max_epochs=300, patience=None, **QUIET))
+    assert model.weight.item() == pytest.approx(2.0, abs=0.05)
+
+
+# ---------------------------------------------------------------- determinism and batching
+
+
+def test_same_seed_gives_identical_weights():
+    config = TrainConfig(max_epochs=5, batch_size=32, seed=4, **QUIET)
+    a, _ = fit_linear(config)
+    b, _ = fit_linear(config)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_different_seed_with_minibatches_gives_different_weights():
+    a, _ = fit_linear(TrainConfig(max_epochs=5, batch_size=32, seed=1, **QUIET))
+    b, _ = fit_linear(TrainConfig(max_epochs=5, batch_size=32, seed=2, **QUIET))
+    assert not torch.allclose(a.weight, b.weight, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("accumulated", "plain"),
+    [
+        ({"batch_size": 8, "grad_accumulation": 2}, {"batch_size": 16}),  # 100 rows: last step has 4 rows
+        ({"batch_size": 5, "grad_accumulation": 3}, {"batch_size": 15}),
+        ({"batch_size": None, "grad_accumulation": 4}, {"batch_size": None}),
+    ],
+)
+def test_gradient_accumulation_equals_larger_batch(accumulated, plain):
+    rows = logistic_data(n=100)
+    a, _ = fit_linear(
+        TrainConfig(max_epochs=4, patience=None, learning_rate=0.05, **accumulated, **QUIET), rows
+    )
+    b, _ = fit_linear(TrainConfig(max_epochs=4, patience=None, learning_rate=0.05, **plain, **QUIET), rows)
+    assert torch.allclose(a.weight, b.weight, atol=1e-6) and torch.allclose(a.bias, b.bias, atol=1e-6)
+
+
+def test_micro_batches_have_batch_size_rows():
+    seen: list[int] = []
+
+    def loss(model, batch):
+        seen.append(len(batch["y"]))
+        return bce(model, batch)
+
+    train(
+        torch.nn.Linear(5, 1),
+        loss,
+        logistic_data(n=50),
+        TrainConfig(max_epochs=1, batch_size=8, grad_accumulation=3, **QUIET),
+    )
+    assert seen == [8, 8, 8, 8, 8, 8, 2]
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def drifting_rows() -> tuple[TensorRows, TensorRows]:
+    """Train targets y = x, val targets y = 0.5 x: from w = 0 the val loss falls, then rises past w = 0.5."""
+    x = torch.linspace(-1, 1, 64)[:, None]
+    return TensorRows(x=x, y=x[:, 0]), TensorRows(x=x, y=0.5 * x[:, 0])
+
+
+def test_early_stopping_keeps_best_epoch_weights():
+    train_rows, val_rows = drifting_rows()
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    config = TrainConfig(learning_rate=0.05, max_epochs=100, patience=3, **QUIET)
+    result = train(model, mse, train_rows, config, val_rows=val_rows)
+    val_losses = [h["val_loss"] for h in result.history]
+    assert result.epochs_run == result.best_epoch + 3 < 100
+    assert result.best_epoch == 1 + val_losses.index(min(val_losses))
+    assert val_losses[-1] > result.best_loss
+    with torch.no_grad():
+        assert mse(model, val_rows.tensors).mean().item() == pytest.approx(result.best_loss, rel=1e-6)
+    assert model.weight.item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_patience_none_runs_all_epochs_and_monitors_train_loss():
+    train_rows, _ = drifting_rows()
+    model = torch.nn.Linear(1, 1)
+    config = TrainConfig(learning_rate=0.05, max_epochs=12, patience=None, min_delta=0.0, **QUIET)
+    result = train(model, mse, train_rows, config)
+    train_losses = [h["train_loss"] for h in result.history]
+    assert result.epochs_run == 12 and all(h["val_loss"] is None for h in result.history)
+    assert result.best_loss == min(train_losses)
+    assert result.best_epoch == 1 + train_losses.index(min(train_losses))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_round_trips_through_json():
+    config = TrainConfig(
+        learning_rate=0.01, batch_size=32, patience=None, max_grad_norm=1.0, mixed_precision="bf16"
+    )
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"learning_rate": 0}, "learning_rate must be a finite number > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"max_epochs": 0}, "max_epochs must be an integer >= 1"),
+        ({"max_epochs": 2.5}, "max_epochs"),
+        ({"batch_size": 0}, "batch_size must be None"),
+        ({"batch_size": "16"}, "batch_size.*'16'"),
+        ({"batch_size": True}, "batch_size"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"grad_accumulation": 0}, "grad_accumulation"),
+        ({"patience": 0}, "patience"),
+        ({"min_delta": -1}, "min_delta"),
+        ({"max_grad_norm": 0}, "max_grad_norm"),
+        (
+            {"mixed_precision": "fp8"},
+            r"mixed_precision must be one of \('auto', 'no', 'fp16', 'bf16'\); got 'fp8'",
+        ),
+        ({"seed": -1}, "seed"),
+        ({"show_progress": "yes"}, "show_progress"),
+    ],
+)
+def test_bad_config_values_raise(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kwargs)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(kwargs)
+
+
+@pytest.mark.parametrize(
+    ("d", "match"),
+    [
+        ({"lr": 0.1}, r"unknown TrainConfig key\(s\) \['lr'\]; valid keys are: learning_rate, max_epochs"),
+        ({"batch_sise": 4}, "Did you mean 'batch_size'"),
+        ([("seed", 1)], "expects a dict; got list"),
+    ],
+)
+def test_from_dict_rejects_unknown_keys(d, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (
+            lambda: TensorRows(x=torch.zeros(3, 2), y=torch.zeros(4)),
+            DataError,
+            r"same number of rows.*'x': 3.*'y': 4",
+        ),
+        (lambda: TensorRows(), DataError, "at least one tensor"),
+        (lambda: TensorRows(x=[1, 2]), DataError, r"tensors with a row dimension.*\['x'\]"),
+        (
+            lambda: train(torch.nn.Linear(2, 1), bce, TensorRows(x=torch.zeros(0, 2)), TrainConfig(**QUIET)),
+            DataError,
+            "training: train_rows is empty",
+        ),
+        (
+            lambda: train(
+                torch.nn.Linear(5, 1),
+                bce,
+                logistic_data(),
+                TrainConfig(**QUIET),
+                val_rows=TensorRows(x=torch.zeros(0, 5)),
+                desc="head",
+            ),
+            DataError,
+            "head: val_rows is empty",
+        ),
+        (lambda: train(torch.nn.Linear(5, 1), bce, [1, 2], TrainConfig(**QUIET)), DataError, "take"),
+        (
+            lambda: train(
+                torch.nn.Linear(5, 1), lambda m, b: bce(m, b).mean(), logistic_data(), TrainConfig(**QUIET)
+            ),
+            TrainingError,
+            r"per-example losses of shape \[400\].*got \(\)",
+        ),
+        (
+            lambda: train(
+                torch.nn.Linear(5, 1).requires_grad_(False), bce, logistic_data(), TrainConfig(**QUIET)
+            ),
+            ConfigError,
+            "no parameters with requires_grad=True",
+        ),
+    ],
+)
+def test_bad_input_raises(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_non_finite_loss_names_desc_epoch_and_learning_rate():
+    rows = logistic_data()
+    rows.tensors["x"][7, 0] = float("nan")
+    with pytest.raises(
+        TrainingError, match=r"my head: the loss became non-finite in epoch 1.*lower learning_rate"
+    ):
+        train(torch.nn.Linear(5, 1), bce, rows, TrainConfig(**QUIET), desc="my head")
+    assert issubclass(TrainingError, FusionError)
+
+
+# ---------------------------------------------------------------- Accelerate state, leaks, progress, logging
+
+
+def test_many_calls_with_different_precisions_neither_fail_nor_leak():
+    gc.collect()
+    gc.disable()  # everything must be freed by reference counting alone (prompt release of GPU memory)
+    try:
+        for i in range(12):
+            config = TrainConfig(
+                max_epochs=2, batch_size=64, mixed_precision=["no", "bf16", "fp16"][i % 3], **QUIET
+            )
+            fit_linear(config)
+        alive = [o for o in gc.get_objects() if issubclass(type(o), (torch.optim.Optimizer, Accelerator))]
+    finally:
+        gc.enable()
+    assert alive == []
+
+
+def test_callers_accelerator_state_is_left_as_it_was():
+    Accelerator(mixed_precision="bf16")
+    fit_linear(TrainConfig(max_epochs=1, mixed_precision="no", **QUIET))
+    assert AcceleratorState().mixed_precision == "bf16"
+    Accelerator(mixed_precision="bf16")  # would raise if train() had left its own precision behind
+
+
+def test_training_the_same_model_twice_prepares_it_again():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 1))
+    dtypes: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    rows = logistic_data()
+    first = train(model, bce, rows, TrainConfig(max_epochs=2, mixed_precision="no", **QUIET))
+    assert set(dtypes) == {torch.float32}
+    dtypes.clear()
+    second = train(model, bce, rows, TrainConfig(max_epochs=2, mixed_precision="bf16", **QUIET))
+    assert set(dtypes) == {
+        torch.bfloat16
+    }  # autocast applied: prepare() did not skip an "already prepared" model
+    assert second.history[0]["train_loss"] < first.history[0]["train_loss"]  # continued from trained weights
+
+
+def test_progress_bar_only_when_asked(capsys):
+    fit_linear(TrainConfig(max_epochs=2, show_progress=True), desc="bar-desc")
+    captured = capsys.readouterr()
+    assert "bar-desc" in captured.err and captured.out == ""
+    fit_linear(TrainConfig(max_epochs=2, show_progress=False), desc="bar-desc")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_logs_one_debug_record_per_epoch(caplog):
+    with caplog.at_level(logging.DEBUG, logger="fusion.training"):
+        _, result = fit_linear(TrainConfig(max_epochs=4, **QUIET), desc="logged")
+    records = [r for r in caplog.records if r.name == "fusion.training" and "logged epoch" in r.getMessage()]
+    assert len(records) == result.epochs_run == 4
+
+
+# ---------------------------------------------------------------- processes
+
+
+def test_warns_when_launched_distributed_but_accelerate_sees_one_process(monkeypatch, caplog):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no LOCAL_RANK and no ACCELERATE_USE_CPU: Accelerate stays single
+    with caplog.at_level(logging.WARNING, logger="fusion.training"):
+        fit_linear(TrainConfig(max_epochs=1, **QUIET), desc="lonely")
+    assert "lonely: WORLD_SIZE=2 but Accelerate sees one process" in caplog.text
+
+
+def run_script(outdir: Path, processes: int) -> dict:
+    script = Path(__file__).with_name("_train_script.py")
+    outdir.mkdir()
+    # --standalone rendezvouses on a free port of its own choosing, so parallel runs cannot clash on 29500.
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else []
+    )
+    done = subprocess.run(
+        [sys.executable, *launcher, str(script), str(outdir)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    from safetensors.torch import load_file
+
+    ranks = [json.loads((outdir / f"rank{r}.json").read_text()) for r in range(processes)]
+    result = json.loads((outdir / "result.json").read_text())
+    return {"weights": load_file(outdir / "weights.safetensors"), "ranks": ranks, "result": result}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    one, two = run_script(tmp_path / "one", 1), run_script(tmp_path / "two", 2)
+    assert [r["num_processes"] for r in two["ranks"]] == [2, 2] and one["ranks"][0]["num_processes"] == 1
+    # Micro-batches of 15 rows split 8/7; the 1-row last micro-batch leaves rank 1 a 1-row dummy forward.
+    assert two["ranks"][0]["rows_seen"][:5] == [8, 8, 8, 8, 1]
+    assert two["ranks"][1]["rows_seen"][:5] == [7, 7, 7, 7, 1]
+    assert one["ranks"][0]["rows_seen"][:5] == [15, 15, 15, 15, 1]
+    assert one["result"]["best_epoch"] == two["result"]["best_epoch"]
+    assert one["result"]["epochs_run"] == two["result"]["epochs_run"] < 30  # stopped early, on both ranks
+    for a, b in zip(one["result"]["history"], two["result"]["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    assert one["weights"].keys() == two["weights"].keys()
+    for name, tensor in one["weights"].items():
+        torch.testing.assert_close(tensor, two["weights"][name], atol=1e-5, rtol=0)
