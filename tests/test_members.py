@@ -10,7 +10,16 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from fusion import ConfigError, Ensemble, HFClassifier, HFEncoder, LinearFuser, LinearHead, NotFittedError, TrainConfig
+from fusion import (
+    ConfigError,
+    Ensemble,
+    HFClassifier,
+    HFEncoder,
+    LinearFuser,
+    LinearHead,
+    NotFittedError,
+    TrainConfig,
+)
 from fusion.cache import OutputCache
 from fusion.data import TextData, as_text_data
 
