@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, FusionError
@@ -83,7 +83,8 @@ class TrainConfig:
         max_grad_norm: Clip the global gradient norm to this; None does not clip.
         mixed_precision: "auto" (bf16 on a CUDA device that supports it, else "no"), "no", "fp16", "bf16".
             Accelerate runs "fp16" as fp32 on CPU.
-        seed: Seeds the global RNGs (dropout) and, as ``seed + epoch``, each epoch's row permutation.
+        seed: Seeds torch's RNG for the run (dropout), restoring the caller's RNG state afterwards, and, as
+            ``seed + epoch``, each epoch's row permutation.
         show_progress: A progress bar over epochs on the main process.
 
     Raises:
@@ -364,6 +365,15 @@ def _prepare(accelerator: Accelerator, model: torch.nn.Module, config: TrainConf
     return accelerator.prepare(model, optimizer)
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, accelerator: Accelerator) -> Iterator[None]:
+    """Seed torch (initial weights of lazily built layers, dropout) without touching the caller's RNG state."""
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type):
+        torch.manual_seed(seed)
+        yield
+
+
 def _check_rows(rows: Rows, name: str, desc: str) -> None:
     if not isinstance(rows, Rows):
         raise DataError(f"{desc}: {name} must have __len__ and take(index); got {type(rows).__name__}.")
@@ -417,8 +427,7 @@ def train(
     saved_attrs = {name: model.__dict__.get(name, _MISSING) for name in _PREPARE_ATTRS}
     model.__dict__.pop("_is_accelerate_prepared", None)  # else prepare() would skip DDP and autocast
     try:
-        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator:
-            set_seed(config.seed)
+        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator, _seeded(config.seed, accelerator):
             wrapped, optimizer = _prepare(accelerator, model, config, desc)
             return _fit(
                 _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc), train_rows, val_rows

@@ -431,3 +431,11 @@ def test_two_processes_match_one_process(tmp_path):
     assert one["weights"].keys() == two["weights"].keys()
     for name, tensor in one["weights"].items():
         torch.testing.assert_close(tensor, two["weights"][name], atol=1e-5, rtol=0)
+
+
+def test_seeding_leaves_the_callers_rng_state_alone():
+    model, rows = torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Dropout(0.5)), logistic_data()
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    train(model, bce, rows, TrainConfig(max_epochs=2, seed=5, **QUIET))  # dropout draws random numbers
+    assert torch.equal(torch.get_rng_state(), state)
