@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class OutputCache:
 
     Args:
         directory: where to persist entries; ``None`` keeps them in memory only.
+        max_memory_entries: entries kept in memory, least recently used dropped first (files on disk stay),
+            so a long-running service that predicts on ever new texts does not grow without bound.
 
     Attributes:
         hits / misses: lookups answered from the cache / computed.
@@ -37,9 +40,10 @@ class OutputCache:
         torch.Size([2, 3])
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None, max_memory_entries: int = 256) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self._memory: dict[tuple[str, str, str], Outputs] = {}
+        self.max_memory_entries = max_memory_entries
+        self._memory: OrderedDict[tuple[str, str, str], Outputs] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -51,6 +55,7 @@ class OutputCache:
         """The stored entry, or None."""
         key = (member_fp, data_fp, variant)
         if key in self._memory:
+            self._memory.move_to_end(key)
             return self._memory[key]
         if self.directory is None:
             return None
@@ -67,13 +72,19 @@ class OutputCache:
         except Exception as err:  # a cache is disposable: never fail a run because of it
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
-        self._memory[key] = outputs
+        self._remember(key, outputs)
         return outputs
+
+    def _remember(self, key: tuple[str, str, str], outputs: Outputs) -> None:
+        self._memory[key] = outputs
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.max_memory_entries:
+            self._memory.popitem(last=False)
 
     def put(self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs") -> None:
         """Store an entry (atomically on disk)."""
         outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
-        self._memory[(member_fp, data_fp, variant)] = outputs
+        self._remember((member_fp, data_fp, variant), outputs)
         if self.directory is not None:
             meta = {"member": member_fp, "data": data_fp, "variant": variant}
             atomic_save_tensors(self._path(member_fp, data_fp, variant), outputs, meta)
@@ -87,9 +98,9 @@ class OutputCache:
             self.hits += 1
             return cached
         self.misses += 1
-        outputs = compute()
+        outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in compute().items()}
         self.put(member_fp, data_fp, outputs, variant)
-        return self._memory[(member_fp, data_fp, variant)]
+        return outputs
 
     def clear_memory(self) -> None:
         """Forget in-memory entries (files on disk stay)."""

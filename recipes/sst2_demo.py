@@ -86,16 +86,22 @@ def main() -> None:
                         help="directory with train.csv, validation.csv, labels.json")
     parser.add_argument("--out", type=Path, default=Path("out/sst2-ensemble"), help="where to save the ensemble")
     parser.add_argument("--cache-dir", type=Path, default=Path("out/cache"), help="member output cache")
+    parser.add_argument("--model", default=None, help="encoder directory or hub id (default: the packaged MiniLM)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
 
     labels_json = json.loads((args.data / "labels.json").read_text())
     labels = [labels_json[k] for k in sorted(labels_json, key=int)]
     train, validation = read_split(args.data, "train"), read_split(args.data, "validation")
     print(f"data: {args.data} ({len(train['text'])} train, {len(validation['text'])} validation rows)")
 
-    ensemble = Ensemble(build_members(minilm_path(), not args.quiet), labels=labels, cache_dir=args.cache_dir)
+    members = build_members(args.model or minilm_path(), not args.quiet)
+    ensemble = Ensemble(members, labels=labels, cache_dir=args.cache_dir)
     rows = []
     for fuser in (MeanFuser(), VoteFuser(), LinearFuser(), StackingFuser()):
         ensemble.fuser = fuser
