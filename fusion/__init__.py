@@ -1,9 +1,9 @@
 """fusion: build, train, evaluate and ship ensembles of Hugging Face, PyTorch and scikit-learn models.
 
 Example:
-    >>> from fusion import Ensemble, HFEncoder, SklearnMember, LinearFuser  # doctest: +SKIP
-    >>> ens = Ensemble([HFEncoder("all-MiniLM-L6-v2"), SklearnMember(tfidf_logreg)], fuser=LinearFuser())
-    >>> ens.fit(train, validation).save_pretrained("out/ensemble")
+    >>> from fusion import Ensemble, HFEncoder, LinearFuser, SklearnMember
+    >>> members = [HFEncoder("sentence-transformers/all-MiniLM-L6-v2"), SklearnMember(tfidf_logreg)]  # doctest: +SKIP
+    >>> Ensemble(members, fuser=LinearFuser()).fit(train, validation).save_pretrained("out/ensemble")  # doctest: +SKIP
 """
 
 from .cache import OutputCache

@@ -179,6 +179,26 @@ class Fuser:
         pass
 
 
+class FixedWeightsFuser(Fuser):
+    """Shared by fusers whose only state is fixed per-member weights (mean, vote): nothing is learned but
+    their validation against the number of members, at ``fit``."""
+
+    def __init__(self, weights: Sequence[float] | None = None) -> None:
+        self.weights = list(weights) if weights is not None else None
+
+    def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
+        self.weights_ = check_weights(self.name, self.weights, outputs.n_members)
+
+    def member_weights(self) -> np.ndarray:
+        return self.weights_.numpy()
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"weights_": self.weights_}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.weights_ = state["weights_"]
+
+
 def check_weights(name: str, weights: Sequence[float] | None, n_members: int) -> torch.Tensor:
     """Validate fixed per-member weights (None: uniform)."""
     if weights is None:

@@ -62,7 +62,7 @@ class LinearFuser(Fuser):
     Example:
         >>> import torch
         >>> scores = torch.randn(64, 3, 2); labels = scores[:, 0].argmax(-1)  # member 0 is always right
-        >>> LinearFuser().fit(scores, labels).member_weights().argmax()
+        >>> int(LinearFuser().fit(scores, labels).member_weights().argmax())
         0
     """
 

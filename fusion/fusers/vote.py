@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import FUSERS, Fuser, MemberOutputs, check_weights
+from .base import FUSERS, FixedWeightsFuser, MemberOutputs
 
 
 @FUSERS.register("vote")
-class VoteFuser(Fuser):
+class VoteFuser(FixedWeightsFuser):
     """Each member votes for its top class; the class with the most (weighted) votes wins.
 
     ``predict_proba`` returns the vote shares (so a unanimous vote gives probability 1, and log-loss punishes
@@ -29,12 +27,6 @@ class VoteFuser(Fuser):
         [0]
     """
 
-    def __init__(self, weights: Sequence[float] | None = None) -> None:
-        self.weights = list(weights) if weights is not None else None
-
-    def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
-        self.weights_ = check_weights(self.name, self.weights, outputs.n_members)
-
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         votes = F.one_hot(outputs.logits.argmax(-1), outputs.n_classes).float()
         return torch.einsum("nmc,m->nc", votes, self.weights_)
@@ -45,12 +37,3 @@ class VoteFuser(Fuser):
         tied = shares >= shares.max(-1, keepdim=True).values - 1e-6
         mean_proba = outputs.probabilities().mean(1)
         return torch.where(tied, mean_proba, torch.full_like(mean_proba, -1.0)).argmax(-1).numpy()
-
-    def member_weights(self) -> np.ndarray:
-        return self.weights_.numpy()
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        return {"weights_": self.weights_}
-
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.weights_ = state["weights_"]
