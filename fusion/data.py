@@ -151,7 +151,9 @@ def as_text_data(
         raw_labels = column_values(data, label_column, where) if has_labels else None
         declared = dataset_label_names(data, label_column)
         if raw_labels is not None and declared and label_names and list(declared) != list(label_names):
-            raw_labels = [declared[i] for i in raw_labels]  # align ClassLabel ids by name, never by position
+            # align ClassLabel ids by name, never by position; ids out of range (-1: no label) stay as they
+            # are, so encode_labels reports them
+            raw_labels = [declared[i] if isinstance(i, int) and 0 <= i < len(declared) else i for i in raw_labels]
     if not texts:
         raise DataError(f"{where}: the data has no rows; pass at least one example.")
     if require_labels and raw_labels is None:

@@ -19,6 +19,10 @@ Batch = dict[str, torch.Tensor]
 Forward = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 
 _DEFAULT_MAX_LENGTH = 512
+# Model types (besides *roberta*) whose position ids start at padding_idx + 1, as in RoBERTa.
+_POSITIONS_AFTER_PADDING = frozenset(
+    {"camembert", "data2vec-text", "ibert", "lilt", "longformer", "luke", "markuplm", "mpnet", "xmod"}
+)
 
 
 def default_device() -> torch.device:
@@ -29,16 +33,18 @@ def default_device() -> torch.device:
 def max_input_length(model: torch.nn.Module, tokenizer, requested: int | None = None) -> int:
     """The longest input (in tokens) the model accepts: ``requested`` if given, else the model's limit.
 
-    RoBERTa-style models reserve ``pad_token_id + 1`` position slots, so their limit is smaller than
-    ``max_position_embeddings``.
+    RoBERTa-style models (positions start after ``padding_idx``) reserve ``pad_token_id + 1`` position
+    slots, so their limit is smaller than ``max_position_embeddings``.
     """
     if requested is not None:
         return int(requested)
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     limit = int(limit) if limit else _DEFAULT_MAX_LENGTH
-    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
-        limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    model_type = str(getattr(config, "model_type", ""))
+    if "roberta" in model_type or model_type in _POSITIONS_AFTER_PADDING:
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (1 if pad is None else int(pad)) + 1
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer_limit and tokenizer_limit < 1_000_000:
         limit = min(limit, int(tokenizer_limit))

@@ -115,6 +115,10 @@ class Fuser:
         """Learn from member outputs on labelled rows."""
         outputs = as_member_outputs(outputs)
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if labels.ndim != 1:
+            raise MemberOutputError(
+                f"{self.name}: labels must be a 1-D sequence of class ids (one per row); got shape {tuple(labels.shape)}."
+            )
         if labels.shape != (outputs.n_rows,):
             raise MemberOutputError(f"{self.name}: {outputs.n_rows} rows of member outputs but {labels.shape[0]} labels.")
         if outputs.n_rows == 0:
@@ -170,6 +174,8 @@ class Fuser:
             self._load_state({k: v for k, v in state.items() if k not in ("n_members_", "n_classes_")})
         except KeyError as err:
             raise PersistenceError(f"{self.name} state lacks tensor {err}; the file belongs to another fuser.") from err
+        except RuntimeError as err:  # torch's strict load_state_dict: wrong names or shapes
+            raise PersistenceError(f"{self.name} state does not match this fuser: {err}") from err
         return self
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -204,7 +210,7 @@ def check_weights(name: str, weights: Sequence[float] | None, n_members: int) ->
     if weights is None:
         return torch.full((n_members,), 1.0 / n_members)
     tensor = torch.as_tensor(list(weights), dtype=torch.float32)
-    if tensor.shape != (n_members,) or (tensor < 0).any() or tensor.sum() <= 0:
+    if tensor.shape != (n_members,) or not torch.isfinite(tensor).all() or (tensor < 0).any() or tensor.sum() <= 0:
         raise ConfigError(
             f"{name}: weights must be {n_members} non-negative numbers (one per member) with a positive sum; "
             f"got {list(weights)}."

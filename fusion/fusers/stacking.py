@@ -27,8 +27,12 @@ def _sklearn_spec(estimator: Any) -> dict[str, Any]:
     if not cls.__module__.startswith("sklearn."):
         raise ConfigError(f"StackingFuser meta must be 'logreg', 'mlp' or a scikit-learn classifier, got {cls.__name__}.")
     params = estimator.get_params(deep=False)
+    int_keyed = sorted(k for k, v in params.items() if isinstance(v, dict) and any(not isinstance(x, str) for x in v))
+    if int_keyed:  # JSON would turn {0: 2.0} into {"0": 2.0}, and the reloaded estimator would differ
+        raise ConfigError(f"StackingFuser meta {cls.__name__}: parameters {int_keyed} are dicts with non-string keys, "
+                          "which JSON cannot keep; use string class names or leave them at their defaults.")
     try:
-        json.dumps(params)
+        params = json.loads(json.dumps(params))  # the form the config will have after a save (tuples -> lists)
     except TypeError as err:
         raise ConfigError(f"StackingFuser meta {cls.__name__}: parameters must be JSON-serialisable ({err}).") from err
     return {"sklearn": f"{cls.__module__}.{cls.__qualname__}", "params": params}
