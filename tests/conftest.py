@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Scripts launched in subprocesses (torchrun) set process-wide environment at import: never collect them.
+collect_ignore_glob = ["_*.py"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_state():
