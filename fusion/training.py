@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, FusionError
 
-__all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "train"]
+__all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "seeded", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -366,10 +366,20 @@ def _prepare(accelerator: Accelerator, model: torch.nn.Module, config: TrainConf
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, accelerator: Accelerator) -> Iterator[None]:
-    """Seed torch (initial weights of lazily built layers, dropout) without touching the caller's RNG state."""
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type):
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Seed torch's RNG (initial weights, dropout) inside the block and restore the caller's RNG afterwards.
+
+    Example:
+        >>> with seeded(0):
+        ...     a = torch.rand(1)
+        >>> with seeded(0):
+        ...     b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    device = torch.device(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
         torch.manual_seed(seed)
         yield
 
@@ -427,7 +437,7 @@ def train(
     saved_attrs = {name: model.__dict__.get(name, _MISSING) for name in _PREPARE_ATTRS}
     model.__dict__.pop("_is_accelerate_prepared", None)  # else prepare() would skip DDP and autocast
     try:
-        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator, _seeded(config.seed, accelerator):
+        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator, seeded(config.seed, accelerator.device):
             wrapped, optimizer = _prepare(accelerator, model, config, desc)
             return _fit(
                 _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc), train_rows, val_rows

@@ -145,3 +145,15 @@ def test_sklearn_member_with_unseen_class_in_a_fold_stays_finite(toy_topics):
     logits = member.compute(data, OutputCache())["logits"]
     assert logits.shape == (len(data), 3) and torch.isfinite(logits).all()
     assert (logits[:, 2] < -20).all(), "a class never seen in training gets (almost) zero probability"
+
+
+def test_head_training_is_reproducible_whatever_the_callers_rng_state(bert_encoder_dir, toy_sentiment):
+    labels = ["negative", "positive"]
+    train = as_text_data(toy_sentiment["train"], label_names=labels)
+    config = TrainConfig(max_epochs=3, batch_size=64, show_progress=False)
+    heads = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        member = HFEncoder(bert_encoder_dir, head="mlp", train_config=config, show_progress=False)
+        heads.append(member.fit(train, labels, OutputCache()).head.state_dict())
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])

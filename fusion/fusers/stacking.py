@@ -14,7 +14,7 @@ from sklearn.base import clone
 from ..data import holdout_split
 from ..errors import ConfigError, MemberOutputError
 from ..heads import Head, LinearHead, MLPHead
-from ..training import TensorRows, TrainConfig, train
+from ..training import TensorRows, TrainConfig, seeded, train
 from .base import FUSERS, Fuser, MemberOutputs
 
 FEATURES = ("proba", "log_proba", "logits")
@@ -127,7 +127,8 @@ class StackingFuser(Fuser):
         if self._sklearn_meta is not None:
             self.estimator_ = clone(self._sklearn_meta).fit(x.numpy(), labels.numpy())
             return
-        head = self._new_head().build(x.shape[1], outputs.n_classes)
+        with seeded(self._config.seed):
+            head = self._new_head().build(x.shape[1], outputs.n_classes)
         fit_rows, hold_rows = holdout_split(len(x), self.validation_fraction, self._config.seed)
         val = TensorRows(x=x[hold_rows], y=labels[hold_rows]) if hold_rows is not None else None
         self.training_ = train(head, _meta_loss, TensorRows(x=x[fit_rows], y=labels[fit_rows]), self._config, val,

@@ -21,7 +21,7 @@ from ..errors import ConfigError, NotFittedError
 from ..heads import Head, as_head
 from ..io import load_tensors, sha256_tensors
 from ..pooling import get_pooling
-from ..training import TensorRows, TrainConfig, train
+from ..training import TensorRows, TrainConfig, seeded, train
 from .base import MEMBERS, Member
 from .hf_source import HFSource
 
@@ -175,7 +175,8 @@ class HFEncoder(Member):
             self._finetune(train_data, labels, fit_rows, hold_rows, len(label_names), config)
         else:
             emb = self.embeddings(train_data, cache)
-            self.head.build(emb.shape[1], len(label_names))
+            with seeded(config.seed):
+                self.head.build(emb.shape[1], len(label_names))
             rows = {"x": emb, "y": labels}
             val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
             train(self.head, _head_loss, TensorRows(**{k: v[fit_rows] for k, v in rows.items()}), config, val,
@@ -187,7 +188,8 @@ class HFEncoder(Member):
     def _finetune(self, data: TextData, labels: torch.Tensor, fit_rows: np.ndarray, hold_rows: np.ndarray | None,
                   n_classes: int, config: TrainConfig) -> None:
         backbone, tokenizer = self._load()
-        self.head.build(backbone.config.hidden_size, n_classes)
+        with seeded(config.seed):
+            self.head.build(backbone.config.hidden_size, n_classes)
         max_len = max_input_length(backbone, tokenizer, self.max_length)
 
         def rows(index: np.ndarray) -> TokenRows:
