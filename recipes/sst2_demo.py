@@ -119,7 +119,7 @@ def main() -> None:
 
     expected = ensemble.predict_proba(validation)
     ensemble.save_pretrained(args.out)
-    reloaded = Ensemble.from_pretrained(args.out)
+    reloaded = Ensemble.from_pretrained(args.out, show_progress=not args.quiet)
     same = np.array_equal(reloaded.predict_proba(validation), expected)
     print(f"\nsaved to {args.out}; reloaded predictions identical: {same}")
     examples = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate clichés."]
