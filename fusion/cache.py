@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,10 @@ class OutputCache:
     Attributes:
         hits / misses: lookups answered from the cache / computed.
 
+    Each entry also records the wall-clock seconds it cost to compute from scratch (``seconds``): the time
+    of its own computation plus the recorded cost of any cached entries it reused (an encoder head reusing
+    cached embeddings still costs what the backbone took), so reports can state inference cost honestly.
+
     Example:
         >>> cache = OutputCache()
         >>> cache.get_or_compute("member-fp", "data-fp", lambda: {"logits": torch.zeros(2, 3)})["logits"].shape
@@ -44,6 +49,8 @@ class OutputCache:
         self.directory = Path(directory) if directory is not None else None
         self.max_memory_entries = max_memory_entries
         self._memory: OrderedDict[tuple[str, str, str], Outputs] = OrderedDict()
+        self._seconds: dict[tuple[str, str, str], float] = {}
+        self._reused: list[float] = []  # per computation in progress: recorded cost of the entries it reused
         self.hits = 0
         self.misses = 0
 
@@ -69,6 +76,8 @@ class OutputCache:
                     logger.warning("cache file %s belongs to another entry; recomputing", path)
                     return None
                 outputs = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+                if "seconds" in meta:
+                    self._seconds[key] = float(meta["seconds"])
         except Exception as err:  # a cache is disposable: never fail a run because of it
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
@@ -81,12 +90,23 @@ class OutputCache:
         while len(self._memory) > self.max_memory_entries:
             self._memory.popitem(last=False)
 
-    def put(self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs") -> None:
-        """Store an entry (atomically on disk)."""
+    def seconds(self, member_fp: str, data_fp: str, variant: str = "outputs") -> float | None:
+        """Recorded cost of computing an entry from scratch, or None if unknown."""
+        return self._seconds.get((member_fp, data_fp, variant))
+
+    def put(
+        self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs", seconds: float | None = None
+    ) -> None:
+        """Store an entry (atomically on disk), with the seconds it cost to compute if known."""
+        key = (member_fp, data_fp, variant)
         outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
-        self._remember((member_fp, data_fp, variant), outputs)
+        self._remember(key, outputs)
+        if seconds is not None:
+            self._seconds[key] = seconds
         if self.directory is not None:
             meta = {"member": member_fp, "data": data_fp, "variant": variant}
+            if seconds is not None:
+                meta["seconds"] = repr(seconds)
             atomic_save_tensors(self._path(member_fp, data_fp, variant), outputs, meta)
 
     def get_or_compute(
@@ -96,10 +116,17 @@ class OutputCache:
         cached = self.get(member_fp, data_fp, variant)
         if cached is not None:
             self.hits += 1
+            if self._reused:
+                self._reused[-1] += self._seconds.get((member_fp, data_fp, variant), 0.0)
             return cached
         self.misses += 1
-        outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in compute().items()}
-        self.put(member_fp, data_fp, outputs, variant)
+        self._reused.append(0.0)
+        start = time.perf_counter()
+        try:
+            outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in compute().items()}
+        finally:
+            seconds = time.perf_counter() - start + self._reused.pop()
+        self.put(member_fp, data_fp, outputs, variant, seconds)
         return outputs
 
     def clear_memory(self) -> None:

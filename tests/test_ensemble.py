@@ -136,3 +136,28 @@ def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sent
     assert {"torch", "transformers", "fusion"} <= set(config["versions"])
     assert "members/1-tfidf/estimator.skops" in config["files"] and "fuser.safetensors" in config["files"]
     assert not list(tmp_path.glob(".e.*")), "no temporary folder is left behind"
+
+
+def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
+    import time
+
+    from fusion.cache import OutputCache
+
+    cache = OutputCache(tmp_path)
+
+    def slow_embeddings():
+        time.sleep(0.2)
+        return {"embeddings": torch.zeros(3, 2)}
+
+    def head_outputs():  # reuses the embeddings entry, as an encoder head does
+        cache.get_or_compute("backbone", "data", slow_embeddings, "embeddings")
+        return {"logits": torch.zeros(3, 2)}
+
+    cache.get_or_compute("backbone", "data", slow_embeddings, "embeddings")  # computed first, on its own
+    cache.get_or_compute("member", "data", head_outputs)
+    assert cache.seconds("backbone", "data", "embeddings") >= 0.2
+    assert cache.seconds("member", "data") >= 0.2, "reusing cached embeddings must not make the member look free"
+    assert OutputCache(tmp_path).get("member", "data") is not None
+    reloaded = OutputCache(tmp_path)
+    reloaded.get("member", "data")
+    assert reloaded.seconds("member", "data") == cache.seconds("member", "data")
