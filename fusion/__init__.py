@@ -21,14 +21,14 @@ from .errors import (
 )
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
 from .heads import HEADS, Head, LinearHead, MLPHead
-from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember
+from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
 from .training import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ensemble", "OutputCache", "TrainConfig",
-    "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember",
+    "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
     "Head", "HEADS", "LinearHead", "MLPHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",

@@ -1,4 +1,5 @@
-"""Normalise what users pass as data (datasets.Dataset, dict of lists, DataFrame, list of str) into TextData."""
+"""Normalise what users pass as data (datasets.Dataset, dict of lists, DataFrame, list of str, feature arrays)
+into TextData."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from .errors import DataError
 
 @dataclass(frozen=True)
 class TextData:
-    """Texts, optional integer label ids (in the ensemble's label order), and content fingerprints.
+    """Inputs, optional integer label ids (in the ensemble's label order), and content fingerprints.
 
-    ``fingerprint`` hashes the texts only (member outputs depend on nothing else); ``label_fingerprint``
+    Inputs are texts (a list of str) for text members, or a numeric array ``[rows, ...]`` of features (images,
+    tabular rows) for members such as ``TorchMember`` or scikit-learn estimators on arrays.
+    ``fingerprint`` hashes the inputs only (member outputs depend on nothing else); ``label_fingerprint``
     also covers the labels, for anything trained on them (out-of-fold outputs).
     """
 
-    texts: list[str]
+    texts: list[str] | np.ndarray
     labels: np.ndarray | None = None
     fingerprint: str = field(default="", compare=False)
     label_fingerprint: str = field(default="", compare=False)
@@ -43,11 +46,22 @@ class TextData:
         index = np.asarray(index, dtype=np.int64)
         labels = None if self.labels is None else self.labels[index]
         root, root_index = (self.parent, self.index[index]) if self.parent is not None else (self, index)
-        return TextData([self.texts[i] for i in index], labels, parent=root, index=root_index)
+        rows = self.texts[index] if self.is_array else [self.texts[i] for i in index]
+        return TextData(rows, labels, parent=root, index=root_index)
+
+    @property
+    def is_array(self) -> bool:
+        """True when the inputs are a numeric feature array rather than texts."""
+        return isinstance(self.texts, np.ndarray)
 
 
-def _hash_texts(texts: Sequence[str]) -> str:
+def _hash_texts(texts: Sequence[str] | np.ndarray) -> str:
     digest = hashlib.sha256()
+    if isinstance(texts, np.ndarray):
+        array = np.ascontiguousarray(texts)
+        digest.update(f"array|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+        return digest.hexdigest()
     for text in texts:
         encoded = text.encode("utf-8", "surrogatepass")
         digest.update(len(encoded).to_bytes(8, "little"))
@@ -83,7 +97,16 @@ def column_values(data: Any, name: str, where: str) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-def _check_texts(texts: list[Any], where: str, column: str) -> list[str]:
+def _check_texts(texts: list[Any], where: str, column: str) -> list[str] | np.ndarray:
+    """Texts as a list of str, or numeric rows (vectors, images) as one float32 array."""
+    if texts and not isinstance(texts[0], str) and np.ndim(texts[0]) >= 1:
+        try:
+            array = np.asarray(texts, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: column {column!r} holds rows of different shapes or non-numbers ({err}).") from err
+        if not np.isfinite(array).all():
+            raise DataError(f"{where}: column {column!r} holds NaN or inf features; impute or drop those rows.")
+        return array
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(
@@ -141,7 +164,7 @@ def as_text_data(
         texts, raw_labels = data.texts, None if data.labels is None else data.labels.tolist()
     elif isinstance(data, str):
         texts, raw_labels = [data], None
-    elif isinstance(data, Sequence) and not isinstance(data, Mapping):
+    elif isinstance(data, np.ndarray) or (isinstance(data, Sequence) and not isinstance(data, Mapping)):
         texts, raw_labels = _check_texts(list(data), where, "<list>"), None
     else:
         texts = _check_texts(column_values(data, text_column, where), where, text_column)
@@ -154,7 +177,7 @@ def as_text_data(
             # align ClassLabel ids by name, never by position; ids out of range (-1: no label) stay as they
             # are, so encode_labels reports them
             raw_labels = [declared[i] if isinstance(i, int) and 0 <= i < len(declared) else i for i in raw_labels]
-    if not texts:
+    if len(texts) == 0:
         raise DataError(f"{where}: the data has no rows; pass at least one example.")
     if require_labels and raw_labels is None:
         raise DataError(f"{where}: labels are required here, but the data has none (a plain list of texts).")

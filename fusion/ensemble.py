@@ -229,7 +229,8 @@ class Ensemble:
     def from_pretrained(cls, directory: str | os.PathLike, **options: Any) -> Ensemble:
         """Load a saved ensemble, verifying checksums, tensor names and shapes.
 
-        Options: ``cache_dir``, ``heads`` (custom head modules by member name), ``trusted_types`` (extra
+        Options: ``cache_dir``, ``heads`` (custom head modules by member name), ``modules`` (TorchMember
+        modules by member name), ``trusted_types`` (extra
         skops types), ``verify_members`` (check referenced model weights; default True), ``show_progress``.
         """
         from .persistence import load_ensemble

@@ -135,12 +135,16 @@ class CustomHead(Head):
                 "n_classes": self.n_classes}
 
     def unbuilt_copy(self) -> Head:
-        """A deep copy with every layer re-initialised (layers without ``reset_parameters`` keep their weights)."""
-        fresh = copy.deepcopy(self.net)
-        for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-        return CustomHead(fresh)
+        return CustomHead(reinitialized_copy(self.net))
+
+
+def reinitialized_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with every layer re-initialised (layers without ``reset_parameters`` keep their weights)."""
+    fresh = copy.deepcopy(module)
+    for layer in fresh.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return fresh
 
 
 def as_head(head: Head | nn.Module | str) -> Head:

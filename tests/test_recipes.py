@@ -55,3 +55,11 @@ def test_finetune_then_fuse_runs_on_a_tiny_checkpoint(bert_encoder_dir, toy_data
     assert "120 rows to fine-tune on, 80 held out for the fusers, 80 validation rows" in table
     for row in ("finetune-0-lr5e-05-seed0", "finetune-1-lr0.0001-seed1", "fuser: linear", "fuser: stacking"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_digits_recipe_runs_on_a_slice():
+    table = run_recipe("digits_torch_heads.py", "--rows", "300", "--epochs", "3")
+    assert "digits: 210 train, 90 validation images" in table
+    for row in ("mlp", "cnn", "logreg", "fuser:linear", "fuser:stacking"):
+        assert row in table

@@ -5,5 +5,6 @@ from .hf_classifier import HFClassifier
 from .hf_encoder import HFEncoder
 from .hf_source import HFSource
 from .sklearn_member import SklearnMember
+from .torch_member import TorchMember
 
-__all__ = ["MEMBERS", "Member", "HFClassifier", "HFEncoder", "HFSource", "SklearnMember"]
+__all__ = ["MEMBERS", "Member", "HFClassifier", "HFEncoder", "HFSource", "SklearnMember", "TorchMember"]
