@@ -7,19 +7,22 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import metrics
 from .cache import OutputCache, Outputs
 from .crossfit import out_of_fold_outputs
 from .data import TextData, as_text_data, column_values, dataset_label_names
 from .errors import ConfigError, DataError, MemberOutputError, NotFittedError
+from .evaluation import metrics
 from .fusers import FUSERS, Fuser, MeanFuser, MemberOutputs
 from .labels import alignment
 from .members.base import Member
+
+if TYPE_CHECKING:
+    from .evaluation import Report
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class Ensemble:
         self.fuser_data, self.cv, self.seed = fuser_data, cv, seed
         self.fuser_data_: str | None = None
         self.metrics_: dict[str, Any] | None = None
+        self.report_: Report | None = None
 
     @property
     def classes_(self) -> np.ndarray:
@@ -186,10 +190,13 @@ class Ensemble:
         logger.info("fitting fuser %s on %d %s rows", self.fuser.name, len(fuser_labels), mode)
         self.fuser.fit(fuser_rows, fuser_labels)
         self.fuser_data_ = mode
-        self.metrics_ = None
+        self.metrics_, self.report_ = None, None
         if val_data is not None:
-            self.metrics_ = {"split": "validation", "rows": len(val_data), "fuser_in_sample": mode == "validation",
-                             "scores": self.evaluate(val_data)}
+            in_sample = mode == "validation"
+            self.metrics_ = {"split": "validation", "rows": len(val_data), "fuser_in_sample": in_sample,
+                             "scores": self.score(val_data)}
+            note = ["The fuser was fitted on these rows: its scores are in-sample (optimistic)."] if in_sample else []
+            self.report_ = self.evaluate(val_data, notes=note)
         return self
 
     # --- prediction ---------------------------------------------------------------------------------
@@ -205,8 +212,25 @@ class Ensemble:
             raise NotFittedError("the ensemble's fuser is not fitted; call Ensemble.fit(train, validation) first.")
         return self.classes_[self.fuser.predict(self.member_outputs(data))]
 
-    def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
-        """Accuracy and log-loss of every member and of the fuser on labelled ``data``.
+    def evaluate(self, data: Any, fusers: Any = None, **report_options: Any) -> Report:
+        """The full evaluation report on labelled ``data``: metrics with bootstrap intervals, paired tests of the
+        fuser against the best member, calibration, diversity, weights, and accuracy against inference cost.
+
+        Args:
+            data: labelled rows.
+            fusers: other fitted fusers over the same members to compare (a list or ``{name: fuser}``).
+            **report_options: ``n_bootstrap``, ``seed``, ``title``, ``split``, ``notes`` (see
+                ``fusion.evaluation.build_report``).
+
+        Example:
+            >>> ens.evaluate(validation).save("out/report")  # report.html, report.md, report.json  # doctest: +SKIP
+        """
+        from .reporting import evaluate
+
+        return evaluate(self, fusers, data, **report_options)
+
+    def score(self, data: Any) -> dict[str, dict[str, float]]:
+        """Accuracy and log-loss of every member and of the fuser on labelled ``data`` (fast; no report).
 
         Returns:
             ``{name: {"accuracy": ..., "log_loss": ...}}``; members first, then ``"fuser:<name>"``.

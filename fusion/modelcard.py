@@ -32,7 +32,11 @@ def render_model_card(ensemble: Ensemble, config: dict[str, Any]) -> str:
         "## Fuser", "", f"`{ensemble.fuser!r}`, fitted on {_fuser_data_note(config)}.", "",
     ]
     metrics = config.get("metrics")
-    if metrics:
+    if ensemble.report_ is not None:
+        report = ensemble.report_.to_markdown().replace("\n# ", "\n### ").replace("\n## ", "\n### ")
+        report = report[2:] if report.startswith("# ") else report
+        lines += ["## Evaluation", "", "The full report, with plots, is in `report/report.html`.", "", "### " + report, ""]
+    elif metrics:
         caveat = (" The fuser was fitted on these same rows, so its score is in-sample (optimistic)."
                   if metrics.get("fuser_in_sample") else " No part of the ensemble was trained on these rows.")
         lines += ["## Evaluation", "", f"On the {metrics['split']} split ({metrics['rows']} rows).{caveat}", "",

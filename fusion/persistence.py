@@ -6,7 +6,8 @@ Layout::
                            versions, and the sha256 of every other file in the folder
     fuser.safetensors      the fuser's learned state
     members/<i>-<name>/    what each member learned (head.safetensors, estimator.skops, backbone/)
-    README.md              model card
+    report/                the evaluation report on the validation split (HTML, Markdown, JSON), if any
+    README.md              model card, with the report
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .ensemble import Ensemble
 
 CONFIG_NAME = "fusion_config.json"
+REPORT_DIR = "report"  # report.html / report.md / report.json of the validation split, when there was one
 FORMAT = "fusion-ensemble"
 FORMAT_VERSION = 1
 _PACKAGES = ("fusion", "torch", "transformers", "datasets", "accelerate", "safetensors", "scikit-learn", "skops")
@@ -68,6 +70,8 @@ def save_ensemble(ensemble: Ensemble, directory: Path) -> Path:
             members.append({**member.to_config(), "dir": folder})
         state = ensemble.fuser.state_dict()
         atomic_save_tensors(staging / "fuser.safetensors", state, {"fuser": ensemble.fuser.name})
+        if ensemble.report_ is not None:
+            ensemble.report_.save(staging / REPORT_DIR)
         config = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "labels": ensemble.labels,
             "text_column": ensemble.text_column, "label_column": ensemble.label_column,
@@ -109,4 +113,8 @@ def load_ensemble(cls: type[Ensemble], directory: Path, **options: Any) -> Ensem
                    label_column=config["label_column"], cache_dir=options.get("cache_dir"),
                    fuser_data=config["fuser_data"], cv=config["cv"], seed=config["seed"])
     ensemble.fuser_data_, ensemble.metrics_ = config.get("fuser_data_used"), config.get("metrics")
+    if (directory / REPORT_DIR / "report.json").is_file():  # verified above with every other file
+        from .evaluation import Report
+
+        ensemble.report_ = Report.load(directory / REPORT_DIR / "report.json")
     return ensemble

@@ -98,7 +98,7 @@ def main() -> None:
         start = time.perf_counter()
         ensemble.fit(train, holdout)  # members fine-tune once; the held-out slice trains the fuser
         seconds = time.perf_counter() - start
-        scores = ensemble.evaluate(validation)
+        scores = ensemble.score(validation)
         if not rows:
             rows += [(name, s, float("nan")) for name, s in scores.items() if not name.startswith("fuser:")]
         rows.append((f"fuser: {fuser.name}", scores[f"fuser:{fuser.name}"], seconds))

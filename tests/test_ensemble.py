@@ -47,7 +47,27 @@ def test_issue_example_fit_predict_save_reload(four_members, toy_sentiment, tmp_
     assert np.array_equal(same.predict_proba(texts), ens.predict_proba(texts))
     assert same.labels == ["negative", "positive"] and [m.name for m in same.members] == [m.name for m in four_members]
     card = (tmp_path / "ens" / "README.md").read_text()
-    assert "fuser:linear" in card and "| bert |" in card
+    assert "report/report.html" in card and "| linear (best) | fuser |" in card and "| bert |" in card
+    html = (tmp_path / "ens" / "report" / "report.html").read_text()
+    assert all(f'id="{section}"' in html for section in ("metrics", "reliability", "confusion", "cost"))
+    assert same.report_.to_dict() == ens.report_.to_dict()
+    assert {m.name for m in same.report_.models} == {"bert", "roberta", "encoder", "tfidf", "linear"}
+
+
+def test_evaluate_compares_several_fitted_fusers(four_members, toy_sentiment, tmp_path):
+    ens = Ensemble(four_members, fuser=MeanFuser(), labels=["negative", "positive"])
+    stacking = StackingFuser()
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    ens.fuser = stacking
+    ens.fit(toy_sentiment["train"])
+    ens.fuser = MeanFuser()
+    ens.fit(toy_sentiment["train"])
+    report = ens.evaluate(toy_sentiment["validation"], fusers=[stacking], n_bootstrap=200)
+    assert [m.name for m in report.fusers] == ["mean", "stacking"]
+    expected = ens.score(toy_sentiment["validation"])["fuser:mean"]["accuracy"]
+    assert report.model("mean").metrics["accuracy"] == pytest.approx(expected)
+    assert {t.fuser for t in report.tests} == {"mean", "stacking"}
+    assert all(s is not None for s in (report.model(n).seconds_per_1k for n in ("bert", "encoder", "tfidf")))
 
 
 def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_dir, toy_sentiment):

@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 from fusion.errors import ConfigError, MemberOutputError, NotFittedError, PersistenceError, UnknownNameError
+from fusion.evaluation.metrics import log_loss
 from fusion.fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
-from fusion.metrics import log_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

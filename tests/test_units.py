@@ -24,10 +24,10 @@ from fusion.errors import (
     PersistenceError,
     UnknownNameError,
 )
+from fusion.evaluation.metrics import accuracy, log_loss
 from fusion.heads import HEADS, Head, LinearHead, MLPHead
 from fusion.io import atomic_directory, load_tensors, read_json, sha256_file, sha256_tensors
 from fusion.labels import alignment, apply_label_map
-from fusion.metrics import accuracy, log_loss
 from fusion.pooling import cls_pool, get_pooling, last_pool, mean_pool
 from fusion.registry import Registry
 

@@ -1,0 +1,145 @@
+"""``build_report``: compute every number of an evaluation report once, from probabilities and labels."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from .checks import (
+    check_label_names,
+    check_labels,
+    check_model_names,
+    check_n_bootstrap,
+    check_proba,
+    check_seconds,
+    check_weights,
+)
+from .cost import EXHAUSTIVE_LIMIT, cost_accuracy
+from .diversity import member_diversity
+from .metrics import ECE_BINS, all_metrics, confusion_matrix, per_class, reliability
+from .report import ModelResult, PairedTest, Report
+from .uncertainty import CI_LEVEL, bootstrap_metrics, metric_intervals, paired_test, percentile_interval
+
+logger = logging.getLogger(__name__)
+
+
+def build_report(
+    member_proba: Mapping[str, np.ndarray],
+    fuser_proba: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    label_names: list[str],
+    *,
+    seconds: Mapping[str, float] | None = None,
+    member_weights: Mapping[str, Mapping[str, float]] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    title: str = "fusion evaluation",
+    split: str = "validation",
+    notes: list[str] | None = None,
+) -> Report:
+    """Evaluate members and fusers on the same labelled rows.
+
+    Args:
+        member_proba: member name -> ``[rows, classes]`` probabilities in the ensemble's label order.
+        fuser_proba: fuser name -> ``[rows, classes]`` probabilities (may be empty).
+        labels: ``[rows]`` integer class ids.
+        label_names: one name per class, in label order.
+        seconds: model name -> wall seconds it took on these rows (members: running the model; fusers:
+            combining cached outputs); a model left out gets ``seconds_per_1k = None``.
+        member_weights: fuser name -> {member name: weight or importance}, as the fuser reports it.
+        n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
+        seed: seed of ``numpy.random.default_rng`` drawing the resamples.
+        title, split: shown in every rendering.
+        notes: caveats shown in every rendering (e.g. that a fuser was trained on these rows).
+
+    Returns:
+        A Report; see :mod:`fusion.evaluation.report` for its fields and JSON schema.
+
+    Raises:
+        DataError: labels empty, not integer ids, or out of range; no members; clashing or unknown names.
+        MemberOutputError: probabilities of the wrong shape, with NaN/inf, or rows not summing to one.
+        ConfigError: ``n_bootstrap`` negative or not an integer.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]])
+        >>> b = np.array([[0.6, 0.4], [0.2, 0.8], [0.2, 0.8]])
+        >>> fused = (a + b) / 2
+        >>> report = build_report({"a": a, "b": b}, {"mean": fused}, np.array([0, 1, 1]), ["no", "yes"],
+        ...                       seconds={"a": 0.3, "b": 3.0}, n_bootstrap=100)
+        >>> report.best_member, report.model("mean").metrics["accuracy"], report.model("a").seconds_per_1k
+        ('b', 1.0, 100.0)
+    """
+    label_names = check_label_names(label_names)
+    labels = check_labels(labels, len(label_names))
+    check_model_names(member_proba, fuser_proba)
+    members = {n: check_proba(p, len(labels), f"member {n!r}", len(label_names)) for n, p in member_proba.items()}
+    fusers = {n: check_proba(p, len(labels), f"fuser {n!r}", len(label_names)) for n, p in fuser_proba.items()}
+    per_1k = {n: s * 1000.0 / len(labels) for n, s in check_seconds(seconds, [*members, *fusers]).items()}
+    weights = check_weights(member_weights, list(fusers), list(members))
+    n_bootstrap = check_n_bootstrap(n_bootstrap)
+
+    probas = {**members, **fusers}
+    samples = bootstrap_metrics(probas, labels, n_bootstrap, seed, ECE_BINS)
+    models = [_model_result(n, "member" if n in members else "fuser", p, labels, label_names, samples[n],
+                            per_1k.get(n)) for n, p in probas.items()]
+    best_member = _best([m for m in models if m.kind == "member"])
+    best_fuser = _best([m for m in models if m.kind == "fuser"]) if fusers else None
+    tests = [_test(f, best_member, probas, labels, samples) for f in fusers]
+    diversity = member_diversity(members, labels)
+    confused = best_fuser or best_member
+    return Report(
+        title=str(title), split=str(split), rows=len(labels), labels=label_names,
+        notes=[str(n) for n in notes or []] + _automatic_notes(diversity, len(members), n_bootstrap),
+        bootstrap={"resamples": n_bootstrap, "seed": int(seed), "level": CI_LEVEL}, ece_bins=ECE_BINS,
+        models=models, best_member=best_member, best_fuser=best_fuser, tests=tests, diversity=diversity,
+        weights=weights, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
+        confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
+    )
+
+
+def _model_result(
+    name: str, kind: str, proba: np.ndarray, labels: np.ndarray, label_names: list[str], samples: np.ndarray,
+    seconds_per_1k: float | None,
+) -> ModelResult:
+    return ModelResult(
+        name=name, kind=kind, metrics=all_metrics(proba, labels), ci95=metric_intervals(samples),
+        seconds_per_1k=seconds_per_1k, per_class=per_class(proba, labels, label_names),
+        reliability=reliability(proba, labels, ECE_BINS),
+    )
+
+
+def _best(models: list[ModelResult]) -> str:
+    """Highest accuracy; ties: lower log-loss, then the earlier model."""
+    order = sorted(range(len(models)), key=lambda i: (-models[i].metrics["accuracy"], models[i].metrics["log_loss"], i))
+    return models[order[0]].name
+
+
+def _test(
+    fuser: str, member: str, probas: dict[str, np.ndarray], labels: np.ndarray, samples: dict[str, np.ndarray]
+) -> PairedTest:
+    correct_f, correct_m = probas[fuser].argmax(1) == labels, probas[member].argmax(1) == labels
+    result = paired_test(correct_f, correct_m)
+    deltas = samples[fuser][:, 0] - samples[member][:, 0]  # column 0 of METRICS: accuracy
+    return PairedTest(
+        fuser=fuser, against=member, method="mcnemar", p_value=result["p_value"],
+        accuracy_delta=result["accuracy_delta"],
+        accuracy_delta_ci95=percentile_interval(deltas) if len(deltas) else None,
+        fuser_only_correct=result["only_a_correct"], member_only_correct=result["only_b_correct"],
+    )
+
+
+def _automatic_notes(diversity: dict, n_members: int, n_bootstrap: int) -> list[str]:
+    notes = []
+    correlation = diversity["error_correlation"]
+    constant = [m for i, m in enumerate(diversity["members"]) if correlation[i][i] is None]
+    if constant:
+        notes.append(f"Error correlation is undefined (n/a) for {', '.join(constant)}: right, or wrong, on every row.")
+    if n_bootstrap == 0:
+        notes.append("No confidence intervals: n_bootstrap=0.")
+    if n_members > EXHAUSTIVE_LIMIT:
+        notes.append(f"Cost/accuracy: {n_members} members, so single members plus greedy forward selection "
+                     f"rather than all {2**n_members - 1} subsets.")
+    return notes

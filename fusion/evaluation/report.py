@@ -1,0 +1,213 @@
+"""The evaluation ``Report``: everything computed once, rendered to Markdown, HTML and JSON without recomputing.
+
+JSON schema ``fusion.report/v1`` (``Report.to_dict``; ``Report.from_dict`` rebuilds an equal Report). Keys
+appear in this order; floats are plain JSON numbers (never NaN); ``null`` means unknown or undefined.
+
+- ``schema`` (str): ``"fusion.report/v1"``.
+- ``title`` (str), ``split`` (str): free text; the split names the rows evaluated on (e.g. ``"validation"``).
+- ``rows`` (int): number of labelled rows.
+- ``labels`` (list[str]): label names in the ensemble's label order (class id = position).
+- ``notes`` (list[str]): caveats shown in every rendering (the caller's, then automatic ones).
+- ``bootstrap`` (object): ``{"resamples": int, "seed": int, "level": 0.95}``; 0 resamples: no intervals.
+- ``ece_bins`` (int): number of equal-width confidence bins of ECE and the reliability diagram (15).
+- ``models`` (list[object]): members first (input order), then fusers; each:
+    - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
+    - ``metrics`` (object): ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at
+      1e-15), ``brier`` (multi-class: mean over rows of sum over classes of (p - onehot)^2, in [0, 2]),
+      ``ece`` (expected calibration error, ``ece_bins`` bins over the max probability); all floats.
+    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval; empty without resamples.
+    - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model, a
+      fuser's is combining cached member outputs (add its members' for the fuser's full cost).
+    - ``per_class`` (object): label -> ``{"precision", "recall", "f1": float, "support": int}`` (0.0 where
+      undefined).
+    - ``reliability`` (object): per confidence bin, ``count`` (list[int]), ``confidence`` and ``accuracy``
+      (list[float | null], null for empty bins).
+- ``best_member`` (str), ``best_fuser`` (str | null): highest accuracy, ties broken by lower log-loss, then
+  by input order; ``best_fuser`` is null when no fuser was evaluated.
+- ``tests`` (list[object]): one per fuser, against ``best_member``: ``fuser``, ``against`` (str), ``method``
+  (``"mcnemar"``: exact two-sided McNemar test), ``p_value`` (float), ``accuracy_delta`` (fuser minus member),
+  ``accuracy_delta_ci95`` (``[lo, hi]`` paired-bootstrap interval, or null), ``fuser_only_correct`` and
+  ``member_only_correct`` (int: the discordant rows). p-values are not corrected for multiple fusers.
+- ``diversity`` (object): ``members`` (list[str]); ``disagreement`` (list[list[float]]: share of rows where two
+  members predict different classes); ``error_correlation`` (list[list[float | null]]: Pearson correlation
+  of 0/1 error indicators; null where a member is right, or wrong, on every row).
+- ``weights`` (object): fuser -> member -> weight or importance, as reported by the fuser (may be empty).
+- ``cost_accuracy`` (list[object]): subsets of members: ``members`` (list[str]), ``accuracy`` (soft vote of
+  the subset), ``seconds_per_1k`` (sum over its members, or null if one is unknown), ``pareto`` (bool).
+- ``confusion`` (object): ``model`` (str: the best fuser, else the best member) and ``matrix``
+  (list[list[int]]: row = true label, column = predicted label).
+
+Example:
+    >>> import numpy as np
+    >>> from fusion.evaluation import build_report
+    >>> proba = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    >>> report = build_report({"a": proba}, {"mean": proba}, np.array([0, 1, 1, 1]), ["neg", "pos"], n_bootstrap=50)
+    >>> report.best_fuser, Report.from_dict(report.to_dict()) == report
+    ('mean', True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, PersistenceError
+
+SCHEMA = "fusion.report/v1"
+FILE_NAMES = {"html": "report.html", "md": "report.md", "json": "report.json"}
+
+
+@dataclass
+class ModelResult:
+    """One member's or fuser's results (see the module docstring for each field)."""
+
+    name: str
+    kind: str
+    metrics: dict[str, float]
+    ci95: dict[str, list[float]]
+    seconds_per_1k: float | None
+    per_class: dict[str, dict[str, Any]]
+    reliability: dict[str, list]
+
+
+@dataclass
+class PairedTest:
+    """A fuser against the best single member, on the same rows."""
+
+    fuser: str
+    against: str
+    method: str
+    p_value: float
+    accuracy_delta: float
+    accuracy_delta_ci95: list[float] | None
+    fuser_only_correct: int
+    member_only_correct: int
+
+
+@dataclass
+class Report:
+    """Evaluation of members and fusers on one labelled split; build it with ``build_report``.
+
+    Attributes mirror the JSON schema of this module (``models`` and ``tests`` hold dataclasses).
+    """
+
+    title: str
+    split: str
+    rows: int
+    labels: list[str]
+    notes: list[str]
+    bootstrap: dict[str, Any]
+    ece_bins: int
+    models: list[ModelResult]
+    best_member: str
+    best_fuser: str | None
+    tests: list[PairedTest] = field(default_factory=list)
+    diversity: dict[str, list] = field(default_factory=dict)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    cost_accuracy: list[dict[str, Any]] = field(default_factory=list)
+    confusion: dict[str, Any] = field(default_factory=dict)
+
+    # --- lookups ------------------------------------------------------------------------------------
+    def model(self, name: str) -> ModelResult:
+        """The results of the member or fuser called ``name``."""
+        for result in self.models:
+            if result.name == name:
+                return result
+        raise ConfigError(f"no model {name!r} in this report; models: {[m.name for m in self.models]}.")
+
+    @property
+    def members(self) -> list[ModelResult]:
+        return [m for m in self.models if m.kind == "member"]
+
+    @property
+    def fusers(self) -> list[ModelResult]:
+        return [m for m in self.models if m.kind == "fuser"]
+
+    # --- JSON ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The ``fusion.report/v1`` document (plain, JSON-ready types)."""
+        return {"schema": SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a Report from ``to_dict()`` output (e.g. a saved ``report.json``).
+
+        Raises:
+            PersistenceError: not a ``fusion.report/v1`` document, or a field is missing.
+        """
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise PersistenceError(f"not a {SCHEMA} report (schema: {found!r}); re-create it with build_report.")
+        try:
+            fields = {k: data[k] for k in cls.__dataclass_fields__}
+            fields["models"] = [ModelResult(**m) for m in data["models"]]
+            fields["tests"] = [PairedTest(**t) for t in data["tests"]]
+        except (KeyError, TypeError) as err:
+            raise PersistenceError(f"{SCHEMA} report is incomplete or has unexpected fields: {err}.") from err
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        """``to_dict()`` as indented JSON (UTF-8 text, key order as documented)."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Report:
+        """Read a saved ``report.json`` (or the directory holding it)."""
+        from ..io import read_json
+
+        path = Path(path)
+        return cls.from_dict(read_json(path / FILE_NAMES["json"] if path.is_dir() else path, "evaluation report"))
+
+    # --- renderings ---------------------------------------------------------------------------------
+    def to_markdown(self) -> str:
+        """GitHub-flavoured Markdown: metric table, tests, diversity, weights, cost, per-class tables."""
+        from .render import render_markdown
+
+        return render_markdown(self)
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: inline CSS, plots as embedded PNG, no scripts or external links."""
+        from .render import render_html
+
+        return render_html(self)
+
+    def save(self, directory: str | os.PathLike, formats: Iterable[str] = ("html", "md", "json")) -> dict[str, Path]:
+        """Write ``report.html``, ``report.md`` and/or ``report.json`` into ``directory``, each atomically.
+
+        Returns:
+            ``{format: path}`` of the files written.
+
+        Raises:
+            ConfigError: an unknown format.
+        """
+        formats = list(formats)
+        unknown = sorted(set(formats) - set(FILE_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown report formats {unknown}; valid ones: {sorted(FILE_NAMES)}.")
+        render = {"html": self.to_html, "md": self.to_markdown, "json": self.to_json}
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for fmt in formats:
+            written[fmt] = directory / FILE_NAMES[fmt]
+            _atomic_write_text(written[fmt], render[fmt]())
+        return written
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target, then rename over it: readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

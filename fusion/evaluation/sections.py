@@ -1,0 +1,200 @@
+"""The report's sections as plain tables, texts and plot makers, shared by the Markdown and HTML renderers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Report
+
+METRIC_HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "log_loss": "log-loss", "brier": "Brier",
+                  "ece": "ECE"}
+
+
+@dataclass
+class Table:
+    """Cells as display strings; the first column names the row."""
+
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    text_columns: int = 1  # leading columns of text (left-aligned); the others hold numbers
+
+
+@dataclass
+class Section:
+    """One titled part of the report; ``plot`` (HTML only) returns PNG bytes, or is None."""
+
+    id: str
+    title: str
+    text: str
+    tables: list[Table] = field(default_factory=list)
+    plot: Callable[[], bytes] | None = None
+    plot_alt: str = ""
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """Fixed-point text, ``n/a`` for None."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.000"
+
+
+def p_value(value: float) -> str:
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _with_ci(value: float, ci: list[float] | None) -> str:
+    """The value, then its interval after a line break (HTML: second line; Markdown: same line)."""
+    return number(value) if not ci else f"{number(value)}\n[{number(ci[0])}, {number(ci[1])}]"
+
+
+def _label(report: Report, name: str) -> str:
+    return f"{name} (best)" if name in (report.best_member, report.best_fuser) else name
+
+
+def metric_table(report: Report) -> Table:
+    """One row per model: the five metrics with 95% intervals, and seconds per 1,000 rows."""
+    rows = [[_label(report, m.name), m.kind, *(_with_ci(m.metrics[k], m.ci95.get(k)) for k in METRIC_HEADERS),
+             number(m.seconds_per_1k, 3)] for m in report.models]
+    return Table(["model", "kind", *METRIC_HEADERS.values(), "s / 1k rows"], rows, text_columns=2)
+
+
+def _tests_section(report: Report) -> Section:
+    rows = [[t.fuser, t.against, f"{t.accuracy_delta:+.4f}",
+             "n/a" if t.accuracy_delta_ci95 is None else f"[{t.accuracy_delta_ci95[0]:+.4f}, {t.accuracy_delta_ci95[1]:+.4f}]",
+             str(t.fuser_only_correct), str(t.member_only_correct), p_value(t.p_value)] for t in report.tests]
+    text = ("Each fuser against the best single member on the same rows: exact two-sided McNemar test on the rows "
+            "where exactly one of the two is right; the interval of the accuracy difference is a paired bootstrap. "
+            "p-values are not corrected for testing several fusers.") if rows else "No fusers were evaluated."
+    table = Table(["fuser", "against", "Δ accuracy", "95% CI of Δ", "only fuser right", "only member right",
+                   "p-value"], rows, text_columns=2)
+    return Section("tests", "Fusers against the best member", text, [table] if rows else [])
+
+
+def _reliability_section(report: Report) -> Section:
+    shown = [n for n in dict.fromkeys([report.best_fuser, report.best_member, *(f.name for f in report.fusers)]) if n]
+    shown = shown[:6]
+    first = report.model(shown[0])
+    bins = first.reliability
+    edges = [(b / report.ece_bins, (b + 1) / report.ece_bins) for b in range(report.ece_bins)]
+    rows = [[f"({lo:.2f}, {hi:.2f}]", str(c), number(conf), number(acc)] for (lo, hi), c, conf, acc
+            in zip(edges, bins["count"], bins["confidence"], bins["accuracy"], strict=True) if c]
+    curves = {n: report.model(n).reliability for n in shown}
+
+    def plot() -> bytes:
+        from .plots import reliability_png
+
+        return reliability_png(curves, first.name)
+
+    text = (f"Accuracy against confidence (max probability) in {report.ece_bins} equal-width bins; points on the "
+            "diagonal are calibrated. ECE is the row-weighted mean gap.")
+    return Section("reliability", "Reliability", text, [Table(["confidence bin", "rows", "mean confidence",
+                   "accuracy"], rows, f"Bins of {first.name}")], plot, "reliability diagram")
+
+
+def _confusion_section(report: Report) -> Section:
+    model, matrix = report.confusion["model"], report.confusion["matrix"]
+    rows = [[f"true {label}", *map(str, counts)] for label, counts in zip(report.labels, matrix, strict=True)]
+
+    def plot() -> bytes:
+        from .plots import confusion_png
+
+        return confusion_png(matrix, report.labels, model)
+
+    return Section("confusion", f"Confusion matrix of {model}", "Rows: true label; columns: predicted label.",
+                   [Table(["", *(f"pred {x}" for x in report.labels)], rows)], plot, "confusion matrix")
+
+
+def _per_class_section(report: Report) -> Section:
+    f1 = Table(["label", "support", *(m.name for m in report.models)],
+               [[label, str(report.models[0].per_class[label]["support"]),
+                 *(number(m.per_class[label]["f1"]) for m in report.models)] for label in report.labels],
+               "F1 per class and model")
+    focus = report.model(report.best_fuser or report.best_member)
+    detail = Table(["label", "precision", "recall", "F1", "support"],
+                   [[label, *(number(focus.per_class[label][k]) for k in ("precision", "recall", "f1")),
+                     str(focus.per_class[label]["support"])] for label in report.labels], f"Per class: {focus.name}")
+    return Section("per-class", "Per-class metrics", "0.0 where a metric is undefined (no rows or no predictions "
+                   "of the class).", [f1, detail])
+
+
+def _disagreement_section(report: Report) -> Section:
+    div = report.diversity
+    disagree = Table(["", *div["members"]], [[m, *(number(v, 3) for v in row)]
+                                            for m, row in zip(div["members"], div["disagreement"], strict=True)], "Disagreement")
+    correlate = Table(["", *div["members"]], [[m, *(number(v, 3) for v in row)]
+                                             for m, row in zip(div["members"], div["error_correlation"], strict=True)],
+                      "Error correlation")
+
+    def plot() -> bytes:
+        from .plots import disagreement_png
+
+        return disagreement_png(div["members"], div["disagreement"], div["error_correlation"])
+
+    text = ("Disagreement: share of rows where two members predict different labels. Error correlation: Pearson "
+            "correlation of their 0/1 error indicators (n/a when a member is right, or wrong, on every row); "
+            "members whose errors correlate less have more to gain from fusion.")
+    return Section("disagreement", "Member diversity", text, [disagree, correlate], plot, "disagreement heatmap")
+
+
+def _weights_section(report: Report) -> Section:
+    members = report.diversity["members"]
+    if not report.weights:
+        return Section("weights", "Fuser weights", "No fuser reported member weights or importances.")
+    table = Table(["member", *report.weights], [[m, *(number(w.get(m)) for w in report.weights.values())]
+                                                for m in members])
+
+    def plot() -> bytes:
+        from .plots import weights_png
+
+        return weights_png(report.weights, members)
+
+    return Section("weights", "Fuser weights", "Each member's weight or importance in each fuser, as the fuser "
+                   "reports it.", [table], plot, "bar chart of fuser weights")
+
+
+def _cost_section(report: Report) -> Section:
+    points = report.cost_accuracy
+    front = [p for p in points if p["pareto"]]
+    shown = front or sorted(points, key=lambda p: -p["accuracy"])[:5]
+    caption = "Pareto front" if front else "Most accurate subsets (costs unknown)"
+    table = Table(["members", "accuracy", "s / 1k rows"], [
+        [" + ".join(p["members"]), number(p["accuracy"]), number(p["seconds_per_1k"], 3)]
+        for p in sorted(shown, key=lambda p: (p["seconds_per_1k"] or 0.0, p["accuracy"]))], caption)
+    member_cost = [m.seconds_per_1k for m in report.members]
+    total = None if None in member_cost else sum(member_cost)
+    fusers = [(f.name, f.metrics["accuracy"], None if total is None else total + (f.seconds_per_1k or 0.0))
+              for f in report.fusers]
+
+    def plot() -> bytes:
+        from .plots import cost_png
+
+        return cost_png(points, fusers)
+
+    text = (f"Soft vote (mean probability) of {len(points)} subsets of members; cost is the sum of their seconds "
+            "per 1,000 rows. The table lists the Pareto front (no subset is both cheaper and more accurate); fusers "
+            "(stars) cost all members plus their own combining time. All subsets are in report.json.")
+    return Section("cost", "Accuracy against inference cost", text, [table], plot, "accuracy against cost")
+
+
+def sections(report: Report) -> list[Section]:
+    """Every section in display order (the metric table comes first)."""
+    def metric_plot() -> bytes:
+        from .plots import metric_intervals_png
+
+        return metric_intervals_png([m.name for m in report.models], [m.kind for m in report.models],
+                                    [m.metrics["accuracy"] for m in report.models],
+                                    [m.ci95.get("accuracy") for m in report.models])
+
+    intervals = (f"95% percentile bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows "
+                 f"(seed {report.bootstrap['seed']}) in brackets. " if report.bootstrap["resamples"] else "")
+    metrics = Section("metrics", "Metrics", intervals + "Brier is the multi-class score (sum over classes); "
+                      f"ECE uses {report.ece_bins} bins; log-loss is natural log.", [metric_table(report)],
+                      metric_plot, "accuracy with intervals")
+    return [metrics, _tests_section(report), _reliability_section(report), _confusion_section(report),
+            _per_class_section(report), _disagreement_section(report), _weights_section(report),
+            _cost_section(report)]
