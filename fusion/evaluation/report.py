@@ -48,16 +48,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, PersistenceError
+from ..io import atomic_write_text
 
 SCHEMA = "fusion.report/v1"
 FILE_NAMES = {"html": "report.html", "md": "report.md", "json": "report.json"}
@@ -196,18 +195,5 @@ class Report:
         written = {}
         for fmt in formats:
             written[fmt] = directory / FILE_NAMES[fmt]
-            _atomic_write_text(written[fmt], render[fmt]())
+            atomic_write_text(written[fmt], render[fmt]())
         return written
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, then rename over it: readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
