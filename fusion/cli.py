@@ -1,0 +1,460 @@
+"""The ``fusion`` command: build an ensemble from a YAML recipe, then evaluate, predict, report and inspect it.
+
+    fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
+    fusion evaluate DIR --data PATH [--split validation] [--out DIR/report]
+    fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
+    fusion report DIR [--out DIR]
+    fusion inspect DIR
+
+Exit codes: 0 success, 2 a usage, recipe or data error (``error: ...`` on stderr, no traceback), 1 anything
+unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars and step messages,
+``--verbose`` shows the library's INFO logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .dataio import DataSpec, load_data, load_split, read_table
+from .errors import ChecksumError, DataError, FusionError, PersistenceError
+from .io import atomic_file, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from .evaluation import Report
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+
+
+class Console:
+    """Results go to stdout; step messages to stderr unless ``--quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _silence_progress_bars() -> None:
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
+def _load_data(spec: DataSpec, quiet: bool):
+    if spec.hub is not None and quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+    return load_data(spec)
+
+
+def _print_scores(rows: list[tuple[str, dict[str, float], float | None]], best: str | None = None) -> None:
+    """A table of accuracy and log-loss (and fit seconds when any row has them); ``best`` is starred."""
+    timed = any(seconds is not None for _, _, seconds in rows)
+    print(f"\n{'model':<30}{'accuracy':>10}{'log-loss':>10}" + (f"{'fit s':>8}" if timed else ""))
+    print("-" * (58 if timed else 50))
+    for name, score, seconds in rows:
+        timing = (f"{seconds:>8.1f}" if seconds is not None else f"{'':>8}") if timed else ""
+        mark = " *" if name == best else ""
+        print(f"{name:<30}{score['accuracy']:>10.4f}{score['log_loss']:>10.4f}{timing}{mark}")
+
+
+def _members_first(scores: dict[str, dict[str, float]], members: list[str]) -> list[tuple[str, dict, None]]:
+    order = {name: i for i, name in enumerate(members)}
+    return [(n, scores[n], None) for n in sorted(scores, key=lambda n: (order.get(n, len(order)), n))]
+
+
+def _save_report(report: Report, directory: Path, formats: Sequence[str] | None) -> list[Path]:
+    """Write the report's files and say where."""
+    if formats is not None and not formats:
+        return []
+    written = sorted(report.save(directory, **({"formats": list(formats)} if formats is not None else {})).values())
+    print(f"report: {', '.join(str(p) for p in written)}")
+    return written
+
+
+# --- build ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FuserResult:
+    label: str
+    fuser: Any
+    score: dict[str, float]  # validation accuracy and log-loss
+    metrics: Any  # the ensemble's metrics_ after this fit, restored with the fuser when it is kept
+    seconds: float
+
+
+def _member_scores(outputs: Any, labels: Any) -> dict[str, dict[str, float]]:
+    from .evaluation.metrics import summary
+
+    return {name: summary(outputs.probabilities()[:, i].double().numpy(), labels)
+            for i, name in enumerate(outputs.member_names)}
+
+
+def _fit_fusers(recipe, ensemble, splits, show_progress: bool, console: Console) -> tuple[list[FuserResult], dict]:
+    """Fit the ensemble once per fuser (members train and run on the first fit only); score on validation."""
+    from .data import as_text_data
+    from .evaluation.metrics import summary
+
+    results, member_scores = [], {}
+    fusers = recipe.build_fusers(show_progress)
+    for k, (label, fuser) in enumerate(zip(recipe.fuser_labels, fusers, strict=True), 1):
+        console.step(f"fitting {'members and ' if k == 1 else ''}fuser {label} ({k}/{len(fusers)})")
+        ensemble.fuser = fuser
+        start = time.perf_counter()
+        ensemble.fit(splits.train, splits.validation)
+        seconds = time.perf_counter() - start
+        validation = as_text_data(splits.validation, label_names=ensemble.labels, require_labels=True, where="validation")
+        outputs = ensemble.member_outputs(validation)  # cached: no model runs again
+        member_scores = member_scores or _member_scores(outputs, validation.labels)
+        score = summary(fuser.predict_proba(outputs), validation.labels)
+        results.append(FuserResult(label, fuser, score, ensemble.metrics_, seconds))
+    return results, member_scores
+
+
+def _print_build_table(results: list[FuserResult], member_scores: dict, best: FuserResult, fuser_data: str | None) -> None:
+    members = [(name, score, None) for name, score in member_scores.items()]
+    _print_scores(members + [(f"fuser: {r.label}", r.score, r.seconds) for r in results], f"fuser: {best.label}")
+    source = ("out-of-fold member outputs on the training rows" if fuser_data == "train"
+              else "the validation rows (in-sample: no member is trained here), so their scores are optimistic")
+    print(f"(validation split; fusers fitted on {source}; the first fit includes running and training every member)")
+
+
+def run_build(args: argparse.Namespace, console: Console) -> int:
+    from .recipe import load_recipe, parse_override
+
+    overrides = [parse_override(text) for text in args.set or []]
+    recipe = load_recipe(args.recipe, overrides, data=args.data, output=args.output, limit=args.limit)
+    show_progress = not args.quiet
+    members = recipe.build_members(show_progress)
+    print(f"recipe {args.recipe}: {len(members)} members ({', '.join(m.name for m in members)}), fusers "
+          f"{', '.join(recipe.fuser_labels)}; data {recipe.data.describe()}; output {recipe.output}")
+    if args.check:
+        print("recipe is valid (nothing was run).")
+        return EXIT_OK
+    console.step("finding member model files")
+    recipe.check_sources(members)
+    console.step(f"loading data from {recipe.data.describe()}")
+    splits = _load_data(recipe.data, args.quiet)
+    carved = f", validation carved from train (fraction {recipe.data.validation_fraction})" if splits.carved else ""
+    print(f"data: {len(splits.train['text'])} train, {len(splits.validation['text'])} validation rows{carved}")
+    ensemble = recipe.build_ensemble(members, labels=splits.labels)
+    results, member_scores = _fit_fusers(recipe, ensemble, splits, show_progress, console)
+    best = max(results, key=lambda r: r.score["accuracy"])  # max keeps the first of equals: ties -> first listed
+    _print_build_table(results, member_scores, best, ensemble.fuser_data_)
+    tied = [r.label for r in results if r.score["accuracy"] == best.score["accuracy"]]
+    tie = f" (tied with {', '.join(tied[1:])}; the first listed wins)" if len(tied) > 1 else ""
+    print(f"keeping the best fuser on validation accuracy: {best.label} ({best.score['accuracy']:.4f}){tie}")
+    ensemble.fuser, ensemble.metrics_ = best.fuser, best.metrics
+    console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
+    others = [r.fuser for r in results if r.fuser is not best.fuser]
+    ensemble.report_ = ensemble.evaluate(splits.validation, fusers=others, notes=_report_notes(ensemble))
+    saved = ensemble.save_pretrained(recipe.output / "ensemble")
+    atomic_write_text(recipe.output / "recipe.yaml", recipe.resolved_yaml())
+    print(f"saved the ensemble to {saved} (recipe as run: {recipe.output / 'recipe.yaml'})")
+    _save_report(ensemble.report_, recipe.output / "report", recipe.report.formats)
+    return EXIT_OK
+
+
+def _report_notes(ensemble: Any) -> list[str]:
+    if ensemble.fuser_data_ == "validation":
+        return ["The fusers were fitted on these rows: their scores are in-sample (optimistic)."]
+    return [f"Fusers were fitted on out-of-fold training outputs ({ensemble.cv}-fold cross-fitting); "
+            "nothing was trained on these rows."]
+
+
+# --- evaluate / predict / report ------------------------------------------------------------------------------
+
+
+def _load_ensemble(directory: str, quiet: bool, cache_dir: str | None = None):
+    from .ensemble import Ensemble
+
+    return Ensemble.from_pretrained(directory, show_progress=not quiet, cache_dir=cache_dir)
+
+
+def _cli_data_spec(value: str, **options: Any) -> DataSpec:
+    if value.startswith("hub:"):
+        return DataSpec(hub=value[len("hub:"):], **options)
+    if not Path(value).exists():
+        raise DataError(f"--data: {value!r} does not exist; give a dataset directory (train.csv, validation.csv, "
+                        "labels.json), a .csv/.tsv/.jsonl/.json file, or hub:DATASET_ID.")
+    return DataSpec(path=value, **options)
+
+
+def run_evaluate(args: argparse.Namespace, console: Console) -> int:
+    ensemble = _load_ensemble(args.dir, args.quiet, args.cache_dir)
+    options = {"text_column": args.text_column, "label_column": args.label_column, "limit": args.limit}
+    if args.data.startswith("hub:"):
+        options.update(config=args.data_config, validation_split=args.split)
+    spec = _cli_data_spec(args.data, **options)
+    console.step(f"loading the {args.split} split of {spec.describe()}")
+    table, _ = load_split(spec, args.split)
+    data = {ensemble.text_column: table["text"], ensemble.label_column: table.get("label")}
+    if data[ensemble.label_column] is None:
+        raise DataError(f"{spec.describe()} ({args.split}): no column {args.label_column!r}; evaluation needs labels.")
+    report = ensemble.evaluate(data, split=args.split)
+    scores = {(f"fuser:{m.name}" if m.kind == "fuser" else m.name): m.metrics for m in report.models}
+    print(f"{args.split} split of {spec.describe()}: {len(table['text'])} rows")
+    _print_scores(_members_first(scores, [m.name for m in ensemble.members]))
+    _save_report(report, Path(args.out) if args.out else Path(args.dir) / "report", None)
+    return EXIT_OK
+
+
+def _write_predictions(path: Path, texts: list[str], labels: Sequence[str], predicted, proba) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label", *[f"proba_{name}" for name in labels]])
+        for text, label, row in zip(texts, predicted, proba, strict=True):
+            writer.writerow([text, label, *[f"{p:.6f}" for p in row]])
+
+
+def run_predict(args: argparse.Namespace, console: Console) -> int:
+    if args.file is not None:
+        table = read_table(args.file)
+        if args.text_column not in table:
+            raise DataError(f"{args.file}: no column {args.text_column!r}; it has columns {list(table)}. "
+                            "Choose one with --text-column.")
+        texts = [str(t) for t in table[args.text_column]]
+        if not texts:
+            raise DataError(f"{args.file}: no rows to predict.")
+    else:
+        texts = list(args.text)
+    ensemble = _load_ensemble(args.dir, args.quiet)
+    proba = ensemble.predict_proba(texts)
+    predicted = ensemble.classes_[proba.argmax(1)]
+    if args.file is None:
+        for text, label, row in zip(texts, predicted, proba, strict=True):
+            print(f"{label}\t{row.max():.4f}\t{text}")
+        return EXIT_OK
+    out = Path(args.out)
+    _write_predictions(out, texts, list(ensemble.classes_), predicted, proba)
+    print(f"wrote {len(texts)} predictions to {out}")
+    return EXIT_OK
+
+
+def _report_json(directory: Path) -> Path:
+    for candidate in (directory / "report.json", directory / "report" / "report.json"):
+        if candidate.is_file():
+            return candidate
+    raise PersistenceError(f"no report.json in {directory} or {directory / 'report'}; write one with "
+                           "`fusion evaluate DIR --data ...` or `fusion build`.")
+
+
+def run_report(args: argparse.Namespace, console: Console) -> int:
+    from .evaluation import Report
+
+    report = Report.load(_report_json(Path(args.dir)))
+    source = _report_json(Path(args.dir))
+    _save_report(report, Path(args.out) if args.out else source.parent, None)
+    return EXIT_OK
+
+
+# --- inspect --------------------------------------------------------------------------------------------------
+
+
+def _file_status(path: Path, expected: str) -> str:
+    from .io import sha256_file
+
+    if not path.is_file():
+        return "missing"
+    return "verified" if sha256_file(path) == expected else "MISMATCH"
+
+
+def _member_weight_file(model: str, revision: str | None, filename: str) -> Path | None:
+    if Path(model).is_dir():
+        return Path(model) / filename
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model, filename, revision=revision)
+    except Exception:  # not a valid repo id, or no cache: nothing to verify locally
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def _print_member(index: int, member: dict[str, Any]) -> list[str]:
+    problems = []
+    print(f"  [{index}] {member.get('name')}  kind={member.get('kind')}")
+    details = {k: member.get(k) for k in ("model", "revision", "estimator", "pooling", "label_map", "labels")
+               if member.get(k) is not None}
+    if isinstance(member.get("head"), dict):
+        details["head"] = member["head"].get("name")
+    if member.get("finetuned"):
+        details["backbone"] = f"fine-tuned, saved in {member.get('dir')}/backbone"
+    for key, value in details.items():
+        print(f"      {key}: {value}")
+    for filename, sha in (member.get("weights_sha256") or {}).items():
+        path = _member_weight_file(str(member.get("model")), member.get("revision"), filename)
+        status = "not found locally" if path is None else _file_status(path, sha)
+        if status in ("MISMATCH", "missing"):
+            problems.append(f"member {member.get('name')!r} weights {filename}")
+        print(f"      weights {filename} sha256 {sha[:16]}…  {status}")
+    return problems
+
+
+def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
+    problems = []
+    print(f"files ({len(files)} checksummed):")
+    for relative, sha in sorted(files.items()):
+        status = _file_status(directory / relative, sha)
+        if status != "verified":
+            problems.append(relative)
+        print(f"  {status:<9} {relative}  sha256 {sha[:16]}…")
+    extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    extra = [p for p in extra if p not in files and p not in ("fusion_config.json", "README.md")]
+    for relative in extra:
+        print(f"  {'untracked':<9} {relative}")
+    return problems
+
+
+def run_inspect(args: argparse.Namespace, console: Console) -> int:
+    from .io import read_json
+    from .persistence import CONFIG_NAME
+
+    directory = Path(args.dir)
+    config = read_json(directory / CONFIG_NAME, "ensemble config")
+    versions = config.get("versions") or {}
+    print(f"ensemble: {directory}")
+    print(f"format: {config.get('format')} v{config.get('format_version')}; saved with "
+          + ", ".join(f"{k} {versions[k]}" for k in ("fusion", "torch", "transformers") if k in versions))
+    labels = config.get("labels") or []
+    print(f"labels ({len(labels)}): {', '.join(labels)}")
+    print(f"members ({len(config.get('members', []))}):")
+    problems = [p for i, m in enumerate(config.get("members", [])) for p in _print_member(i, m)]
+    fuser = config.get("fuser") or {}
+    params = ", ".join(f"{k}={json.dumps(v)}" for k, v in (fuser.get("params") or {}).items())
+    print(f"fuser: {fuser.get('name')}({params}); fitted on {config.get('fuser_data_used')} rows "
+          f"(fuser_data={config.get('fuser_data')}, cv={config.get('cv')}, seed={config.get('seed')})")
+    metrics = config.get("metrics")
+    if metrics:
+        print(f"metrics on the {metrics.get('split')} split ({metrics.get('rows')} rows):", end="")
+        _print_scores(_members_first(metrics["scores"], [m.get("name") for m in config.get("members", [])]))
+    problems += _print_files(directory, config.get("files") or {})
+    if problems:
+        raise ChecksumError(f"{len(problems)} file(s) differ from the sha256 recorded at save time or are missing: "
+                            f"{', '.join(problems)}. Restore them, or save the ensemble again.")
+    print("all checksums verified.")
+    return EXIT_OK
+
+
+# --- the parser -------------------------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step messages")
+    common.add_argument("-v", "--verbose", action="store_true", help="show the library's INFO logs")
+    return common
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    parser.add_argument("--label-column", default="label", help="column holding the labels (default: label)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most N rows (seeded sample)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="fusion", description="Build, evaluate and ship ensembles of text classifiers.",
+                                     epilog="Run `fusion COMMAND --help` for each command's options.")
+    parser.add_argument("--version", action="version", version=f"fusion {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = sub.add_parser("build", parents=[common], help="train and save an ensemble from a YAML recipe",
+                           description="Load data, build the members, fit the ensemble once per listed fuser (members "
+                                       "run once), keep the best fuser on validation accuracy (ties: first listed), "
+                                       "save OUTPUT/ensemble, OUTPUT/recipe.yaml and the report in OUTPUT/report.")
+    build.add_argument("recipe", help="the YAML recipe (see fusion/recipe.py for the schema)")
+    build.add_argument("--data", help="replace the recipe's data source: a directory, a file, or hub:DATASET_ID")
+    build.add_argument("--output", help="replace the recipe's output directory")
+    build.add_argument("--limit", type=int, help="use at most N rows per split (quick runs)")
+    build.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set members.0.model=DIR --set ensemble.cv=3 (repeatable)")
+    build.add_argument("--check", action="store_true", help="validate the recipe and exit without running anything")
+    build.set_defaults(run=run_build)
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="score a saved ensemble on labelled data",
+                              description="Print accuracy and log-loss of every member and the fuser; write the report.")
+    evaluate.add_argument("dir", help="a directory written by save_pretrained (e.g. OUTPUT/ensemble)")
+    evaluate.add_argument("--data", required=True, help="a dataset directory, a file, or hub:DATASET_ID")
+    evaluate.add_argument("--split", default="validation", help="which split of a directory or hub dataset")
+    evaluate.add_argument("--data-config", help="the hub dataset's configuration")
+    evaluate.add_argument("--out", help="report directory (default: DIR/report)")
+    evaluate.add_argument("--cache-dir", help="keep member outputs here")
+    _data_options(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    predict = sub.add_parser("predict", parents=[common], help="predict labels for texts or a file",
+                             description="Print label and probability per --text, or write --out with the columns text, "
+                                         "label and one proba_<label> column per label for --file.")
+    predict.add_argument("dir", help="a directory written by save_pretrained")
+    given = predict.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    given.add_argument("--file", help="a .csv, .tsv, .jsonl, .json or .txt (one text per line) file")
+    predict.add_argument("--text-column", default="text", help="column holding the texts in --file (default: text)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write for --file (default: predictions.csv)")
+    predict.set_defaults(run=run_predict)
+
+    report = sub.add_parser("report", parents=[common], help="re-render a report from its report.json",
+                            description="Read DIR/report.json or DIR/report/report.json and write the HTML, Markdown "
+                                        "and JSON report again.")
+    report.add_argument("dir", help="an ensemble directory, a build output directory, or a report directory")
+    report.add_argument("--out", help="where to write (default: beside report.json)")
+    report.set_defaults(run=run_report)
+
+    inspect_ = sub.add_parser("inspect", parents=[common], help="show a saved ensemble and verify its checksums",
+                              description="Members, labels, fuser, metrics, and the sha256 of every file, without "
+                                          "loading any weights. Exits with 2 when a file is missing or differs.")
+    inspect_.add_argument("dir", help="a directory written by save_pretrained")
+    inspect_.set_defaults(run=run_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fusion`` command; returns the exit code (0 ok, 2 usage/recipe/data errors, 1 unexpected)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version and usage errors
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    console = Console(args.quiet)
+    try:
+        if args.quiet:
+            _silence_progress_bars()
+        return args.run(args, console)
+    except FusionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("error: unexpected failure (a bug in fusion, or in a member); the traceback is above.", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
