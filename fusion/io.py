@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,11 @@ def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _fresh_name(target: Path, tag: str) -> Path:
+    """An unused hidden name beside ``target`` for staging it."""
+    return target.parent / f".{target.name}.{tag}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
@@ -54,7 +59,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = _fresh_name(target, "tmp-")
+    staging.mkdir(0o777)  # honours the umask, unlike mkdtemp's 0o700
     try:
         yield staging
     except BaseException:
@@ -76,10 +82,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     if the block fails, so readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _fresh_name(path, "tmp-")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode  # 0o666 less the umask, as a plain open() gives (mkstemp would give 0o600)
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, mode)  # writers that recreate the file (safetensors) must not narrow it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -3,7 +3,9 @@ pooling and the engine's batching helpers."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from types import SimpleNamespace
 
 import datasets
@@ -26,7 +28,15 @@ from fusion.errors import (
 )
 from fusion.evaluation.metrics import accuracy, log_loss
 from fusion.heads import HEADS, Head, LinearHead, MLPHead
-from fusion.io import atomic_directory, load_tensors, read_json, sha256_file, sha256_tensors
+from fusion.io import (
+    atomic_directory,
+    atomic_save_tensors,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    sha256_file,
+    sha256_tensors,
+)
 from fusion.labels import alignment, apply_label_map
 from fusion.pooling import cls_pool, get_pooling, last_pool, mean_pool
 from fusion.registry import Registry
@@ -243,6 +253,28 @@ def test_atomic_directory_replaces_an_existing_directory_only_on_success(tmp_pat
     with atomic_directory(target) as staging:
         (staging / "new.txt").write_text("new")
     assert names(tmp_path) == ["out"] and names(target) == ["new.txt"]
+
+
+def test_atomic_file_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "report.md"
+    atomic_write_text(target, "old")
+    with pytest.raises(TypeError):
+        atomic_write_text(target, None)  # fails inside the block, after the staging file exists
+    assert names(tmp_path) == ["report.md"] and target.read_text() == "old"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_writes_honour_the_umask_like_a_plain_open(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "ensemble") as staging:
+            atomic_save_tensors(staging / "fuser.safetensors", {"w": torch.ones(2)})
+        atomic_write_text(tmp_path / "report.md", "# report")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "ensemble", tmp_path / "report.md",
+                                                              tmp_path / "ensemble" / "fuser.safetensors"]}
+    assert modes == {"ensemble": 0o755, "report.md": 0o644, "fuser.safetensors": 0o644}
 
 
 def test_sha256_tensors_covers_names_dtypes_shapes_and_values():
