@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .data import TextData
 from .errors import ConfigError, NotFittedError
+from .evaluation.metrics import log_loss
 from .fusers import Fuser, MemberOutputs
 
 if TYPE_CHECKING:
@@ -33,16 +35,50 @@ def _named_fusers(fusers: Fuser | Sequence[Fuser] | Mapping[str, Fuser] | None) 
     return named
 
 
-def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser]) -> tuple[dict, dict, dict]:
-    proba, seconds, weights = {}, {}, {}
+def permutation_importance(fuser: Fuser, outputs: MemberOutputs, labels: Sequence[int] | np.ndarray, *,
+                           repeats: int = 3, seed: int = 0) -> np.ndarray:
+    """Each member's importance to a fitted fuser, as shares summing to 1 (all 0 if nothing matters).
+
+    A member's importance is the rise in the fuser's log-loss when that member's outputs (scores and
+    embeddings) are shuffled across rows, so they no longer match the other members' or the labels; it is
+    averaged over ``repeats`` shuffles (seeded) and negative rises count as 0. Works for any fuser, which is
+    what reports use for fusers without weights of their own (stacking).
+
+    Example:
+        >>> import torch
+        >>> scores = torch.randn(300, 3, 2); labels = scores[:, 0].argmax(-1).numpy()
+        >>> from fusion.fusers import StackingFuser
+        >>> shares = permutation_importance(StackingFuser().fit(scores, labels), MemberOutputs(scores), labels)
+        >>> int(shares.argmax()), round(float(shares.sum()), 6)
+        (0, 1.0)
+    """
+    labels = np.asarray(labels)
+    base = log_loss(fuser.predict_proba(outputs), labels)
+    rng = np.random.default_rng(seed)
+    rises = np.zeros(outputs.n_members)
+    for _ in range(repeats):
+        order = torch.as_tensor(rng.permutation(outputs.n_rows))
+        for m in range(outputs.n_members):
+            logits = outputs.logits.clone()
+            logits[:, m] = outputs.logits[order, m]
+            embeddings = [e if e is None or i != m else e[order] for i, e in enumerate(outputs.embeddings)]
+            shuffled = MemberOutputs(logits, outputs.member_names, embeddings)
+            rises[m] += log_loss(fuser.predict_proba(shuffled), labels) - base
+    rises = np.clip(rises / max(repeats, 1), 0.0, None)
+    return rises / rises.sum() if rises.sum() > 0 else rises
+
+
+def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser], labels: np.ndarray) -> tuple[dict, ...]:
+    proba, seconds, weights, methods = {}, {}, {}, {}
     for name, fuser in fusers.items():
         start = time.perf_counter()
         proba[name] = fuser.predict_proba(outputs)
         seconds[name] = time.perf_counter() - start
-        member_weights = fuser.member_weights()
-        if member_weights is not None:
-            weights[name] = dict(zip(outputs.member_names, map(float, member_weights), strict=True))
-    return proba, seconds, weights
+        shares, methods[name] = fuser.member_weights(), "weights"
+        if shares is None:
+            shares, methods[name] = permutation_importance(fuser, outputs, labels), "permutation"
+        weights[name] = dict(zip(outputs.member_names, map(float, shares), strict=True))
+    return proba, seconds, weights, methods
 
 
 def evaluate(
@@ -85,6 +121,6 @@ def evaluate(
         seconds = {m.name: s for m in ensemble.members
                    if (s := ensemble.cache.seconds(m.fingerprint(), rows.fingerprint)) is not None}
     member_proba = {name: outputs.probabilities()[:, i].double().numpy() for i, name in enumerate(outputs.member_names)}
-    fuser_proba, fuser_seconds, weights = _fuser_results(outputs, named)
+    fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y))
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
-                        member_weights=weights, **report_options)
+                        member_weights=weights, weights_method=methods, **report_options)

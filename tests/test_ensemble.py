@@ -68,6 +68,9 @@ def test_evaluate_compares_several_fitted_fusers(four_members, toy_sentiment, tm
     assert report.model("mean").metrics["accuracy"] == pytest.approx(expected)
     assert {t.fuser for t in report.tests} == {"mean", "stacking"}
     assert all(s is not None for s in (report.model(n).seconds_per_1k for n in ("bert", "encoder", "tfidf")))
+    assert report.weights_method == {"mean": "weights", "stacking": "permutation"}
+    assert report.weights["mean"] == pytest.approx({m.name: 0.25 for m in four_members})
+    assert sum(report.weights["stacking"].values()) == pytest.approx(1.0)
 
 
 def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_dir, toy_sentiment):

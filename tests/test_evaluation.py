@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import pytest
 import sklearn.metrics
+import torch
 
 from fusion.errors import ConfigError, DataError, MemberOutputError, PersistenceError
 from fusion.evaluation import (
@@ -33,6 +34,8 @@ from fusion.evaluation.cost import cost_accuracy, pareto_front
 from fusion.evaluation.diversity import disagreement, error_correlation, member_diversity
 from fusion.evaluation.metrics import confidence_bins
 from fusion.evaluation.uncertainty import bootstrap_metrics, mcnemar_p_value, paired_test, resample_counts
+from fusion.fusers import MemberOutputs, StackingFuser
+from fusion.reporting import permutation_importance
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["metrics", "reliability", "confusion", "weights", "disagreement", "cost", "tests", "per-class"]
@@ -276,6 +279,27 @@ def test_seconds_become_per_thousand_rows(report):
     assert all(p["seconds_per_1k"] is None for p in partial.cost_accuracy if "m1" in p["members"])
 
 
+def test_a_fusers_full_cost_includes_running_every_member(report):
+    members_per_1k = sum(report.model(m).seconds_per_1k for m in ("m0", "m1", "m2"))
+    assert report.full_seconds_per_1k("m1") == report.model("m1").seconds_per_1k
+    assert report.full_seconds_per_1k("weighted") == pytest.approx(members_per_1k + 0.002 * 1000 / 300)
+    row = next(line for line in report.to_markdown().splitlines() if "| fuser |" in line and line.startswith("| weighted"))
+    assert row.endswith(f"| {members_per_1k + 0.002 * 1000 / 300:.3f} |")  # not the bare combining time
+
+
+def test_permutation_importance_gives_nothing_to_a_member_whose_rows_are_all_alike():
+    torch.manual_seed(0)
+    informative = torch.randn(400, 1, 2)
+    labels = informative[:, 0].argmax(-1).numpy()
+    constant = torch.tensor([0.3, -0.3]).expand(400, 1, 2)  # shuffling its rows changes nothing
+    outputs = MemberOutputs(torch.cat([informative, constant], 1), ["signal", "constant"])
+    fuser = StackingFuser().fit(outputs, labels)
+    np.testing.assert_array_equal(permutation_importance(fuser, outputs, labels), [1.0, 0.0])
+    noise = MemberOutputs(torch.cat([informative, torch.randn(400, 1, 2)], 1), ["signal", "noise"])
+    shares = permutation_importance(StackingFuser().fit(noise, labels), noise, labels, repeats=2, seed=1)
+    assert shares[0] > 0.9 and shares.sum() == pytest.approx(1.0)
+
+
 def test_best_model_ties_break_on_log_loss():
     labels = np.array([0, 1, 0, 1])
     sharp = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.6, 0.4]])
@@ -308,6 +332,7 @@ def test_report_fields_follow_the_schema(report):
     assert set(model["ci95"]) == set(model["metrics"])
     assert [m["kind"] for m in data["models"]] == ["member"] * 3 + ["fuser"] * 2
     assert data["weights"] == {"weighted": pytest.approx({"m0": 1 / 6, "m1": 2 / 6, "m2": 3 / 6})}
+    assert data["weights_method"] == {"weighted": "weights"}
     assert data["confusion"]["model"] == data["best_fuser"]
     assert np.array(data["confusion"]["matrix"]).sum() == data["rows"]
     assert len(data["cost_accuracy"]) == 7 and any(p["pareto"] for p in data["cost_accuracy"])
@@ -425,11 +450,14 @@ LABELS = np.array([0, 1, 1])
          "unknown fuser 'g'"),
         ({"a": GOOD}, {"f": GOOD}, LABELS, ["x", "y"], {"member_weights": {"f": {"b": 1.0}}}, DataError,
          r"unknown members \['b'\]"),
+        ({"a": GOOD}, {"f": GOOD}, LABELS, ["x", "y"], {"member_weights": {"f": {"a": 1.0}},
+                                                        "weights_method": {"f": "guess"}}, DataError,
+         "weight methods must be one of"),
         ({"a": GOOD}, {}, LABELS, ["x", "y"], {"n_bootstrap": -1}, ConfigError, "n_bootstrap"),
     ],
     ids=["rows", "sum", "logits", "classes", "nan", "1d-proba", "label-high", "label-negative", "empty",
          "float-labels", "2d-labels", "no-members", "name-clash", "one-label", "duplicate-labels",
-         "seconds-unknown", "seconds-negative", "weights-fuser", "weights-member", "bootstrap"],
+         "seconds-unknown", "seconds-negative", "weights-fuser", "weights-member", "weights-method", "bootstrap"],
 )
 def test_bad_input_is_refused_with_a_clear_message(members, fusers, labels, names, extra, error, match):
     with pytest.raises(error, match=match):

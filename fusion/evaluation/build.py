@@ -14,6 +14,7 @@ from .checks import (
     check_n_bootstrap,
     check_proba,
     check_seconds,
+    check_weight_methods,
     check_weights,
 )
 from .cost import EXHAUSTIVE_LIMIT, cost_accuracy
@@ -33,6 +34,7 @@ def build_report(
     *,
     seconds: Mapping[str, float] | None = None,
     member_weights: Mapping[str, Mapping[str, float]] | None = None,
+    weights_method: Mapping[str, str] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     title: str = "fusion evaluation",
@@ -48,7 +50,9 @@ def build_report(
         label_names: one name per class, in label order.
         seconds: model name -> wall seconds it took on these rows (members: running the model; fusers:
             combining cached outputs); a model left out gets ``seconds_per_1k = None``.
-        member_weights: fuser name -> {member name: weight or importance}, as the fuser reports it.
+        member_weights: fuser name -> {member name: weight or importance}.
+        weights_method: fuser name -> ``"weights"`` (the fuser's own, the default) or ``"permutation"``
+            (permutation importance shares, see ``fusion.reporting.permutation_importance``).
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         seed: seed of ``numpy.random.default_rng`` drawing the resamples.
         title, split: shown in every rendering.
@@ -79,6 +83,7 @@ def build_report(
     fusers = {n: check_proba(p, len(labels), f"fuser {n!r}", len(label_names)) for n, p in fuser_proba.items()}
     per_1k = {n: s * 1000.0 / len(labels) for n, s in check_seconds(seconds, [*members, *fusers]).items()}
     weights = check_weights(member_weights, list(fusers), list(members))
+    methods = check_weight_methods(weights_method, weights)
     n_bootstrap = check_n_bootstrap(n_bootstrap)
 
     probas = {**members, **fusers}
@@ -95,7 +100,7 @@ def build_report(
         notes=[str(n) for n in notes or []] + _automatic_notes(diversity, len(members), n_bootstrap),
         bootstrap={"resamples": n_bootstrap, "seed": int(seed), "level": CI_LEVEL}, ece_bins=ECE_BINS,
         models=models, best_member=best_member, best_fuser=best_fuser, tests=tests, diversity=diversity,
-        weights=weights, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
+        weights=weights, weights_method=methods, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
         confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
     )
 

@@ -134,6 +134,21 @@ def check_weights(
     return out
 
 
+WEIGHT_METHODS = ("weights", "permutation")
+
+
+def check_weight_methods(methods: Mapping[str, str] | None, weights: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """How each fuser's weights were obtained (default ``"weights"``: the fuser's own)."""
+    methods = dict(methods or {})
+    unknown = sorted(set(methods) - set(weights))
+    if unknown:
+        raise DataError(f"weight methods given for fusers without weights {unknown}; fusers with weights: {list(weights)}.")
+    bad = {f: m for f, m in methods.items() if m not in WEIGHT_METHODS}
+    if bad:
+        raise DataError(f"weight methods must be one of {WEIGHT_METHODS}; got {bad}.")
+    return {f: methods.get(f, "weights") for f in weights}
+
+
 def check_n_bootstrap(n_bootstrap: int) -> int:
     """A non-negative int (0 turns confidence intervals off)."""
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:

@@ -31,7 +31,9 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
 - ``diversity`` (object): ``members`` (list[str]); ``disagreement`` (list[list[float]]: share of rows where two
   members predict different classes); ``error_correlation`` (list[list[float | null]]: Pearson correlation
   of 0/1 error indicators; null where a member is right, or wrong, on every row).
-- ``weights`` (object): fuser -> member -> weight or importance, as reported by the fuser (may be empty).
+- ``weights`` (object): fuser -> member -> weight or importance: the fuser's own weights where it has them
+  (mean, vote, linear), otherwise permutation importance as shares summing to 1 (see ``weights_method``).
+- ``weights_method`` (object): fuser -> ``"weights"`` or ``"permutation"``.
 - ``cost_accuracy`` (list[object]): subsets of members: ``members`` (list[str]), ``accuracy`` (soft vote of
   the subset), ``seconds_per_1k`` (sum over its members, or null if one is unknown), ``pareto`` (bool).
 - ``confusion`` (object): ``model`` (str: the best fuser, else the best member) and ``matrix``
@@ -109,6 +111,7 @@ class Report:
     tests: list[PairedTest] = field(default_factory=list)
     diversity: dict[str, list] = field(default_factory=dict)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights_method: dict[str, str] = field(default_factory=dict)
     cost_accuracy: list[dict[str, Any]] = field(default_factory=list)
     confusion: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +130,15 @@ class Report:
     @property
     def fusers(self) -> list[ModelResult]:
         return [m for m in self.models if m.kind == "fuser"]
+
+    def full_seconds_per_1k(self, name: str) -> float | None:
+        """What predicting with ``name`` costs per 1,000 rows: a member's own time; a fuser's combining time plus
+        every member's (None where one is unknown)."""
+        model = self.model(name)
+        if model.kind == "member":
+            return model.seconds_per_1k
+        costs = [m.seconds_per_1k for m in self.members]
+        return None if None in costs else sum(costs) + (model.seconds_per_1k or 0.0)
 
     # --- JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

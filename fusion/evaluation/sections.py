@@ -59,7 +59,7 @@ def _label(report: Report, name: str) -> str:
 def metric_table(report: Report) -> Table:
     """One row per model: the five metrics with 95% intervals, and seconds per 1,000 rows."""
     rows = [[_label(report, m.name), m.kind, *(_with_ci(m.metrics[k], m.ci95.get(k)) for k in METRIC_HEADERS),
-             number(m.seconds_per_1k, 3)] for m in report.models]
+             number(report.full_seconds_per_1k(m.name), 3)] for m in report.models]
     return Table(["model", "kind", *METRIC_HEADERS.values(), "s / 1k rows"], rows, text_columns=2)
 
 
@@ -153,8 +153,15 @@ def _weights_section(report: Report) -> Section:
 
         return weights_png(report.weights, members)
 
-    return Section("weights", "Fuser weights", "Each member's weight or importance in each fuser, as the fuser "
-                   "reports it.", [table], plot, "bar chart of fuser weights")
+    own = [f for f, m in report.weights_method.items() if m == "weights"]
+    permuted = [f for f, m in report.weights_method.items() if m == "permutation"]
+    text = "Each member's share in each fuser."
+    if own:
+        text += f" {', '.join(own)}: the fuser's own member weights."
+    if permuted:
+        text += (f" {', '.join(permuted)}: permutation importance, the rise in log-loss when that member's outputs "
+                 "are shuffled across rows (averaged over repeats, negatives as 0), as shares of the total.")
+    return Section("weights", "Fuser weights", text, [table], plot, "bar chart of fuser weights")
 
 
 def _cost_section(report: Report) -> Section:
@@ -165,10 +172,7 @@ def _cost_section(report: Report) -> Section:
     table = Table(["members", "accuracy", "s / 1k rows"], [
         [" + ".join(p["members"]), number(p["accuracy"]), number(p["seconds_per_1k"], 3)]
         for p in sorted(shown, key=lambda p: (p["seconds_per_1k"] or 0.0, p["accuracy"]))], caption)
-    member_cost = [m.seconds_per_1k for m in report.members]
-    total = None if None in member_cost else sum(member_cost)
-    fusers = [(f.name, f.metrics["accuracy"], None if total is None else total + (f.seconds_per_1k or 0.0))
-              for f in report.fusers]
+    fusers = [(f.name, f.metrics["accuracy"], report.full_seconds_per_1k(f.name)) for f in report.fusers]
 
     def plot() -> bytes:
         from .plots import cost_png
@@ -193,7 +197,8 @@ def sections(report: Report) -> list[Section]:
     intervals = (f"95% percentile bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows "
                  f"(seed {report.bootstrap['seed']}) in brackets. " if report.bootstrap["resamples"] else "")
     metrics = Section("metrics", "Metrics", intervals + "Brier is the multi-class score (sum over classes); "
-                      f"ECE uses {report.ece_bins} bins; log-loss is natural log.", [metric_table(report)],
+                      f"ECE uses {report.ece_bins} bins; log-loss is natural log. Seconds per 1,000 rows: a fuser's "
+                      "include running all its members.", [metric_table(report)],
                       metric_plot, "accuracy with intervals")
     return [metrics, _tests_section(report), _reliability_section(report), _confusion_section(report),
             _per_class_section(report), _disagreement_section(report), _weights_section(report),
