@@ -1,7 +1,7 @@
 """The ``fusion`` command: build an ensemble from a YAML recipe, then evaluate, predict, report and inspect it.
 
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
-    fusion evaluate DIR --data PATH [--split validation] [--out DIR/report]
+    fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR]
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
     fusion report DIR [--out DIR]
     fusion inspect DIR
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .dataio import DataSpec, load_data, load_split, read_table
-from .errors import ChecksumError, DataError, FusionError, PersistenceError
+from .errors import ChecksumError, ConfigError, DataError, FusionError, PersistenceError
 from .io import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,23 @@ def _members_first(scores: dict[str, dict[str, float]], members: list[str]) -> l
     return [(n, scores[n], None) for n in sorted(scores, key=lambda n: (order.get(n, len(order)), n))]
 
 
+def _saved_ensemble_holding(path: Path) -> Path | None:
+    """The saved ensemble folder that ``path`` is (or lies inside), if any."""
+    from .persistence import CONFIG_NAME
+
+    path = path.resolve()
+    return next((d for d in (path, *path.parents) if (d / CONFIG_NAME).is_file()), None)
+
+
 def _save_report(report: Report, directory: Path, formats: Sequence[str] | None) -> list[Path]:
-    """Write the report's files and say where."""
+    """Write the report's files and say where (never into a saved ensemble, whose files are checksummed)."""
     if formats is not None and not formats:
         return []
+    inside = _saved_ensemble_holding(directory)
+    if inside is not None:
+        raise ConfigError(f"--out {directory} lies inside the saved ensemble {inside}, whose files are checksummed: "
+                          "writing there would make from_pretrained refuse it. Give an --out outside it, e.g. "
+                          f"{inside.parent / 'evaluation'}.")
     written = sorted(report.save(directory, **({"formats": list(formats)} if formats is not None else {})).values())
     print(f"report: {', '.join(str(p) for p in written)}")
     return written
@@ -168,7 +181,11 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     ensemble.fuser, ensemble.metrics_ = best.fuser, best.metrics
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
     others = [r.fuser for r in results if r.fuser is not best.fuser]
-    ensemble.report_ = ensemble.evaluate(splits.validation, fusers=others, notes=_report_notes(ensemble))
+    notes = _report_notes(ensemble)
+    if len(results) > 1:
+        notes.append(f"{best.label} was kept because it scored best on these rows, so its score is slightly "
+                     "optimistic; confirm on a test split (fusion evaluate DIR --data ... --split test).")
+    ensemble.report_ = ensemble.evaluate(splits.validation, fusers=others, notes=notes)
     saved = ensemble.save_pretrained(recipe.output / "ensemble")
     atomic_write_text(recipe.output / "recipe.yaml", recipe.resolved_yaml())
     print(f"saved the ensemble to {saved} (recipe as run: {recipe.output / 'recipe.yaml'})")
@@ -216,7 +233,7 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     scores = {(f"fuser:{m.name}" if m.kind == "fuser" else m.name): m.metrics for m in report.models}
     print(f"{args.split} split of {spec.describe()}: {len(table['text'])} rows")
     _print_scores(_members_first(scores, [m.name for m in ensemble.members]))
-    _save_report(report, Path(args.out) if args.out else Path(args.dir) / "report", None)
+    _save_report(report, Path(args.out) if args.out else Path(args.dir).parent / f"evaluation-{args.split}", None)
     return EXIT_OK
 
 
@@ -263,9 +280,13 @@ def _report_json(directory: Path) -> Path:
 def run_report(args: argparse.Namespace, console: Console) -> int:
     from .evaluation import Report
 
-    report = Report.load(_report_json(Path(args.dir)))
     source = _report_json(Path(args.dir))
-    _save_report(report, Path(args.out) if args.out else source.parent, None)
+    report = Report.load(source)
+    default = source.parent
+    ensemble = _saved_ensemble_holding(default)
+    if ensemble is not None:  # the copy saved with an ensemble stays as it is; render beside the ensemble
+        default = ensemble.parent / "report"
+    _save_report(report, Path(args.out) if args.out else default, None)
     return EXIT_OK
 
 
@@ -399,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="a dataset directory, a file, or hub:DATASET_ID")
     evaluate.add_argument("--split", default="validation", help="which split of a directory or hub dataset")
     evaluate.add_argument("--data-config", help="the hub dataset's configuration")
-    evaluate.add_argument("--out", help="report directory (default: DIR/report)")
+    evaluate.add_argument("--out", help="report directory (default: evaluation-SPLIT beside DIR)")
     evaluate.add_argument("--cache-dir", help="keep member outputs here")
     _data_options(evaluate)
     evaluate.set_defaults(run=run_evaluate)
@@ -419,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read DIR/report.json or DIR/report/report.json and write the HTML, Markdown "
                                         "and JSON report again.")
     report.add_argument("dir", help="an ensemble directory, a build output directory, or a report directory")
-    report.add_argument("--out", help="where to write (default: beside report.json)")
+    report.add_argument("--out", help="where to write (default: beside report.json; for the report saved inside "
+                                      "an ensemble, report/ beside the ensemble)")
     report.set_defaults(run=run_report)
 
     inspect_ = sub.add_parser("inspect", parents=[common], help="show a saved ensemble and verify its checksums",

@@ -17,6 +17,7 @@ import torch
 
 from fusion import Ensemble
 from fusion.cli import main
+from fusion.evaluation import Report
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -238,16 +239,31 @@ def test_evaluate_prints_scores(built, sentiment_dir, tmp_path):
     assert code == 2 and "--data: " in err and "does not exist" in err
 
 
-def test_evaluate_writes_the_report_and_report_rerenders_it(built, sentiment_dir, tmp_path):
-    report_dir = tmp_path / "ens" / "report"
+def test_evaluate_writes_its_report_beside_the_ensemble_and_never_inside_it(built, sentiment_dir, tmp_path):
     shutil.copytree(built[0] / "ensemble", tmp_path / "ens")
     code, _, err = run("evaluate", tmp_path / "ens", "--data", sentiment_dir, "--quiet")
     assert code == 0, err
-    assert {p.name for p in report_dir.iterdir()} >= {"report.html", "report.md", "report.json"}
-    (report_dir / "report.html").unlink()
-    code, _, err = run("report", tmp_path / "ens", "--quiet")
+    written = tmp_path / "evaluation-validation"
+    assert {p.name for p in written.iterdir()} == {"report.html", "report.md", "report.json"}
+    assert Report.load(written).rows == 80
+    code, _, err = run("evaluate", tmp_path / "ens", "--data", sentiment_dir, "--out", tmp_path / "ens" / "report")
+    assert code == 2 and "lies inside the saved ensemble" in err and "checksummed" in err
+    code, out, err = run("inspect", tmp_path / "ens")
+    assert code == 0 and "MISMATCH" not in out, out + err  # the saved ensemble is untouched
+
+
+def test_report_rerenders_beside_the_json_or_beside_the_ensemble(built, sentiment_dir, tmp_path):
+    shutil.copytree(built[0] / "ensemble", tmp_path / "ens")
+    run("evaluate", tmp_path / "ens", "--data", sentiment_dir, "--quiet")
+    written = tmp_path / "evaluation-validation"
+    (written / "report.html").unlink()
+    code, _, err = run("report", written, "--quiet")
     assert code == 0, err
-    assert (report_dir / "report.html").is_file()
+    assert (written / "report.html").is_file()
+    code, _, err = run("report", tmp_path / "ens", "--quiet")  # the report saved with the ensemble stays as it is
+    assert code == 0, err
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.html", "report.md", "report.json"}
+    assert Report.load(tmp_path / "report") == Report.load(tmp_path / "ens" / "report")
 
 
 def test_report_without_a_report_json_is_a_clear_error(tmp_path):
@@ -258,8 +274,7 @@ def test_report_without_a_report_json_is_a_clear_error(tmp_path):
 
 def test_report_rerenders_a_saved_report_json(tmp_path):
     from fusion import evaluation
-    if not hasattr(evaluation, "build_report"):
-        pytest.skip("fusion.evaluation.build_report has not landed yet")
+
     proba = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
     report = evaluation.build_report({"a": proba}, {"mean": proba}, np.array([0, 1, 1, 1]), ["neg", "pos"], n_bootstrap=0)
     report.save(tmp_path / "report", formats=["json"])
