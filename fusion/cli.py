@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -302,8 +303,14 @@ def _file_status(path: Path, expected: str) -> str:
 
 
 def _member_weight_file(model: str, revision: str | None, filename: str) -> Path | None:
-    if Path(model).is_dir():
-        return Path(model) / filename
+    from .members.hf_source import HFSource
+
+    source = HFSource(model, revision)
+    if source.is_local or source.is_package:
+        try:
+            return source.local_dir / filename
+        except FusionError:  # the package is not installed here
+            return None
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -472,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fusion inspect DIR | head`): stop quietly, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception:
         traceback.print_exc()
         print("error: unexpected failure (a bug in fusion, or in a member); the traceback is above.", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Test session set-up: offline Hugging Face, a private HF_HOME, fresh Accelerate state and seeds per test."""
 
+import json
 import os
 import tempfile
 
@@ -79,6 +80,18 @@ def toy_sentiment():
     from tiny_models import make_toy_sentiment
 
     return {"train": make_toy_sentiment(240, 0), "validation": make_toy_sentiment(80, 1)}
+
+
+@pytest.fixture(scope="session")
+def sentiment_dir(tmp_path_factory, toy_sentiment):
+    """A dataset directory of the toy sentiment data: train.csv, validation.csv, labels.json."""
+    from helpers import write_csv
+
+    directory = tmp_path_factory.mktemp("sentiment")
+    write_csv(directory / "train.csv", toy_sentiment["train"])
+    write_csv(directory / "validation.csv", toy_sentiment["validation"])
+    (directory / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,12 @@ class FakeMember(Member):
     @classmethod
     def from_config(cls, config: dict, directory: Path, **options: Any) -> FakeMember:
         raise NotImplementedError
+
+
+def write_csv(path: Path, data: Mapping[str, Sequence], extra: Mapping[str, Sequence] | None = None) -> None:
+    """Columns (``data`` then ``extra``) as a CSV file with a header row."""
+    columns = {**data, **(extra or {})}
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values(), strict=True))

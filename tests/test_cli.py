@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_csv
 
 from fusion import Ensemble
 from fusion.cli import main
@@ -22,13 +23,6 @@ from fusion.evaluation import Report
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 FAST_HEAD = "train_config: {max_epochs: 15, patience: 3}"
-
-
-def write_csv(path: Path, columns: dict[str, list]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(list(columns))
-        writer.writerows(zip(*columns.values(), strict=True))
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -47,15 +41,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sentiment_dir(tmp_path_factory, toy_sentiment):
-    directory = tmp_path_factory.mktemp("sentiment")
-    write_csv(directory / "train.csv", toy_sentiment["train"])
-    write_csv(directory / "validation.csv", toy_sentiment["validation"])
-    (directory / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
-    return directory
 
 
 @pytest.fixture(scope="module")

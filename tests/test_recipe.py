@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytest
 import yaml
+from helpers import write_csv
 
-from fusion import FUSERS, HEADS, MEMBERS, ConfigError, DataError, HFEncoder, MLPHead, TrainConfig
+from fusion import FUSERS, HEADS, MEMBERS, ConfigError, DataError, Ensemble, HFEncoder, MLPHead, TrainConfig
 from fusion.dataio import DataSpec, load_data, load_split, read_table
 from fusion.recipe import (
     PIPELINES,
@@ -31,24 +33,6 @@ from fusion.recipe import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-
-
-def write_csv(path: Path, data: Mapping[str, Sequence], extra: Mapping[str, Sequence] | None = None) -> None:
-    columns = {**data, **(extra or {})}
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(list(columns))
-        writer.writerows(zip(*columns.values(), strict=True))
-
-
-@pytest.fixture(scope="module")
-def sentiment_dir(tmp_path_factory, toy_sentiment):
-    """train.csv + validation.csv + labels.json of the toy sentiment data."""
-    directory = tmp_path_factory.mktemp("sentiment")
-    write_csv(directory / "train.csv", toy_sentiment["train"])
-    write_csv(directory / "validation.csv", toy_sentiment["validation"])
-    (directory / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
-    return directory
 
 
 GOOD = """\
@@ -240,13 +224,24 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, sentiment_dir,
     assert saved["members"][0]["model"] == str(tmp_path / "models") and saved["output"] == str(tmp_path / "out")
 
 
-def test_package_models_call_get_model_path(tmp_path, monkeypatch, sentiment_dir, bert_encoder_dir):
+def test_package_models_resolve_through_get_model_path_and_stay_portable(tmp_path, monkeypatch, sentiment_dir,
+                                                                          bert_encoder_dir, toy_sentiment):
     (tmp_path / "fake_model_pkg.py").write_text(f"def get_model_path():\n    return {str(bert_encoder_dir)!r}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     text = "data:\n  path: {data}\nmembers:\n  - kind: hf_encoder\n    model: package:{package}\n"
     recipe = parse(text, tmp_path, data=sentiment_dir, package="fake_model_pkg")
-    assert recipe.build_members()[0].source.model == str(bert_encoder_dir)
-    with pytest.raises(RecipeError, match=r"line 5: members\[0\].model: package 'no_such_pkg' is not installed"):
+    member = recipe.build_members()[0]
+    assert member.source.model == "package:fake_model_pkg" and member.name == "fake_model_pkg-mean"
+    assert member.source.local_dir == bert_encoder_dir.resolve() and member.source.resolved_revision is None
+    ensemble = recipe.build_ensemble([member], labels=["negative", "positive"])
+    ensemble.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    ensemble.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "fusion_config.json").read_text())
+    assert config["members"][0]["model"] == "package:fake_model_pkg"  # not the install path: portable
+    reloaded = Ensemble.from_pretrained(tmp_path / "saved")
+    np.testing.assert_array_equal(reloaded.predict_proba(toy_sentiment["validation"]),
+                                  ensemble.predict_proba(toy_sentiment["validation"]))
+    with pytest.raises(RecipeError, match=r"line 5: members\[0\].model: .*package 'no_such_pkg' is not installed"):
         parse(text, tmp_path, data=sentiment_dir, package="no_such_pkg")
 
 

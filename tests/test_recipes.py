@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fusion.evaluation import Report
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_split(path: Path, data: dict) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(zip(data["text"], data["label"], strict=True))
-
-
-@pytest.fixture
-def toy_data_dir(toy_sentiment, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    write_split(data / "train.csv", toy_sentiment["train"])
-    write_split(data / "validation.csv", toy_sentiment["validation"])
-    (data / "labels.json").write_text(json.dumps({"0": "negative", "1": "positive"}))
-    return data
 
 
 def run_recipe(script: str, *args: str) -> str:
@@ -38,19 +21,22 @@ def run_recipe(script: str, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, toy_data_dir, tmp_path):
-    table = run_recipe("sst2_demo.py", "--data", str(toy_data_dir), "--model", str(bert_encoder_dir),
+def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, sentiment_dir, tmp_path):
+    table = run_recipe("sst2_demo.py", "--data", str(sentiment_dir), "--model", str(bert_encoder_dir),
                        "--out", str(tmp_path / "ens"), "--cache-dir", str(tmp_path / "cache"))
     for row in ("minilm-mean-linear", "minilm-cls-mlp", "tfidf-logreg", "fuser: mean", "fuser: vote",
                 "fuser: linear", "fuser: stacking"):
         assert row in table
     assert "reloaded predictions identical: True" in table
     assert (tmp_path / "ens" / "fusion_config.json").is_file()
+    report = Report.load(tmp_path / "ens" / "report")
+    assert [m.name for m in report.fusers] == ["stacking", "mean", "vote", "linear"]
+    assert "## Accuracy against inference cost" in (tmp_path / "ens" / "README.md").read_text()
 
 
 @pytest.mark.slow
-def test_finetune_then_fuse_runs_on_a_tiny_checkpoint(bert_encoder_dir, toy_data_dir):
-    table = run_recipe("finetune_then_fuse.py", "--data", str(toy_data_dir), "--model", str(bert_encoder_dir),
+def test_finetune_then_fuse_runs_on_a_tiny_checkpoint(bert_encoder_dir, sentiment_dir):
+    table = run_recipe("finetune_then_fuse.py", "--data", str(sentiment_dir), "--model", str(bert_encoder_dir),
                        "--members", "2", "--train-rows", "120", "--holdout-rows", "80", "--batch-size", "16")
     assert "120 rows to fine-tune on, 80 held out for the fusers, 80 validation rows" in table
     for row in ("finetune-0-lr5e-05-seed0", "finetune-1-lr0.0001-seed1", "fuser: linear", "fuser: stacking"):

@@ -19,7 +19,7 @@ from matplotlib.ticker import ScalarFormatter
 
 DPI = 110
 MEMBER_COLOR, FUSER_COLOR, PARETO_COLOR = "#7a869a", "#d9480f", "#1864ab"
-PALETTE = ["#d9480f", "#1864ab", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#c2255c", "#5c940d"]
+PALETTE = ["#d9480f", "#1864ab", "#2b8a3e", "#862e9c", "#0b7285", "#c2255c", "#e67700", "#5c940d"]
 
 
 def _figure(width: float, height: float) -> Figure:

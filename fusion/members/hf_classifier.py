@@ -16,7 +16,7 @@ from ..data import TextData
 from ..engine import run_model
 from ..labels import apply_label_map
 from .base import MEMBERS, Member
-from .hf_source import HFSource
+from .hf_source import HFSource, model_short_name
 
 
 @MEMBERS.register("hf_classifier")
@@ -54,7 +54,7 @@ class HFClassifier(Member):
         trust_remote_code: bool = False,
         show_progress: bool = True,
     ) -> None:
-        super().__init__(name or Path(str(model)).name)
+        super().__init__(name or model_short_name(model))
         self.source = HFSource(model, revision)
         self.label_map = dict(label_map) if label_map else None
         self.max_length, self.batch_size, self.device = max_length, batch_size, device

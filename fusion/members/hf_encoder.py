@@ -23,7 +23,7 @@ from ..io import load_tensors, sha256_tensors
 from ..pooling import get_pooling
 from ..training import TensorRows, TrainConfig, seeded, train
 from .base import MEMBERS, Member
-from .hf_source import HFSource
+from .hf_source import HFSource, model_short_name
 
 HEAD_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=200, batch_size=128, weight_decay=1e-4, patience=8)
 FINETUNE_TRAINING = TrainConfig(learning_rate=5e-5, max_epochs=2, batch_size=32, weight_decay=0.01, patience=1)
@@ -93,7 +93,7 @@ class HFEncoder(Member):
         trust_remote_code: bool = False,
         show_progress: bool = True,
     ) -> None:
-        super().__init__(name or f"{Path(str(model)).name}-{pooling}")
+        super().__init__(name or f"{model_short_name(model)}-{pooling}")
         get_pooling(pooling)
         if not 0.0 <= validation_fraction < 1.0:
             raise ConfigError(f"member {self.name!r}: validation_fraction must be in [0, 1), got {validation_fraction}.")

