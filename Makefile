@@ -1,5 +1,5 @@
 # Two entry points, each setting up the virtual environment from scratch when needed:
-#   make demo   the SST-2 demo on the bundled sample with the real all-MiniLM-L6-v2
+#   make demo   fusion build recipes/sst2_minilm.yaml (bundled SST-2 sample, real all-MiniLM-L6-v2), then predict
 #   make test   ruff + the whole test suite
 # torch is installed first and pinned, so nothing resolves a newer torch with gigabytes of CUDA packages.
 
@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python recipes/sst2_demo.py
+	$(BIN)/fusion build recipes/sst2_minilm.yaml
+	$(BIN)/fusion predict out/sst2-minilm/ensemble --text "a gorgeous, witty, seductive movie." \
+		--text "the plot is nothing but boilerplate clichés."
 
 lint: $(STAMP)
 	$(BIN)/ruff check fusion recipes tests
