@@ -19,15 +19,17 @@ from .errors import (
     PersistenceError,
     UnknownNameError,
 )
+from .evaluation import Report, build_report
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
 from .heads import HEADS, Head, LinearHead, MLPHead
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
+from .reporting import evaluate, permutation_importance
 from .training import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ensemble", "OutputCache", "TrainConfig",
+    "Ensemble", "OutputCache", "TrainConfig", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
     "Head", "HEADS", "LinearHead", "MLPHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",

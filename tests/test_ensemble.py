@@ -10,13 +10,16 @@ import torch
 from helpers import RunCounter, tfidf_member
 from sklearn.model_selection import StratifiedKFold
 
+import fusion
 from fusion import (
+    ConfigError,
     Ensemble,
     HFClassifier,
     HFEncoder,
     LinearFuser,
     MeanFuser,
     MLPHead,
+    NotFittedError,
     StackingFuser,
     VoteFuser,
 )
@@ -71,6 +74,25 @@ def test_evaluate_compares_several_fitted_fusers(four_members, toy_sentiment, tm
     assert report.weights_method == {"mean": "weights", "stacking": "permutation"}
     assert report.weights["mean"] == pytest.approx({m.name: 0.25 for m in four_members})
     assert sum(report.weights["stacking"].values()) == pytest.approx(1.0)
+
+
+def test_fusion_evaluate_takes_members_or_precomputed_outputs(bert_classifier_dir, toy_sentiment):
+    members = [HFClassifier(bert_classifier_dir, name="bert"), tfidf_member()]
+    ens = Ensemble(members, fuser=LinearFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    validation = toy_sentiment["validation"]
+    report = fusion.evaluate(members, [ens.fuser], validation, labels=["negative", "positive"], n_bootstrap=50)
+    assert [m.name for m in report.members] == ["bert", "tfidf"] and [f.name for f in report.fusers] == ["linear"]
+    assert report.model("linear").metrics["accuracy"] == pytest.approx(ens.score(validation)["fuser:linear"]["accuracy"])
+    outputs = ens.member_outputs(validation)
+    same = fusion.evaluate(outputs, {"lin": ens.fuser}, validation["label"], labels=["negative", "positive"],
+                           n_bootstrap=50)
+    assert same.model("lin").metrics == report.model("linear").metrics
+    assert same.model("bert").seconds_per_1k is None  # precomputed outputs carry no timing
+    with pytest.raises(ConfigError, match=r"needs labels=\[label names\]"):
+        fusion.evaluate(outputs, [ens.fuser], validation["label"])
+    with pytest.raises(NotFittedError, match="are not fitted"):
+        fusion.evaluate(members, [StackingFuser()], validation)
 
 
 def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_dir, toy_sentiment):
