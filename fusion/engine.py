@@ -120,7 +120,8 @@ def run_model(
     lengths = [len(ids) for ids in encoded["input_ids"]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(texts), desc=desc, unit="ex", disable=not show_progress or probe, leave=False) as bar:
+    with tqdm(total=len(texts), desc=desc, unit="ex", disable=not show_progress or probe, leave=False,
+              delay=0.5) as bar:  # quick calls (a few texts to predict) show no bar
         for rows in length_sorted_batches(lengths, batch_size):
             batch = {k: v.to(device, non_blocking=True) for k, v in pad_batch(encoded, rows, pad_id).items()}
             for name, value in forward(model, batch).items():
