@@ -17,6 +17,7 @@ from .errors import (
     MemberOutputError,
     NotFittedError,
     PersistenceError,
+    ResourceError,
     UnknownNameError,
 )
 from .evaluation import Report, build_report
@@ -34,5 +35,5 @@ __all__ = [
     "Head", "HEADS", "LinearHead", "MLPHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
-    "UnknownNameError", "PersistenceError", "ChecksumError",
+    "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]

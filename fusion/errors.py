@@ -38,6 +38,10 @@ class NotFittedError(FusionError, RuntimeError):
     """An object that learns from data was used before ``fit``."""
 
 
+class ResourceError(FusionError, RuntimeError):
+    """The hardware cannot do what was asked (e.g. one input does not fit in GPU memory)."""
+
+
 class ConfigError(FusionError, ValueError):
     """A constructor argument or a configuration value is invalid."""
 

@@ -13,7 +13,7 @@ import torch
 
 from ..cache import OutputCache, Outputs
 from ..data import TextData
-from ..engine import run_model
+from ..engine import resolve_dtype, run_model
 from ..labels import apply_label_map
 from .base import MEMBERS, Member
 from .hf_source import HFSource, model_short_name
@@ -30,7 +30,10 @@ class HFClassifier(Member):
         label_map: renames the model's labels (keys: its names or ids), e.g. ``{"LABEL_0": "negative"}``;
             needed when ``config.id2label`` only has placeholders.
         max_length: truncation in tokens (default: the model's limit).
-        batch_size: inference batch size.
+        batch_size: at most this many rows per inference batch (default: only the token budget limits it).
+        max_tokens: padded tokens per inference batch (default: from free GPU memory; 2,048 on CPU).
+        dtype: weights' dtype for inference: "auto" (bfloat16 on GPUs that support it, float32 on CPU),
+            "float32", "bfloat16" or "float16".
         device: where to run (default CUDA when present).
         trust_remote_code: allow custom modelling code from the repository (off by default).
         show_progress: progress bar during inference.
@@ -49,7 +52,9 @@ class HFClassifier(Member):
         revision: str | None = None,
         label_map: Mapping[str | int, str] | None = None,
         max_length: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        dtype: str = "auto",
         device: str | None = None,
         trust_remote_code: bool = False,
         show_progress: bool = True,
@@ -58,6 +63,8 @@ class HFClassifier(Member):
         self.source = HFSource(model, revision)
         self.label_map = dict(label_map) if label_map else None
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
+        self.max_tokens, self.dtype = max_tokens, dtype
+        resolve_dtype(dtype, torch.device("cpu"))  # an unknown dtype fails here, not at the first run
         self.trust_remote_code, self.show_progress = trust_remote_code, show_progress
         self._model: torch.nn.Module | None = None
         self._tokenizer = None
@@ -88,7 +95,8 @@ class HFClassifier(Member):
         model, tokenizer = self.load()
         return run_model(
             model, tokenizer, data.texts, lambda m, batch: {"logits": m(**batch).logits},
-            batch_size=self.batch_size, max_length=self.max_length, device=self.device,
+            batch_size=self.batch_size, max_tokens=self.max_tokens, max_length=self.max_length, device=self.device,
+            dtype=self.dtype, tokens_key=(self.source.tokenizer_fingerprint, data.fingerprint),
             desc=f"{self.name}", show_progress=self.show_progress,
         )
 
@@ -98,14 +106,16 @@ class HFClassifier(Member):
     def to_config(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "name": self.name, **self.source.to_config(), "label_map": self.label_map,
-            "max_length": self.max_length, "batch_size": self.batch_size, "trust_remote_code": self.trust_remote_code,
+            "max_length": self.max_length, "batch_size": self.batch_size, "max_tokens": self.max_tokens, "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], directory: Path, **options: Any) -> HFClassifier:
         member = cls(
             config["model"], name=config["name"], revision=config.get("revision"), label_map=config.get("label_map"),
-            max_length=config.get("max_length"), batch_size=config.get("batch_size", 64),
+            max_length=config.get("max_length"), batch_size=config.get("batch_size"),
+            max_tokens=config.get("max_tokens"), dtype=config.get("dtype", "auto"),
             trust_remote_code=config.get("trust_remote_code", False), show_progress=options.get("show_progress", True),
         )
         if options.get("verify_members", True):

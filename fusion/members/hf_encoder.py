@@ -16,7 +16,7 @@ from torch import nn
 
 from ..cache import OutputCache, Outputs
 from ..data import TextData, holdout_split
-from ..engine import TokenRows, max_input_length, run_model
+from ..engine import TokenRows, max_input_length, resolve_dtype, run_model
 from ..errors import ConfigError, NotFittedError
 from ..heads import Head, as_head
 from ..io import load_tensors, sha256_tensors
@@ -69,7 +69,8 @@ class HFEncoder(Member):
         finetune: train the backbone together with the head.
         train_config: training settings (defaults: ``HEAD_TRAINING`` or ``FINETUNE_TRAINING``).
         validation_fraction: share of the training rows held out for early stopping.
-        name / revision / max_length / batch_size / device / trust_remote_code / show_progress: as HFClassifier.
+        name / revision / max_length / batch_size / max_tokens / dtype / device / trust_remote_code /
+            show_progress: as HFClassifier.
 
     Example:
         >>> member = HFEncoder("sentence-transformers/all-MiniLM-L6-v2", head=MLPHead(hidden=256))  # doctest: +SKIP
@@ -88,7 +89,9 @@ class HFEncoder(Member):
         name: str | None = None,
         revision: str | None = None,
         max_length: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        dtype: str = "auto",
         device: str | None = None,
         trust_remote_code: bool = False,
         show_progress: bool = True,
@@ -103,6 +106,8 @@ class HFEncoder(Member):
         self.train_config = train_config or (FINETUNE_TRAINING if finetune else HEAD_TRAINING)
         self.validation_fraction = validation_fraction
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
+        self.max_tokens, self.dtype = max_tokens, dtype
+        resolve_dtype(dtype, torch.device("cpu"))  # an unknown dtype fails here, not at the first run
         self.trust_remote_code, self.show_progress = trust_remote_code, show_progress
         self.labels_: list[str] | None = None
         self.finetuned_ = False
@@ -143,6 +148,11 @@ class HFEncoder(Member):
             self._backbone = AutoModel.from_pretrained(path, trust_remote_code=remote).eval()
         return self._backbone, self._tokenizer
 
+    def _tokens_key(self, data: TextData) -> tuple[str, str]:
+        tokenizer_files = self._weights_dir or self.source.local_dir
+        fingerprint = self.source.tokenizer_fingerprint if self._weights_dir is None else str(tokenizer_files)
+        return fingerprint, data.fingerprint
+
     def _model(self) -> EncoderClassifier:
         return EncoderClassifier(self._load()[0], self.pooling, self.normalize, self.head)
 
@@ -161,7 +171,8 @@ class HFEncoder(Member):
         def compute() -> dict[str, torch.Tensor]:
             model, tokenizer = self._model(), self._load()[1]
             return run_model(model, tokenizer, data.texts, lambda m, batch: {"embeddings": m.embed(batch)},
-                             batch_size=self.batch_size, max_length=self.max_length, device=self.device,
+                             batch_size=self.batch_size, max_tokens=self.max_tokens, max_length=self.max_length,
+                             device=self.device, dtype=self.dtype, tokens_key=self._tokens_key(data),
                              desc=f"{self.name}", show_progress=self.show_progress)
 
         return cache.get_or_compute(self._backbone_fingerprint(), data.fingerprint, compute, "embeddings")["embeddings"]
@@ -212,7 +223,7 @@ class HFEncoder(Member):
             self.source.model, head=self.head.unbuilt_copy(), pooling=self.pooling, normalize=self.normalize,
             finetune=self.finetune, train_config=self.train_config, validation_fraction=self.validation_fraction,
             name=self.name, revision=self.source.revision, max_length=self.max_length, batch_size=self.batch_size,
-            device=self.device, trust_remote_code=self.trust_remote_code, show_progress=self.show_progress,
+            max_tokens=self.max_tokens, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code, show_progress=self.show_progress,
         )
         twin.source = self.source  # shares the hashed checksums
         if not self.finetune and not self.finetuned_:  # a frozen backbone can be shared
@@ -226,7 +237,8 @@ class HFEncoder(Member):
             "pooling": self.pooling, "normalize": self.normalize, "finetune": self.finetune,
             "finetuned": self.finetuned_, "train_config": self.train_config.to_dict(),
             "validation_fraction": self.validation_fraction, "labels": self.labels_, "max_length": self.max_length,
-            "batch_size": self.batch_size, "trust_remote_code": self.trust_remote_code, "fitted_on": self.fitted_on_,
+            "batch_size": self.batch_size, "max_tokens": self.max_tokens, "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code, "fitted_on": self.fitted_on_,
         }
 
     def save(self, directory: Path) -> None:
@@ -258,7 +270,8 @@ class HFEncoder(Member):
             config["model"], head=head, pooling=config["pooling"], normalize=config["normalize"],
             finetune=config["finetune"], train_config=TrainConfig.from_dict(config["train_config"]),
             validation_fraction=config["validation_fraction"], name=config["name"], revision=config.get("revision"),
-            max_length=config.get("max_length"), batch_size=config.get("batch_size", 64),
+            max_length=config.get("max_length"), batch_size=config.get("batch_size"),
+            max_tokens=config.get("max_tokens"), dtype=config.get("dtype", "auto"),
             trust_remote_code=config.get("trust_remote_code", False), show_progress=options.get("show_progress", True),
         )
         if options.get("verify_members", True) and not config.get("finetuned"):

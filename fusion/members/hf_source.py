@@ -118,6 +118,16 @@ class HFSource:
                 digest.update(f"{name}={sha256_file(path)};".encode())
         return digest.hexdigest()
 
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Hash of the tokenizer files: models that tokenise alike share tokenised data in the engine."""
+        digest = hashlib.sha256()
+        for name in TOKENIZER_FILES:
+            path = self.local_dir / name
+            if path.is_file():
+                digest.update(f"{name}={sha256_file(path)};".encode())
+        return digest.hexdigest()
+
     def to_config(self) -> dict[str, Any]:
         return {"model": self.model, "revision": self.resolved_revision or self.revision,
                 "weights_sha256": self.weights_sha256}
