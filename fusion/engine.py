@@ -12,34 +12,26 @@ from __future__ import annotations
 
 import collections
 import copy
-import itertools
 import logging
-import os
-import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .batching import Batch, Tokenized, cached_tokenize, length_sorted_batches, tokenize
 from .errors import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)
 
-Batch = dict[str, torch.Tensor]
 Forward = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 
 _DEFAULT_MAX_LENGTH = 512
-TOKENIZE_CHUNK = 2048  # texts per tokenizer call on a worker thread
-TOKEN_CACHE_ENTRIES = 8
 CPU_MAX_TOKENS = 2048  # on CPU larger batches were slower (MiniLM, SST-2: 8k tokens gave half the rows/s of 2k)
 MIN_MAX_TOKENS, MAX_MAX_TOKENS = 4096, 262_144
 GPU_MEMORY_SHARE = 0.25  # of the free GPU memory, for one batch's activations
 PREFETCH = 3  # batches prepared ahead on the host
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_TOKEN_CACHE: collections.OrderedDict[Hashable, Tokenized] = collections.OrderedDict()
-_TOKEN_LOCK = threading.Lock()
 # Model types (besides *roberta*) whose position ids start at padding_idx + 1, as in RoBERTa.
 _POSITIONS_AFTER_PADDING = frozenset(
     {"camembert", "data2vec-text", "ibert", "lilt", "longformer", "luke", "markuplm", "mpnet", "xmod"}
@@ -70,108 +62,6 @@ def max_input_length(model: torch.nn.Module, tokenizer, requested: int | None = 
     if tokenizer_limit and tokenizer_limit < 1_000_000:
         limit = min(limit, int(tokenizer_limit))
     return min(limit, _DEFAULT_MAX_LENGTH) if limit > 100_000 else limit
-
-
-class Tokenized:
-    """Token ids of many texts, stored flat (one int64 array per field, plus row offsets and lengths), so that
-    any set of rows pads into a batch with a few vectorised numpy operations.
-
-    The attention mask is not stored: with right padding it is ``position < length``.
-    """
-
-    def __init__(self, fields: Mapping[str, Sequence[Sequence[int]]]) -> None:
-        ids = fields["input_ids"]
-        self.lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        self.offsets = np.zeros(len(ids), dtype=np.int64)
-        np.cumsum(self.lengths[:-1], out=self.offsets[1:])
-        total = int(self.lengths.sum())
-        self.flat = {k: np.fromiter(itertools.chain.from_iterable(v), dtype=np.int64, count=total)
-                     for k, v in fields.items() if k in ("input_ids", "token_type_ids")}
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.lengths.sum())
-
-    def batch(self, rows: Sequence[int] | np.ndarray, pad_id: int) -> Batch:
-        """The given rows, right-padded to their longest row, as CPU tensors (+ ``attention_mask``)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
-        width = max(int(lengths.max()) if len(rows) else 0, 1)
-        positions = np.arange(width)
-        mask = positions[None, :] < lengths[:, None]
-        index = self.offsets[rows][:, None] + np.minimum(positions[None, :], np.maximum(lengths - 1, 0)[:, None])
-        batch: Batch = {}
-        for key, flat in self.flat.items():
-            fill = pad_id if key == "input_ids" else 0
-            values = flat[np.clip(index, 0, max(len(flat) - 1, 0))] if len(flat) else np.zeros_like(index)
-            batch[key] = torch.from_numpy(np.where(mask, values, fill))
-        batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
-        return batch
-
-
-def _encode(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, list]:
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
-                        return_attention_mask=False)
-    return {k: encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded}
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int, *, workers: int | None = None) -> Tokenized:
-    """Tokenise without padding, truncating to ``max_length`` tokens; fast (Rust) tokenizers run on several
-    threads in chunks (they release the GIL), whatever ``TOKENIZERS_PARALLELISM`` says."""
-    texts = list(texts)
-    workers = workers or min(os.cpu_count() or 1, 8)
-    if not getattr(tokenizer, "is_fast", False) or workers == 1 or len(texts) < 2 * TOKENIZE_CHUNK:
-        return Tokenized(_encode(tokenizer, texts, max_length))
-    chunks = [texts[i : i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)]
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda chunk: _encode(tokenizer, chunk, max_length), chunks))
-    return Tokenized({k: [row for part in parts for row in part[k]] for k in parts[0]})
-
-
-def cached_tokenize(tokenizer, texts: Sequence[str], max_length: int, key: Hashable | None) -> Tokenized:
-    """``tokenize``, remembered under ``(key, max_length)`` for the process (a small LRU): members that share a
-    tokenizer (two poolings of one backbone, fine-tunes of one checkpoint) tokenise the same data once."""
-    if key is None:
-        return tokenize(tokenizer, texts, max_length)
-    full_key = (key, max_length)
-    with _TOKEN_LOCK:
-        hit = _TOKEN_CACHE.get(full_key)
-        if hit is not None:
-            _TOKEN_CACHE.move_to_end(full_key)
-            return hit
-    tokens = tokenize(tokenizer, texts, max_length)
-    with _TOKEN_LOCK:
-        _TOKEN_CACHE[full_key] = tokens
-        while len(_TOKEN_CACHE) > TOKEN_CACHE_ENTRIES:
-            _TOKEN_CACHE.popitem(last=False)
-    return tokens
-
-
-def pad_batch(encoded: Tokenized | Mapping[str, Sequence[Sequence[int]]], rows: Sequence[int], pad_id: int) -> Batch:
-    """Right-pad the given rows to their longest length; returns CPU tensors."""
-    return (encoded if isinstance(encoded, Tokenized) else Tokenized(encoded)).batch(rows, pad_id)
-
-
-def length_sorted_batches(lengths: Sequence[int] | np.ndarray, batch_size: int | None = None,
-                          max_tokens: int | None = None) -> list[list[int]]:
-    """Row indices grouped into batches of similar length, longest first (so an out-of-memory error shows up
-    on the first batch). A batch holds at most ``batch_size`` rows and at most ``max_tokens`` padded tokens
-    (rows x its longest row; a row longer than the budget gets a batch of its own)."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.lexsort((np.arange(len(lengths)), -lengths))  # longest first; ties keep input order
-    batches, start = [], 0
-    while start < len(order):
-        size = len(order) - start
-        if batch_size:
-            size = min(size, batch_size)
-        if max_tokens:
-            size = min(size, max(1, max_tokens // max(int(lengths[order[start]]), 1)))
-        batches.append(order[start : start + size].tolist())
-        start += size
-    return batches
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -319,30 +209,3 @@ def run_model(
     if probe:
         return {name: value[:0] for name, value in results.items()}
     return results
-
-
-class TokenRows:
-    """Training rows of tokenised text (+ optional label ids), padded per batch; a ``training.Rows``."""
-
-    def __init__(self, tokenizer, texts: Sequence[str], max_length: int, labels: torch.Tensor | None = None) -> None:
-        self.encoded = tokenize(tokenizer, texts, max_length)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.labels = labels
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per row (for length-grouped batching)."""
-        return self.encoded.lengths
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def take(self, index: torch.Tensor) -> Batch:
-        rows = index.tolist()
-        if rows:
-            batch = pad_batch(self.encoded, rows, self.pad_id)
-        else:  # an empty slice of a global batch in a multi-process run still runs a forward pass
-            batch = {k: torch.zeros((0, 1), dtype=torch.long) for k in (*self.encoded.flat, "attention_mask")}
-        if self.labels is not None:
-            batch["labels"] = self.labels[index]
-        return batch

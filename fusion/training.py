@@ -23,6 +23,7 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 from tqdm.auto import tqdm
 
+from .batching import grouped_micro_batches, length_sorted_batches
 from .errors import ConfigError, DataError, FusionError
 
 __all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "seeded", "train"]
@@ -61,6 +62,9 @@ _CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "max_grad_norm": (lambda v: v is None or (_num(v) and v > 0), "None (no clipping) or a number > 0"),
     "mixed_precision": (lambda v: isinstance(v, str) and v in _PRECISIONS, f"one of {_PRECISIONS}"),
     "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "max_tokens": (lambda v: v is None or (_int(v) and v >= 1), "None (no token budget) or an integer >= 1"),
+    "group_by_length": (lambda v: isinstance(v, bool), "True or False"),
+    "compile": (lambda v: isinstance(v, bool), "True or False"),
     "show_progress": (lambda v: isinstance(v, bool), "True or False"),
 }
 
@@ -86,6 +90,11 @@ class TrainConfig:
         seed: Seeds torch's RNG for the run (dropout), restoring the caller's RNG state afterwards, and, as
             ``seed + epoch``, each epoch's row permutation.
         show_progress: A progress bar over epochs on the main process.
+        max_tokens: For rows with lengths (tokenised text): at most this many padded tokens per micro-batch,
+            as well as at most ``batch_size`` rows; implies length grouping.
+        group_by_length: For rows with lengths: micro-batches of similar length (less padding), still
+            shuffled every epoch (see ``fusion.batching.grouped_micro_batches``).
+        compile: ``torch.compile`` the model (through Accelerate's dynamo backend "inductor").
 
     Raises:
         ConfigError: A value is out of range or of the wrong type; the message names the field.
@@ -106,6 +115,9 @@ class TrainConfig:
     mixed_precision: str = "auto"
     seed: int = 0
     show_progress: bool = True
+    max_tokens: int | None = None
+    group_by_length: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, (valid, requirement) in _CHECKS.items():
@@ -211,7 +223,7 @@ def _resolve_precision(requested: str) -> str:
 
 
 @contextlib.contextmanager
-def _fresh_accelerator(mixed_precision: str) -> Iterator[Accelerator]:
+def _fresh_accelerator(mixed_precision: str, compile: bool = False) -> Iterator[Accelerator]:
     """An Accelerator with our precision; Accelerate's process-wide state is put back afterwards.
 
     AcceleratorState refuses a second, different ``mixed_precision`` in one process, so it is cleared first.
@@ -224,15 +236,24 @@ def _fresh_accelerator(mixed_precision: str) -> Iterator[Accelerator]:
     try:
         # Unused trainable parameters (e.g. a pretrained pooler nobody calls) would make DDP fail.
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        yield Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+        yield Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp],
+                          dynamo_backend="inductor" if compile else "no")
     finally:
         for s, contents in zip(shared, saved, strict=True):
             s.clear()
             s.update(contents)
 
 
-def _micro_batches(perm: torch.Tensor, config: TrainConfig) -> Iterator[tuple[int, list[torch.Tensor]]]:
+def _micro_batches(perm: torch.Tensor, config: TrainConfig, rows: Rows,
+                   generator: torch.Generator) -> Iterator[tuple[int, list[torch.Tensor]]]:
     """Yields (rows in the optimizer step, its global micro-batches of row indices)."""
+    lengths = getattr(rows, "lengths", None)
+    if lengths is not None and (config.group_by_length or config.max_tokens):
+        micro = grouped_micro_batches(perm, lengths, config.batch_size, config.max_tokens, generator)
+        for k in range(0, len(micro), config.grad_accumulation):
+            step = micro[k : k + config.grad_accumulation]
+            yield sum(map(len, step)), step
+        return
     if config.batch_size is None:
         yield len(perm), list(perm.tensor_split(min(config.grad_accumulation, len(perm))))
         return
@@ -270,7 +291,7 @@ def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) 
     perm = torch.randperm(len(rows), generator=generator.manual_seed(config.seed + epoch))
     total = torch.zeros((), device=acc.device)
     run.wrapped.train()
-    for step_rows, micro in _micro_batches(perm, config):
+    for step_rows, micro in _micro_batches(perm, config, rows, generator):
         scale = acc.num_processes / step_rows  # DDP averages over processes -> mean over the step's rows
         for i, global_idx in enumerate(micro):
             with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
@@ -288,7 +309,12 @@ def _val_sum(run: _Run, rows: Rows) -> torch.Tensor:
     acc = run.accelerator
     total = torch.zeros((), device=acc.device)
     run.model.eval()
-    for global_idx in torch.arange(len(rows)).split(run.config.batch_size or len(rows)):
+    lengths = getattr(rows, "lengths", None)
+    if lengths is not None and run.config.max_tokens:
+        batches = [torch.as_tensor(b) for b in length_sorted_batches(lengths, run.config.batch_size, run.config.max_tokens)]
+    else:
+        batches = torch.arange(len(rows)).split(run.config.batch_size or len(rows))
+    for global_idx in batches:
         local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
         if len(local):
             total += _losses(run, run.model, rows, local).sum()
@@ -437,7 +463,8 @@ def train(
     saved_attrs = {name: model.__dict__.get(name, _MISSING) for name in _PREPARE_ATTRS}
     model.__dict__.pop("_is_accelerate_prepared", None)  # else prepare() would skip DDP and autocast
     try:
-        with _fresh_accelerator(_resolve_precision(config.mixed_precision)) as accelerator, seeded(config.seed, accelerator.device):
+        precision = _resolve_precision(config.mixed_precision)
+        with _fresh_accelerator(precision, config.compile) as accelerator, seeded(config.seed, accelerator.device):
             wrapped, optimizer = _prepare(accelerator, model, config, desc)
             return _fit(
                 _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc), train_rows, val_rows

@@ -11,14 +11,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from fusion import ResourceError
-from fusion.engine import (
-    Tokenized,
-    cached_tokenize,
-    length_sorted_batches,
-    resolve_dtype,
-    run_model,
-    tokenize,
-)
+from fusion.batching import Tokenized, cached_tokenize, length_sorted_batches, tokenize
+from fusion.engine import resolve_dtype, run_model
 
 WORDS = ["good", "bad", "film", "plot", "great", "awful", "music", "acting", "fine", "dull"]
 RNG = np.random.default_rng(0)
@@ -84,7 +78,7 @@ def test_token_budget_batches_cover_every_row_once_longest_first():
 
 def test_parallel_tokenisation_equals_one_call(encoder, monkeypatch):
     _, tokenizer = encoder
-    monkeypatch.setattr("fusion.engine.TOKENIZE_CHUNK", 4)
+    monkeypatch.setattr("fusion.batching.TOKENIZE_CHUNK", 4)
     parallel, single = tokenize(tokenizer, TEXTS, 64, workers=3), tokenize(tokenizer, TEXTS, 64, workers=1)
     assert np.array_equal(parallel.lengths, single.lengths)
     assert all(np.array_equal(parallel.flat[k], single.flat[k]) for k in single.flat)

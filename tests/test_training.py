@@ -3,6 +3,7 @@ config validation, errors, Accelerate state hygiene, and 1 vs 2 processes giving
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -179,6 +180,92 @@ def test_micro_batches_have_batch_size_rows():
     assert seen == [8, 8, 8, 8, 8, 8, 2]
 
 
+class SequenceRows:
+    """Variable-length token rows with ``lengths``, like ``fusion.batching.TokenRows``: label = whether token 1
+    appears."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.lengths = torch.randint(1, 40, (n,), generator=g).numpy()
+        self.ids = [torch.randint(2, 20, (int(k),), generator=g) for k in self.lengths]
+        for i in range(0, n, 2):
+            self.ids[i][0] = 1
+        self.y = torch.tensor([float(1 in row.tolist()) for row in self.ids])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = [self.ids[i] for i in index.tolist()]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            ids[k, : len(row)] = row
+        return {"ids": ids, "y": self.y[index], "index": index}
+
+
+class Bag(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.out = torch.nn.Embedding(20, 8, padding_idx=0), torch.nn.Linear(8, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(ids).max(1).values)[:, 0]
+
+
+def test_token_budget_length_grouped_micro_batches_train_on_every_row_once_per_epoch():
+    rows, shapes, seen = SequenceRows(300), [], []
+
+    def loss(model, batch):
+        shapes.append(tuple(batch["ids"].shape))
+        seen.extend(batch["index"].tolist())
+        return F.binary_cross_entropy_with_logits(model(batch["ids"]), batch["y"], reduction="none")
+
+    config = TrainConfig(max_epochs=3, batch_size=32, max_tokens=400, learning_rate=0.05, patience=None, **QUIET)
+    result = train(Bag(), loss, rows, config)
+    assert sorted(seen) == sorted(list(range(300)) * 3)
+    assert all(n * width <= max(400, width) and n <= 32 for n, width in shapes)
+    padding = sum(n * w for n, w in shapes) / (3 * rows.lengths.sum())
+    assert padding < 1.3  # length grouping: little padding (random batches of 32 pad ~1.9x here)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_length_grouping_is_seeded_and_shuffles_each_epoch():
+    rows = SequenceRows(200)
+
+    def orders(seed: int) -> list[list[int]]:
+        batches: list[list[int]] = []
+
+        def loss(model, batch):
+            batches.append(batch["index"].tolist())
+            return F.binary_cross_entropy_with_logits(model(batch["ids"]), batch["y"], reduction="none")
+
+        train(Bag(), loss, rows, TrainConfig(max_epochs=2, batch_size=16, group_by_length=True, seed=seed,
+                                             patience=None, **QUIET))
+        return batches
+
+    first = orders(0)
+    assert first == orders(0) and first != orders(1)
+    half = len(first) // 2
+    assert first[:half] != first[half:]  # epoch 2 is not a replay of epoch 1
+    widths = [max(rows.lengths[b]) - min(rows.lengths[b]) for b in first]
+    assert sum(widths) / len(widths) < 5  # rows of a batch have similar lengths
+
+
+def test_compile_trains_to_the_same_weights(monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or real_compile(model, **kw))
+    x = torch.randn(64, 3)
+    rows, config = TensorRows(x=x, y=(x[:, 0] > 0).float()), TrainConfig(max_epochs=5, patience=None, **QUIET)
+    plain, fast = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    fast.load_state_dict(plain.state_dict())
+    train(plain, bce, rows, config)
+    train(fast, bce, rows, dataclasses.replace(config, compile=True))
+    assert len(compiled) == 1
+    torch.testing.assert_close(fast.weight, plain.weight, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- early stopping
 
 
@@ -246,6 +333,9 @@ def test_config_round_trips_through_json():
         ),
         ({"seed": -1}, "seed"),
         ({"show_progress": "yes"}, "show_progress"),
+        ({"max_tokens": 0}, "max_tokens must be None"),
+        ({"group_by_length": 1}, "group_by_length must be True or False"),
+        ({"compile": "yes"}, "compile must be True or False"),
     ],
 )
 def test_bad_config_values_raise(kwargs, match):

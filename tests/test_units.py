@@ -15,9 +15,10 @@ import sklearn.metrics
 import torch
 from safetensors.torch import save_file
 
+from fusion.batching import length_sorted_batches, pad_batch
 from fusion.cache import OutputCache
 from fusion.data import TextData, as_text_data
-from fusion.engine import length_sorted_batches, max_input_length, pad_batch
+from fusion.engine import max_input_length
 from fusion.errors import (
     ChecksumError,
     ConfigError,

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import TokenRows
 from ..cache import OutputCache, Outputs
 from ..data import TextData, holdout_split
-from ..engine import TokenRows, max_input_length, resolve_dtype, run_model
+from ..engine import max_input_length, resolve_dtype, run_model
 from ..errors import ConfigError, NotFittedError
 from ..heads import Head, as_head
 from ..io import load_tensors, sha256_tensors
@@ -26,7 +27,8 @@ from .base import MEMBERS, Member
 from .hf_source import HFSource, model_short_name
 
 HEAD_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=200, batch_size=128, weight_decay=1e-4, patience=8)
-FINETUNE_TRAINING = TrainConfig(learning_rate=5e-5, max_epochs=2, batch_size=32, weight_decay=0.01, patience=1)
+FINETUNE_TRAINING = TrainConfig(learning_rate=5e-5, max_epochs=2, batch_size=32, weight_decay=0.01, patience=1,
+                                group_by_length=True)
 
 
 class EncoderClassifier(nn.Module):
