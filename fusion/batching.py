@@ -15,17 +15,20 @@ import collections
 import itertools
 import os
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 Batch = dict[str, torch.Tensor]
+Item = TypeVar("Item")
 
 TOKENIZE_CHUNK = 2048  # texts per tokenizer call on a worker thread
 TOKEN_CACHE_ENTRIES = 8
 LENGTH_GROUP_BATCHES = 50  # training: rows are length-sorted within windows of this many batches
+PREFETCH = 3  # batches prepared ahead on the host for a GPU
 _TOKEN_CACHE: collections.OrderedDict[Hashable, Tokenized] = collections.OrderedDict()
 _TOKEN_LOCK = threading.Lock()
 
@@ -108,6 +111,13 @@ def cached_tokenize(tokenizer, texts: Sequence[str], max_length: int, key: Hasha
     return tokens
 
 
+def clear_token_cache() -> None:
+    """Forget every tokenisation :func:`cached_tokenize` remembers (frees its memory; benchmarks use it so
+    that each repetition tokenises from raw text)."""
+    with _TOKEN_LOCK:
+        _TOKEN_CACHE.clear()
+
+
 def pad_batch(encoded: Tokenized | Mapping[str, Sequence[Sequence[int]]], rows: Sequence[int], pad_id: int) -> Batch:
     """Right-pad the given rows to their longest length; returns CPU tensors."""
     return (encoded if isinstance(encoded, Tokenized) else Tokenized(encoded)).batch(rows, pad_id)
@@ -145,6 +155,32 @@ def grouped_micro_batches(perm: torch.Tensor, lengths: np.ndarray, batch_size: i
                for b in length_sorted_batches(lengths[chunk], batch_size, max_tokens)]
     order = torch.randperm(len(batches), generator=generator)
     return [batches[i] for i in order.tolist()]
+
+
+def prefetched(build: Callable[[Item], Batch], items: Sequence[Item], pin: bool,
+               ahead: int = PREFETCH) -> Iterator[tuple[Item, Batch]]:
+    """``(item, build(item))`` for each item, in order. With ``pin`` (for a GPU), batches are built ``ahead``
+    of use on a worker thread and put in pinned memory, so that host work and asynchronous copies
+    (``.to(device, non_blocking=True)``) overlap the GPU's work on earlier batches.
+
+    Example:
+        >>> [(i, b["x"].tolist()) for i, b in prefetched(lambda i: {"x": torch.tensor([i])}, [1, 2], pin=False)]
+        [(1, [1]), (2, [2])]
+    """
+    def work(item: Item) -> tuple[Item, Batch]:
+        batch = build(item)
+        return item, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+    if not pin:
+        yield from map(work, items)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pending = collections.deque(pool.submit(work, item) for item in items[:ahead])
+        for i in range(len(items)):
+            done = pending.popleft().result()
+            if i + ahead < len(items):
+                pending.append(pool.submit(work, items[i + ahead]))
+            yield done
 
 
 class TokenRows:

@@ -10,16 +10,14 @@ one copy at the end.
 
 from __future__ import annotations
 
-import collections
 import copy
 import logging
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, Tokenized, cached_tokenize, length_sorted_batches, tokenize
+from .batching import Batch, Tokenized, cached_tokenize, length_sorted_batches, prefetched, tokenize
 from .errors import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +28,6 @@ _DEFAULT_MAX_LENGTH = 512
 CPU_MAX_TOKENS = 2048  # on CPU larger batches were slower (MiniLM, SST-2: 8k tokens gave half the rows/s of 2k)
 MIN_MAX_TOKENS, MAX_MAX_TOKENS = 4096, 262_144
 GPU_MEMORY_SHARE = 0.25  # of the free GPU memory, for one batch's activations
-PREFETCH = 3  # batches prepared ahead on the host
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Model types (besides *roberta*) whose position ids start at padding_idx + 1, as in RoBERTa.
 _POSITIONS_AFTER_PADDING = frozenset(
@@ -97,26 +94,6 @@ def _working_model(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     if current == dtype:
         return model.to(device).eval()
     return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-
-
-def _host_batches(tokens: Tokenized, batches: list[list[int]], pad_id: int, pin: bool) -> Iterator[tuple[list[int], Batch]]:
-    """Padded batches in order; with ``pin``, built on a worker thread ahead of use, in pinned memory, so that
-    host work and copies overlap the GPU's work on the previous batches."""
-    def build(rows: list[int]) -> tuple[list[int], Batch]:
-        batch = tokens.batch(rows, pad_id)
-        batch["_rows"] = torch.as_tensor(rows, dtype=torch.long)
-        return rows, {k: v.pin_memory() for k, v in batch.items()} if pin else batch
-
-    if not pin:
-        yield from map(build, batches)
-        return
-    with ThreadPoolExecutor(1) as pool:
-        pending = collections.deque(pool.submit(build, rows) for rows in batches[:PREFETCH])
-        for ahead in batches[PREFETCH:] + [None] * min(PREFETCH, len(batches)):
-            done = pending.popleft().result()
-            if ahead is not None:
-                pending.append(pool.submit(build, ahead))
-            yield done
 
 
 def _run_batch(model: torch.nn.Module, forward: Forward, batch: Batch, tokens: Tokenized, rows: list[int],
@@ -197,7 +174,10 @@ def run_model(
     results: dict[str, torch.Tensor] = {}
     with tqdm(total=len(texts), desc=desc, unit="ex", disable=not show_progress or probe, leave=False,
               delay=0.5) as bar:  # quick calls (a few texts to predict) show no bar
-        for rows, batch in _host_batches(tokens, batches, pad_id, pin=device.type == "cuda"):
+        def build(rows: list[int]) -> Batch:
+            return {**tokens.batch(rows, pad_id), "_rows": torch.as_tensor(rows, dtype=torch.long)}
+
+        for rows, batch in prefetched(build, batches, pin=device.type == "cuda"):
             for index, outputs in _run_batch(work, forward, batch, tokens, rows, pad_id, device):
                 for name, value in outputs.items():
                     if name not in results:

@@ -23,7 +23,7 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 from tqdm.auto import tqdm
 
-from .batching import grouped_micro_batches, length_sorted_batches
+from .batching import grouped_micro_batches, length_sorted_batches, prefetched
 from .errors import ConfigError, DataError, FusionError
 
 __all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "seeded", "train"]
@@ -34,6 +34,9 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
 _PRECISIONS = ("auto", "no", "fp16", "bf16")
+_OPTIMIZERS = ("adamw", "lbfgs")
+_SCHEDULES = ("constant", "linear")
+GPU_ROWS_SHARE = 0.25  # TensorRows up to this share of free GPU memory are moved there once, before training
 _MISSING = object()
 # Attributes Accelerator.prepare() sets on the model object itself; train() puts them back as they were.
 _PREPARE_ATTRS = ("forward", "_original_forward", "_is_accelerate_prepared")
@@ -65,6 +68,9 @@ _CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "max_tokens": (lambda v: v is None or (_int(v) and v >= 1), "None (no token budget) or an integer >= 1"),
     "group_by_length": (lambda v: isinstance(v, bool), "True or False"),
     "compile": (lambda v: isinstance(v, bool), "True or False"),
+    "optimizer": (lambda v: isinstance(v, str) and v in _OPTIMIZERS, f"one of {_OPTIMIZERS}"),
+    "lr_schedule": (lambda v: isinstance(v, str) and v in _SCHEDULES, f"one of {_SCHEDULES}"),
+    "warmup_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "show_progress": (lambda v: isinstance(v, bool), "True or False"),
 }
 
@@ -95,6 +101,14 @@ class TrainConfig:
         group_by_length: For rows with lengths: micro-batches of similar length (less padding), still
             shuffled every epoch (see ``fusion.batching.grouped_micro_batches``).
         compile: ``torch.compile`` the model (through Accelerate's dynamo backend "inductor").
+        optimizer: ``"adamw"`` (mini-batches), or ``"lbfgs"`` for small full-batch problems (fusers): each
+            epoch is one L-BFGS step (up to 20 iterations, strong Wolfe line search, step size
+            ``learning_rate``, 1.0 is the usual choice); needs ``batch_size=None`` and no weight decay,
+            gradient clipping, token budget or fp16.
+        lr_schedule: ``"constant"``, or ``"linear"``: decays to zero at the end of ``max_epochs`` (as
+            transformers' Trainer does), usual for fine-tuning. AdamW only.
+        warmup_fraction: Share of ``max_epochs`` over which the learning rate rises linearly from zero
+            (either schedule). AdamW only.
 
     Raises:
         ConfigError: A value is out of range or of the wrong type; the message names the field.
@@ -118,11 +132,26 @@ class TrainConfig:
     max_tokens: int | None = None
     group_by_length: bool = False
     compile: bool = False
+    optimizer: str = "adamw"
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (valid, requirement) in _CHECKS.items():
             if not valid(getattr(self, name)):
                 raise ConfigError(f"TrainConfig.{name} must be {requirement}; got {getattr(self, name)!r}.")
+        if self.optimizer == "lbfgs":
+            clashes = {"batch_size": self.batch_size, "max_tokens": self.max_tokens,
+                       "max_grad_norm": self.max_grad_norm, "weight_decay": self.weight_decay or None,
+                       "mixed_precision": "fp16" if self.mixed_precision == "fp16" else None,
+                       "lr_schedule": "linear" if self.lr_schedule == "linear" else None,
+                       "warmup_fraction": self.warmup_fraction or None}
+            clashes = {k: v for k, v in clashes.items() if v is not None}
+            if clashes:
+                raise ConfigError(
+                    f"TrainConfig(optimizer='lbfgs') trains on the full batch without weight decay, clipping, fp16 or "
+                    f"a learning-rate schedule; it cannot use {clashes}. Leave those at their defaults, or use optimizer='adamw'."
+                )
 
     def to_dict(self) -> dict:
         """All fields as a JSON-able dict."""
@@ -184,6 +213,19 @@ class TensorRows:
 
     def __len__(self) -> int:
         return self._length
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are (row indices for :meth:`take` should be there too)."""
+        return next(iter(self.tensors.values())).device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def to(self, device: torch.device | str) -> TensorRows:
+        """The same rows with every tensor on ``device``."""
+        return TensorRows(**{name: t.to(device) for name, t in self.tensors.items()})
 
     def take(self, index: torch.Tensor) -> Batch:
         return {name: t[index] for name, t in self.tensors.items()}
@@ -261,51 +303,114 @@ def _micro_batches(perm: torch.Tensor, config: TrainConfig, rows: Rows,
         yield len(step), list(step.split(config.batch_size))
 
 
-def _losses(run: _Run, model: torch.nn.Module, rows: Rows, index: torch.Tensor) -> torch.Tensor:
-    batch = {k: v.to(run.accelerator.device, non_blocking=True) for k, v in rows.take(index).items()}
+def _rows_device(rows: Rows) -> torch.device:
+    return getattr(rows, "device", torch.device("cpu"))
+
+
+def _placed(rows: Rows | None, device: torch.device) -> Rows | None:
+    """TensorRows moved to the GPU once, when they fit in a share of its free memory: batches are then
+    gathered there, with no copy per step."""
+    if not isinstance(rows, TensorRows) or device.type != "cuda" or _rows_device(rows) == device:
+        return rows
+    return rows.to(device) if rows.nbytes <= GPU_ROWS_SHARE * torch.cuda.mem_get_info(device)[0] else rows
+
+
+def _losses(run: _Run, model: torch.nn.Module, batch: Batch, n: int) -> torch.Tensor:
+    batch = {k: v.to(run.accelerator.device, non_blocking=True) for k, v in batch.items()}
     losses = run.loss_fn(model, batch)
-    if not isinstance(losses, torch.Tensor) or losses.shape != (len(index),):
+    if not isinstance(losses, torch.Tensor) or losses.shape != (n,):
         got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise TrainingError(
-            f"{run.desc}: loss_fn must return per-example losses of shape [{len(index)}] for a batch of "
-            f"{len(index)} rows; got {got}. Use reduction='none' in torch losses."
+            f"{run.desc}: loss_fn must return per-example losses of shape [{n}] for a batch of "
+            f"{n} rows; got {got}. Use reduction='none' in torch losses."
         )
     return losses.float()
 
 
-def _micro_step(run: _Run, rows: Rows, global_idx: torch.Tensor, scale: float) -> torch.Tensor:
-    """Forward/backward of this process's slice; returns the detached sum of its losses."""
-    acc = run.accelerator
+def _local(acc: Accelerator, global_idx: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """This process's slice of a global micro-batch and whether it counts. An empty slice becomes the batch's
+    first row with weight 0: still a forward/backward, so DDP's gradient hooks fire on every process."""
     local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
-    if len(local) == 0:  # still a forward/backward (weight 0), so DDP's gradient hooks fire on every process
-        acc.backward(_losses(run, run.wrapped, rows, global_idx[:1]).sum() * 0.0)
-        return torch.zeros((), device=acc.device)
-    loss_sum = _losses(run, run.wrapped, rows, local).sum()
-    acc.backward(loss_sum * scale)
-    return loss_sum.detach()
+    return (local, True) if len(local) else (global_idx[:1], False)
+
+
+def _micro_step(run: _Run, batch: Batch, n: int, scale: float, counts: bool) -> torch.Tensor:
+    """Forward/backward of this process's slice; returns the detached sum of its losses."""
+    loss_sum = _losses(run, run.wrapped, batch, n).sum()
+    run.accelerator.backward(loss_sum * (scale if counts else 0.0))
+    return loss_sum.detach() if counts else torch.zeros((), device=run.accelerator.device)
+
+
+def _set_learning_rate(run: _Run, start: float, end: float) -> None:
+    """Warm-up and decay for a step covering ``start``..``end`` of the whole run (as fractions of max_epochs)."""
+    config = run.config
+    if config.lr_schedule == "constant" and not config.warmup_fraction:
+        return
+    factor = min(1.0, end / config.warmup_fraction) if config.warmup_fraction else 1.0
+    if config.lr_schedule == "linear":
+        factor *= min(1.0, max(0.0, (1.0 - start) / (1.0 - config.warmup_fraction)))
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.learning_rate * factor
 
 
 def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) -> torch.Tensor:
-    """One pass over a fresh permutation; returns this process's sum of per-example train losses."""
+    """One pass over a fresh permutation; returns this process's sum of per-example train losses.
+
+    Batches of host rows bound for a GPU are built ahead on a worker thread in pinned memory; nothing here
+    waits for the GPU (losses are summed on the device).
+    """
     acc, config = run.accelerator, run.config
     perm = torch.randperm(len(rows), generator=generator.manual_seed(config.seed + epoch))
-    total = torch.zeros((), device=acc.device)
+    plan = [(step_rows, [_local(acc, g) for g in micro])
+            for step_rows, micro in _micro_batches(perm.to(_rows_device(rows)), config, rows, generator)]
+    pin = acc.device.type == "cuda" and _rows_device(rows).type == "cpu"
+    batches = prefetched(lambda item: rows.take(item[0]), [item for _, micro in plan for item in micro], pin)
+    total, done = torch.zeros((), device=acc.device), 0
     run.wrapped.train()
-    for step_rows, micro in _micro_batches(perm, config, rows, generator):
+    for step_rows, micro in plan:
         scale = acc.num_processes / step_rows  # DDP averages over processes -> mean over the step's rows
-        for i, global_idx in enumerate(micro):
+        for i in range(len(micro)):
+            (index, counts), batch = next(batches)
             with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
-                total += _micro_step(run, rows, global_idx, scale)
+                total += _micro_step(run, batch, len(index), scale, counts)
         if config.max_grad_norm is not None:
             acc.clip_grad_norm_(run.wrapped.parameters(), config.max_grad_norm)
+        _set_learning_rate(run, (epoch - 1 + done / len(rows)) / config.max_epochs,
+                           (epoch - 1 + (done + step_rows) / len(rows)) / config.max_epochs)
+        done += step_rows
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     return total
 
 
+def _lbfgs_epoch(run: _Run, rows: Rows) -> torch.Tensor:
+    """One L-BFGS step over the full batch; returns this process's share of the train loss after it.
+
+    The closure returns the loss summed over all processes, so that every process takes the same line-search
+    decisions (its gradient is already averaged by DDP).
+    """
+    acc = run.accelerator
+    everything = torch.arange(len(rows), device=_rows_device(rows))
+    micro = [_local(acc, g) for g in everything.tensor_split(min(run.config.grad_accumulation, len(rows)))]
+    scale = acc.num_processes / len(rows)
+    run.wrapped.train()
+
+    def closure() -> torch.Tensor:
+        run.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=acc.device)
+        for i, (index, counts) in enumerate(micro):
+            with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
+                total += _micro_step(run, rows.take(index), len(index), scale, counts)
+        return acc.reduce(total) / len(rows)
+
+    run.optimizer.step(closure)
+    return _loss_sum(run, rows)
+
+
 @torch.no_grad()
-def _val_sum(run: _Run, rows: Rows) -> torch.Tensor:
-    """This process's share of the summed val losses (rows replicated; each batch split as in training)."""
+def _loss_sum(run: _Run, rows: Rows) -> torch.Tensor:
+    """This process's share of the summed losses in eval mode (rows replicated; each batch split as in
+    training)."""
     acc = run.accelerator
     total = torch.zeros((), device=acc.device)
     run.model.eval()
@@ -313,11 +418,11 @@ def _val_sum(run: _Run, rows: Rows) -> torch.Tensor:
     if lengths is not None and run.config.max_tokens:
         batches = [torch.as_tensor(b) for b in length_sorted_batches(lengths, run.config.batch_size, run.config.max_tokens)]
     else:
-        batches = torch.arange(len(rows)).split(run.config.batch_size or len(rows))
+        batches = torch.arange(len(rows), device=_rows_device(rows)).split(run.config.batch_size or len(rows))
     for global_idx in batches:
         local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
         if len(local):
-            total += _losses(run, run.model, rows, local).sum()
+            total += _losses(run, run.model, rows.take(local), len(local)).sum()
     return total
 
 
@@ -347,8 +452,9 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     show = config.show_progress and run.accelerator.is_main_process
     with tqdm(total=config.max_epochs, desc=run.desc, unit="epoch", disable=not show, leave=False) as bar:
         for epoch in range(1, config.max_epochs + 1):
-            sums = [_train_epoch(run, train_rows, generator, epoch)]
-            sums += [_val_sum(run, val_rows)] if val_rows is not None else []
+            lbfgs = config.optimizer == "lbfgs"
+            sums = [_lbfgs_epoch(run, train_rows) if lbfgs else _train_epoch(run, train_rows, generator, epoch)]
+            sums += [_loss_sum(run, val_rows)] if val_rows is not None else []
             train_loss, val_loss = _epoch_losses(run, epoch, sums, sizes)
             result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             result.epochs_run = epoch
@@ -384,10 +490,11 @@ def _prepare(accelerator: Accelerator, model: torch.nn.Module, config: TrainConf
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{desc}: the model has no parameters with requires_grad=True; nothing to train.")
-    fused = True if accelerator.device.type == "cuda" else None
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
-    )
+    if config.optimizer == "lbfgs":
+        optimizer = torch.optim.LBFGS(params, lr=config.learning_rate, line_search_fn="strong_wolfe")
+    else:
+        fused = True if accelerator.device.type == "cuda" else None
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     return accelerator.prepare(model, optimizer)
 
 
@@ -425,7 +532,7 @@ def train(
     val_rows: Rows | None = None,
     desc: str = "training",
 ) -> TrainResult:
-    """Train ``model`` in place with AdamW through Accelerate, keeping the weights of the best epoch.
+    """Train ``model`` in place with AdamW (or L-BFGS) through Accelerate, keeping the weights of the best epoch.
 
     Runs unchanged in one process and under ``torchrun`` (DDP), with the same updates up to float rounding.
     Early stopping monitors the mean per-example val loss if ``val_rows`` is given, else the epoch's mean
@@ -466,9 +573,8 @@ def train(
         precision = _resolve_precision(config.mixed_precision)
         with _fresh_accelerator(precision, config.compile) as accelerator, seeded(config.seed, accelerator.device):
             wrapped, optimizer = _prepare(accelerator, model, config, desc)
-            return _fit(
-                _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc), train_rows, val_rows
-            )
+            run = _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc)
+            return _fit(run, _placed(train_rows, accelerator.device), _placed(val_rows, accelerator.device))
     finally:
         for name, value in saved_attrs.items():
             model.__dict__.pop(name, None)

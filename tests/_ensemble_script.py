@@ -1,4 +1,4 @@
-"""Fits a small ensemble (trained head + scikit-learn member, linear and stacking fusers) and saves its
+"""Fits a small ensemble (trained head + scikit-learn member, linear (L-BFGS) and stacking (AdamW) fusers) and saves its
 fused validation probabilities; run in one process or under torchrun by ``tests/test_distributed.py``::
 
     python tests/_ensemble_script.py OUT.safetensors ENCODER_DIR
@@ -32,7 +32,7 @@ def main(out: Path, encoder_dir: str) -> None:
     head_config = TrainConfig(learning_rate=1e-2, max_epochs=15, batch_size=15, patience=None, **QUIET)
     members = [HFEncoder(encoder_dir, head=MLPHead(hidden=16, dropout=0.0), train_config=head_config, name="enc",
                          show_progress=False), tfidf_member()]
-    ensemble = Ensemble(members, fuser=LinearFuser(train_config={"max_epochs": 100, "batch_size": 25}),
+    ensemble = Ensemble(members, fuser=LinearFuser(),
                         labels=["negative", "positive"], cv=3)
     results = {}
     for fuser in (ensemble.fuser, StackingFuser(train_config={"batch_size": 25, "max_epochs": 50})):

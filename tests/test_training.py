@@ -71,6 +71,46 @@ def test_logistic_regression_reaches_sklearn_loss():
     assert result.history[0]["train_loss"] > result.best_loss + 0.1
 
 
+@pytest.mark.parametrize("grad_accumulation", [1, 3])
+def test_lbfgs_reaches_sklearns_optimum_in_a_few_epochs(grad_accumulation):
+    from sklearn.linear_model import LogisticRegression
+
+    rows = logistic_data()
+    x, y = rows.tensors["x"].numpy(), rows.tensors["y"].numpy()
+    reference = LogisticRegression(C=1e8, max_iter=1000, tol=1e-10).fit(x, y)
+    config = TrainConfig(optimizer="lbfgs", learning_rate=1.0, patience=2, min_delta=1e-9,
+                         grad_accumulation=grad_accumulation, **QUIET)
+    model, result = fit_linear(config, rows)
+    torch.testing.assert_close(model.weight[0].detach().double(), torch.from_numpy(reference.coef_[0]).double(),
+                               atol=1e-3, rtol=0)
+    assert model.bias.item() == pytest.approx(reference.intercept_[0], abs=1e-3)
+    assert result.epochs_run < 10 and result.best_epoch <= result.epochs_run - 2  # converged, then patience
+    with torch.no_grad():  # the monitored train loss is the loss at the kept weights
+        assert bce(model, rows.tensors).mean().item() == pytest.approx(result.best_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize(("schedule", "warmup", "factors"), [
+    ("constant", 0.0, [1] * 8),
+    ("constant", 0.25, [0.5] + [1] * 7),
+    ("linear", 0.0, [1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),
+    ("linear", 0.25, [0.5, 1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+])
+def test_learning_rate_schedule_per_step(schedule, warmup, factors):
+    # loss = w for every row: a constant gradient, so each AdamW step moves w by exactly that step's rate.
+    seen = []
+
+    def loss(model, batch):
+        seen.append(model.weight.item())
+        return model(batch["x"])[:, 0]
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    config = TrainConfig(learning_rate=0.01, max_epochs=2, batch_size=2, patience=None, lr_schedule=schedule,
+                         warmup_fraction=warmup, **QUIET)
+    train(model, loss, TensorRows(x=torch.ones(8, 1)), config)
+    steps = -torch.diff(torch.tensor(seen[:8] + [model.weight.item()], dtype=torch.float64))
+    torch.testing.assert_close(steps, 0.01 * torch.tensor(factors, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
 def test_linear_regression_recovers_weights_with_minibatches():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 3, generator=g)
@@ -336,6 +376,14 @@ def test_config_round_trips_through_json():
         ({"max_tokens": 0}, "max_tokens must be None"),
         ({"group_by_length": 1}, "group_by_length must be True or False"),
         ({"compile": "yes"}, "compile must be True or False"),
+        ({"lr_schedule": "cosine"}, r"lr_schedule must be one of \('constant', 'linear'\)"),
+        ({"warmup_fraction": 1.0}, r"warmup_fraction must be a number in \[0, 1\)"),
+        ({"optimizer": "lbfgs", "lr_schedule": "linear"}, r"\{'lr_schedule': 'linear'\}"),
+        ({"optimizer": "sgd"}, r"optimizer must be one of \('adamw', 'lbfgs'\)"),
+        ({"optimizer": "lbfgs", "batch_size": 32}, r"optimizer='lbfgs'.*\{'batch_size': 32\}.*optimizer='adamw'"),
+        ({"optimizer": "lbfgs", "weight_decay": 0.1}, r"cannot use \{'weight_decay': 0.1\}"),
+        ({"optimizer": "lbfgs", "max_grad_norm": 1.0, "mixed_precision": "fp16"},
+         r"\{'max_grad_norm': 1.0, 'mixed_precision': 'fp16'\}"),
     ],
 )
 def test_bad_config_values_raise(kwargs, match):

@@ -27,8 +27,10 @@ from .base import MEMBERS, Member
 from .hf_source import HFSource, model_short_name
 
 HEAD_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=200, batch_size=128, weight_decay=1e-4, patience=8)
+# The usual fine-tuning recipe (linear warm-up over 6% of the run, then linear decay to zero), with
+# length-grouped batches (less padding).
 FINETUNE_TRAINING = TrainConfig(learning_rate=5e-5, max_epochs=2, batch_size=32, weight_decay=0.01, patience=1,
-                                group_by_length=True)
+                                group_by_length=True, lr_schedule="linear", warmup_fraction=0.06)
 
 
 class EncoderClassifier(nn.Module):
