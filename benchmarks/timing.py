@@ -65,7 +65,9 @@ def measure(run: Callable[[], Any], repeats: int, device: torch.device,
 
 
 def stopwatch(run: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``run()`` takes, GPU work included."""
+    """Seconds ``run()`` takes, GPU work included. A full garbage collection runs first, untimed: in a process
+    that holds every earlier workload's objects, a collection falling inside a sub-second run would dominate it."""
+    gc.collect()
     synchronize(device)
     start = time.perf_counter()
     run()

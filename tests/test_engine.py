@@ -139,3 +139,13 @@ def test_tokenized_handles_rows_without_tokens():
     batch = tokens.batch([0, 1, 2], pad_id=0)
     assert batch["input_ids"].tolist() == [[0, 0], [7, 8], [9, 0]]
     assert batch["attention_mask"].tolist() == [[0, 0], [1, 1], [1, 0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the pinned, prefetched path)")
+@pytest.mark.parametrize("limits", [{}, {"max_tokens": 40}])
+def test_on_a_gpu_outputs_match_a_plain_forward_pass_within_half_precision(encoder, limits):
+    model, tokenizer = encoder
+    out = run_model(model, tokenizer, TEXTS, cls_vector, device="cuda", show_progress=False, **limits)["h"]
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    tolerance = {"atol": 0.1, "rtol": 0.05} if resolve_dtype("auto", torch.device("cuda")) != torch.float32 else {}
+    torch.testing.assert_close(out, per_example(model.cpu(), tokenizer, TEXTS), **tolerance)
