@@ -25,7 +25,7 @@ from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, Stacki
 from .heads import HEADS, Head, LinearHead, MLPHead
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
 from .reporting import evaluate, permutation_importance
-from .training import TrainConfig
+from .train_config import TrainConfig
 
 __version__ = "0.1.0"
 

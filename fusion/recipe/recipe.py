@@ -18,7 +18,7 @@ from ..ensemble import Ensemble
 from ..errors import FusionError
 from ..fusers import FUSERS, Fuser
 from ..members.base import MEMBERS, Member
-from ..training import TrainConfig
+from ..train_config import TrainConfig
 from .document import Document, KeyPath, RecipeError, describe, fmt, parse_yaml
 from .schema import (
     STR,

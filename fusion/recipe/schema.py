@@ -18,7 +18,7 @@ from ..errors import FusionError, UnknownNameError
 from ..heads import HEADS
 from ..members.hf_source import PACKAGE_PREFIX, package_model_dir
 from ..registry import Registry
-from ..training import TrainConfig
+from ..train_config import TrainConfig
 from .document import Document, KeyPath, RecipeError, describe, fmt
 from .pipelines import PIPELINES
 
