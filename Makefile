@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--text "the plot is nothing but boilerplate clichés."
 
 lint: $(STAMP)
-	$(BIN)/ruff check fusion recipes tests
+	$(BIN)/ruff check fusion recipes tests benchmarks
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
