@@ -22,6 +22,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 Batch = dict[str, torch.Tensor]
 Item = TypeVar("Item")
 
@@ -118,9 +120,9 @@ def clear_token_cache() -> None:
         _TOKEN_CACHE.clear()
 
 
-def pad_batch(encoded: Tokenized | Mapping[str, Sequence[Sequence[int]]], rows: Sequence[int], pad_id: int) -> Batch:
-    """Right-pad the given rows to their longest length; returns CPU tensors."""
-    return (encoded if isinstance(encoded, Tokenized) else Tokenized(encoded)).batch(rows, pad_id)
+def pad_token_id(tokenizer) -> int:
+    """The id padding positions hold (0 for tokenizers without a pad token: the attention mask hides them)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def length_sorted_batches(lengths: Sequence[int] | np.ndarray, batch_size: int | None = None,
@@ -148,8 +150,10 @@ def grouped_micro_batches(perm: torch.Tensor, lengths: np.ndarray, batch_size: i
     ``LENGTH_GROUP_BATCHES`` batches, cut under the row and token budgets, and the batches shuffled again, so
     padding is small while every epoch still mixes lengths. Same permutation and generator -> same batches
     (every process of a distributed run agrees)."""
+    if batch_size is None and max_tokens is None:
+        raise ConfigError("length grouping needs batch_size or max_tokens: a full batch has nothing to group.")
     rows = perm.numpy()
-    window = LENGTH_GROUP_BATCHES * (batch_size or max(1, (max_tokens or 0) // max(int(lengths.max()), 1)) or 64)
+    window = LENGTH_GROUP_BATCHES * (batch_size or max(1, max_tokens // max(int(lengths.max()), 1)))
     batches = [torch.as_tensor(chunk[b]) for start in range(0, len(rows), window)
                for chunk in [rows[start : start + window]]
                for b in length_sorted_batches(lengths[chunk], batch_size, max_tokens)]
@@ -184,27 +188,30 @@ def prefetched(build: Callable[[Item], Batch], items: Sequence[Item], pin: bool,
 
 
 class TokenRows:
-    """Training rows of tokenised text (+ optional label ids), padded per batch; a ``training.Rows``."""
+    """Training rows of tokenised text (+ optional label ids), padded per batch; a ``training.Rows``.
 
-    def __init__(self, tokenizer, texts: Sequence[str], max_length: int, labels: torch.Tensor | None = None) -> None:
-        self.encoded = tokenize(tokenizer, texts, max_length)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.labels = labels
+    ``rows`` picks which of ``tokens``' rows these are (default: all, in order), so that the training and
+    held-out rows of one tokenisation (cached by :func:`cached_tokenize`) need no second pass.
+    """
+
+    def __init__(self, tokens: Tokenized, pad_id: int, labels: torch.Tensor | None = None,
+                 rows: Sequence[int] | np.ndarray | None = None) -> None:
+        self.tokens, self.pad_id, self.labels = tokens, pad_id, labels
+        self.rows = np.arange(len(tokens)) if rows is None else np.asarray(rows, dtype=np.int64)
 
     @property
     def lengths(self) -> np.ndarray:
         """Tokens per row (for length-grouped batching)."""
-        return self.encoded.lengths
+        return self.tokens.lengths[self.rows]
 
     def __len__(self) -> int:
-        return len(self.encoded)
+        return len(self.rows)
 
     def take(self, index: torch.Tensor) -> Batch:
-        rows = index.tolist()
-        if rows:
-            batch = pad_batch(self.encoded, rows, self.pad_id)
+        if len(index):
+            batch = self.tokens.batch(self.rows[index.numpy()], self.pad_id)
         else:  # an empty slice of a global batch in a multi-process run still runs a forward pass
-            batch = {k: torch.zeros((0, 1), dtype=torch.long) for k in (*self.encoded.flat, "attention_mask")}
+            batch = {k: torch.zeros((0, 1), dtype=torch.long) for k in (*self.tokens.flat, "attention_mask")}
         if self.labels is not None:
             batch["labels"] = self.labels[index]
         return batch

@@ -17,7 +17,15 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Batch, Tokenized, cached_tokenize, length_sorted_batches, prefetched, tokenize
+from .batching import (
+    Batch,
+    Tokenized,
+    cached_tokenize,
+    length_sorted_batches,
+    pad_token_id,
+    prefetched,
+    tokenize,
+)
 from .errors import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +48,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_config(model: torch.nn.Module):
+    """The Hugging Face config of ``model``, or of the ``backbone`` it wraps (a member's encoder + head)."""
+    return getattr(model, "config", None) or getattr(getattr(model, "backbone", None), "config", None)
+
+
 def max_input_length(model: torch.nn.Module, tokenizer, requested: int | None = None) -> int:
     """The longest input (in tokens) the model accepts: ``requested`` if given, else the model's limit.
 
@@ -48,7 +61,7 @@ def max_input_length(model: torch.nn.Module, tokenizer, requested: int | None = 
     """
     if requested is not None:
         return int(requested)
-    config = getattr(model, "config", None)
+    config = model_config(model)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     limit = int(limit) if limit else _DEFAULT_MAX_LENGTH
     model_type = str(getattr(config, "model_type", ""))
@@ -78,7 +91,7 @@ def auto_max_tokens(model: torch.nn.Module, device: torch.device, dtype: torch.d
     model's per-token activations (hidden states, attention projections, the feed-forward expansion)."""
     if device.type != "cuda":
         return CPU_MAX_TOKENS
-    config = getattr(model, "config", None) or getattr(getattr(model, "backbone", None), "config", None)
+    config = model_config(model)
     hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 1024)
     intermediate = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden)
     bytes_per_token = torch.finfo(dtype).bits // 8 * (8 * hidden + 2 * intermediate)
@@ -94,6 +107,11 @@ def _working_model(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     if current == dtype:
         return model.to(device).eval()
     return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+
+
+def _host_batch(tokens: Tokenized, rows: list[int], pad_id: int) -> Batch:
+    """The rows padded on the host, with their positions in the input (``_rows``) to write outputs back."""
+    return {**tokens.batch(rows, pad_id), "_rows": torch.as_tensor(rows, dtype=torch.long)}
 
 
 def _run_batch(model: torch.nn.Module, forward: Forward, batch: Batch, tokens: Tokenized, rows: list[int],
@@ -114,9 +132,8 @@ def _run_batch(model: torch.nn.Module, forward: Forward, batch: Batch, tokens: T
             ) from err
         half = len(rows) // 2
         logger.warning("GPU out of memory on a batch of %d rows; splitting it in two", len(rows))
-        return [part for piece in (rows[:half], rows[half:]) for part in _run_batch(
-            model, forward, {**tokens.batch(piece, pad_id), "_rows": torch.as_tensor(piece)}, tokens, piece,
-            pad_id, device)]
+        return [part for piece in (rows[:half], rows[half:])
+                for part in _run_batch(model, forward, _host_batch(tokens, piece, pad_id), tokens, piece, pad_id, device)]
 
 
 @torch.inference_mode()
@@ -168,16 +185,14 @@ def run_model(
     probe = not texts
     limit = max_input_length(model, tokenizer, max_length)
     tokens = tokenize(tokenizer, [""], limit) if probe else cached_tokenize(tokenizer, texts, limit, tokens_key)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     budget = max_tokens or auto_max_tokens(work, device, dtype)
     batches = length_sorted_batches(tokens.lengths, batch_size, budget)
     results: dict[str, torch.Tensor] = {}
     with tqdm(total=len(texts), desc=desc, unit="ex", disable=not show_progress or probe, leave=False,
               delay=0.5) as bar:  # quick calls (a few texts to predict) show no bar
-        def build(rows: list[int]) -> Batch:
-            return {**tokens.batch(rows, pad_id), "_rows": torch.as_tensor(rows, dtype=torch.long)}
-
-        for rows, batch in prefetched(build, batches, pin=device.type == "cuda"):
+        host_batches = prefetched(lambda rows: _host_batch(tokens, rows, pad_id), batches, pin=device.type == "cuda")
+        for rows, batch in host_batches:
             for index, outputs in _run_batch(work, forward, batch, tokens, rows, pad_id, device):
                 for name, value in outputs.items():
                     if name not in results:

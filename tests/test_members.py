@@ -120,6 +120,42 @@ def test_finetuned_encoder_saves_its_backbone(bert_encoder_dir, toy_sentiment, t
     assert np.array_equal(Ensemble.from_pretrained(tmp_path / "e").predict_proba(texts), ens.predict_proba(texts))
 
 
+def test_finetuning_tokenises_the_training_texts_once(bert_encoder_dir, toy_sentiment, monkeypatch):
+    import fusion.batching
+
+    calls = []
+    real = fusion.batching.tokenize
+    monkeypatch.setattr(fusion.batching, "tokenize", lambda tok, texts, *a, **k: calls.append(len(texts)) or real(
+        tok, texts, *a, **k))
+    fusion.batching.clear_token_cache()
+    config = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, show_progress=False)
+    member = HFEncoder(bert_encoder_dir, finetune=True, train_config=config, validation_fraction=0.2,
+                       show_progress=False)
+    data = as_text_data(toy_sentiment["train"], label_names=["negative", "positive"])
+    member.fit(data, ["negative", "positive"], OutputCache())
+    member.compute(data, OutputCache())  # fine-tuning rows, hold-out rows and inference share one pass
+    fold = data.subset(np.arange(0, len(data), 2))
+    member.unfitted_copy().fit(fold, ["negative", "positive"], OutputCache())  # a fold reads its root's tokens
+    assert calls == [len(data)]
+
+
+def test_encoder_truncates_to_the_backbones_positions_when_the_tokenizer_sets_no_limit(bert_encoder_dir, tmp_path):
+    import shutil
+
+    model_dir = shutil.copytree(bert_encoder_dir, tmp_path / "no-limit")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.model_max_length = int(1e30)  # as many hub tokenizers: "no limit"
+    tokenizer.save_pretrained(model_dir)
+    limit = AutoModel.from_pretrained(model_dir).config.max_position_embeddings
+    long_text = " ".join(["good"] * (3 * limit))
+    member = HFEncoder(model_dir, pooling="cls", show_progress=False)
+    got = member.embeddings(TextData([long_text, "bad"]), OutputCache())
+    model = AutoModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer(long_text, truncation=True, max_length=limit, return_tensors="pt"))
+    torch.testing.assert_close(got[0], expected.last_hidden_state[0, 0], atol=1e-5, rtol=1e-5)
+
+
 def test_prefitted_sklearn_member_uses_its_own_class_names(toy_sentiment):
     estimator = tfidf_member().estimator
     names = np.array(["negative", "positive"])[toy_sentiment["train"]["label"]]

@@ -15,7 +15,7 @@ import sklearn.metrics
 import torch
 from safetensors.torch import save_file
 
-from fusion.batching import length_sorted_batches, pad_batch
+from fusion.batching import Tokenized, TokenRows, length_sorted_batches
 from fusion.cache import OutputCache
 from fusion.data import TextData, as_text_data
 from fusion.engine import max_input_length
@@ -432,14 +432,24 @@ def test_length_sorted_batches_go_longest_first_and_keep_every_row_once():
     assert length_sorted_batches([], 4) == []
 
 
-def test_pad_batch_right_pads_and_builds_the_attention_mask():
-    encoded = {"input_ids": [[5, 6, 7], [8], [9, 10]], "token_type_ids": [[0, 0, 1], [0], [1, 1]]}
-    batch = pad_batch(encoded, [2, 1], pad_id=1)
+def test_tokenized_batch_right_pads_and_builds_the_attention_mask():
+    encoded = Tokenized({"input_ids": [[5, 6, 7], [8], [9, 10]], "token_type_ids": [[0, 0, 1], [0], [1, 1]]})
+    batch = encoded.batch([2, 1], pad_id=1)
     assert batch["input_ids"].tolist() == [[9, 10], [8, 1]]
     assert batch["token_type_ids"].tolist() == [[1, 1], [0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
-    given = pad_batch({"input_ids": [[5], [6, 7]], "attention_mask": [[1], [1, 1]]}, [0, 1], pad_id=0)
+    given = Tokenized({"input_ids": [[5], [6, 7]], "attention_mask": [[1], [1, 1]]}).batch([0, 1], pad_id=0)
     assert given["attention_mask"].tolist() == [[1, 0], [1, 1]]
+
+
+def test_token_rows_view_a_subset_of_one_tokenisation():
+    tokens = Tokenized({"input_ids": [[5, 6, 7], [8], [9, 10]]})
+    rows = TokenRows(tokens, pad_id=0, labels=torch.tensor([1, 0]), rows=[2, 0])
+    assert len(rows) == 2 and rows.lengths.tolist() == [2, 3]
+    batch = rows.take(torch.tensor([1, 0]))
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 10, 0]]
+    assert batch["labels"].tolist() == [0, 1]
+    assert rows.take(torch.tensor([], dtype=torch.long))["input_ids"].shape == (0, 1)
 
 
 

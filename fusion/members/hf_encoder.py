@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batching import TokenRows
+from ..batching import TokenRows, cached_tokenize, pad_token_id
 from ..cache import OutputCache, Outputs
 from ..data import TextData, holdout_split
 from ..engine import max_input_length, resolve_dtype, run_model
@@ -205,10 +205,14 @@ class HFEncoder(Member):
         backbone, tokenizer = self._load()
         with seeded(config.seed):
             self.head.build(backbone.config.hidden_size, n_classes)
-        max_len = max_input_length(backbone, tokenizer, self.max_length)
+        # Tokenised once for the whole dataset (a cross-fitting fold reads its root's rows), under the key
+        # inference uses too, so predicting on these texts afterwards does not tokenise them again.
+        root, at = (data.parent, data.index) if data.parent is not None else (data, np.arange(len(data)))
+        tokens = cached_tokenize(tokenizer, root.texts, max_input_length(backbone, tokenizer, self.max_length),
+                                 self._tokens_key(root))
 
         def rows(index: np.ndarray) -> TokenRows:
-            return TokenRows(tokenizer, [data.texts[i] for i in index], max_len, labels[index])
+            return TokenRows(tokens, pad_token_id(tokenizer), labels[index], rows=at[index])
 
         val = rows(hold_rows) if hold_rows is not None else None
         train(self._model(), _model_loss, rows(fit_rows), config, val, desc=f"{self.name} fine-tune")
