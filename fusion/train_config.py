@@ -69,7 +69,8 @@ class TrainConfig:
         max_tokens: For rows with lengths (tokenised text): at most this many padded tokens per micro-batch,
             as well as at most ``batch_size`` rows; implies length grouping.
         group_by_length: For rows with lengths: micro-batches of similar length (less padding), still
-            shuffled every epoch (see ``fusion.batching.grouped_micro_batches``).
+            shuffled every epoch (see ``fusion.batching.grouped_micro_batches``). No effect on a full batch
+            (``batch_size=None`` and no ``max_tokens``).
         compile: ``torch.compile`` the model (through Accelerate's dynamo backend "inductor").
         optimizer: ``"adamw"`` (mini-batches), or ``"lbfgs"`` for small full-batch problems (fusers): each
             epoch is one L-BFGS step (up to 20 iterations, strong Wolfe line search, step size

@@ -9,6 +9,7 @@ mean loss over all rows of the optimizer step.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -155,7 +156,7 @@ def _micro_batches(perm: torch.Tensor, config: TrainConfig, rows: Rows,
                    generator: torch.Generator) -> Iterator[tuple[int, list[torch.Tensor]]]:
     """Yields (rows in the optimizer step, its global micro-batches of row indices)."""
     lengths = getattr(rows, "lengths", None)
-    if lengths is not None and (config.group_by_length or config.max_tokens):
+    if lengths is not None and (config.max_tokens or (config.group_by_length and config.batch_size)):
         micro = grouped_micro_batches(perm, lengths, config.batch_size, config.max_tokens, generator)
         for k in range(0, len(micro), config.grad_accumulation):
             step = micro[k : k + config.grad_accumulation]
@@ -199,11 +200,20 @@ def _local(acc: Accelerator, global_idx: torch.Tensor) -> tuple[torch.Tensor, bo
     return (local, True) if len(local) else (global_idx[:1], False)
 
 
-def _micro_step(run: _Run, batch: Batch, n: int, scale: float, counts: bool) -> torch.Tensor:
-    """Forward/backward of this process's slice; returns the detached sum of its losses."""
-    loss_sum = _losses(run, run.wrapped, batch, n).sum()
-    run.accelerator.backward(loss_sum * (scale if counts else 0.0))
-    return loss_sum.detach() if counts else torch.zeros((), device=run.accelerator.device)
+def _forward_backward(run: _Run, micro: Iterator[tuple[tuple[torch.Tensor, bool], Batch]], count: int,
+                      scale: float) -> torch.Tensor:
+    """Forward/backward of the next ``count`` micro-batches of one optimizer step (``((index, counts), batch)``
+    each; gradients are synchronised across processes on the last one only); returns this process's detached
+    sum of losses."""
+    acc = run.accelerator
+    total = torch.zeros((), device=acc.device)
+    for i, ((index, counts), batch) in enumerate(itertools.islice(micro, count)):
+        with contextlib.nullcontext() if i == count - 1 else acc.no_sync(run.wrapped):
+            loss_sum = _losses(run, run.wrapped, batch, len(index)).sum()
+            acc.backward(loss_sum * (scale if counts else 0.0))
+        if counts:
+            total += loss_sum.detach()
+    return total
 
 
 def _set_learning_rate(run: _Run, start: float, end: float) -> None:
@@ -233,11 +243,8 @@ def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) 
     total, done = torch.zeros((), device=acc.device), 0
     run.wrapped.train()
     for step_rows, micro in plan:
-        scale = acc.num_processes / step_rows  # DDP averages over processes -> mean over the step's rows
-        for i in range(len(micro)):
-            (index, counts), batch = next(batches)
-            with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
-                total += _micro_step(run, batch, len(index), scale, counts)
+        # DDP averages over processes -> the gradient of the mean loss over the step's rows
+        total += _forward_backward(run, batches, len(micro), acc.num_processes / step_rows)
         if config.max_grad_norm is not None:
             acc.clip_grad_norm_(run.wrapped.parameters(), config.max_grad_norm)
         _set_learning_rate(run, (epoch - 1 + done / len(rows)) / config.max_epochs,
@@ -248,25 +255,22 @@ def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) 
     return total
 
 
-def _lbfgs_epoch(run: _Run, rows: Rows) -> torch.Tensor:
+def _lbfgs_epoch(run: _Run, rows: Rows, generator: torch.Generator) -> torch.Tensor:
     """One L-BFGS step over the full batch; returns this process's share of the train loss after it.
 
     The closure returns the loss summed over all processes, so that every process takes the same line-search
     decisions (its gradient is already averaged by DDP).
     """
     acc = run.accelerator
-    everything = torch.arange(len(rows), device=_rows_device(rows))
-    micro = [_local(acc, g) for g in everything.tensor_split(min(run.config.grad_accumulation, len(rows)))]
-    scale = acc.num_processes / len(rows)
+    ((step_rows, micro),) = _micro_batches(torch.arange(len(rows), device=_rows_device(rows)), run.config, rows,
+                                           generator)
+    local = [_local(acc, g) for g in micro]
     run.wrapped.train()
 
     def closure() -> torch.Tensor:
         run.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=acc.device)
-        for i, (index, counts) in enumerate(micro):
-            with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.wrapped):
-                total += _micro_step(run, rows.take(index), len(index), scale, counts)
-        return acc.reduce(total) / len(rows)
+        batches = ((item, rows.take(item[0])) for item in local)
+        return acc.reduce(_forward_backward(run, batches, len(local), acc.num_processes / step_rows)) / step_rows
 
     run.optimizer.step(closure)
     return _loss_sum(run, rows)
@@ -318,7 +322,7 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     with tqdm(total=config.max_epochs, desc=run.desc, unit="epoch", disable=not show, leave=False) as bar:
         for epoch in range(1, config.max_epochs + 1):
             lbfgs = config.optimizer == "lbfgs"
-            sums = [_lbfgs_epoch(run, train_rows) if lbfgs else _train_epoch(run, train_rows, generator, epoch)]
+            sums = [_lbfgs_epoch(run, train_rows, generator) if lbfgs else _train_epoch(run, train_rows, generator, epoch)]
             sums += [_loss_sum(run, val_rows)] if val_rows is not None else []
             train_loss, val_loss = _epoch_losses(run, epoch, sums, sizes)
             result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})

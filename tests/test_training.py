@@ -300,6 +300,17 @@ def test_length_grouping_is_seeded_and_shuffles_each_epoch():
     assert sum(widths) / len(widths) < 5  # rows of a batch have similar lengths
 
 
+def test_length_grouping_leaves_a_full_batch_whole():
+    rows, steps = SequenceRows(90), []
+
+    def loss(model, batch):
+        steps.append(len(batch["index"]))
+        return F.binary_cross_entropy_with_logits(model(batch["ids"]), batch["y"], reduction="none")
+
+    train(Bag(), loss, rows, TrainConfig(max_epochs=2, group_by_length=True, patience=None, **QUIET))
+    assert steps[:2] == [90, 90]  # one full-batch step per epoch (then the eval pass), not 50-row windows
+
+
 def test_compile_trains_to_the_same_weights(monkeypatch):
     compiled = []
     real_compile = torch.compile
