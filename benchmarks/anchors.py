@@ -2,6 +2,8 @@
 
 Each ``*_runner`` does its set-up (loading, and for the device-only anchor, building every batch on the
 device) and returns a callable that is timed: raw texts in, one pooled embedding (or logits) per text out.
+The length-sorted anchors cut their batches with ``fusion.batching.length_sorted_batches`` (index arithmetic
+only), so they differ from fusion's engine in everything else: tokenising, padding, copies, dtype.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from fusion.batching import length_sorted_batches
 
 from .models import MAX_LENGTH
 
@@ -63,19 +67,6 @@ def padded_runner(path: Path, texts: Sequence[str], device: torch.device) -> Run
     return run
 
 
-def _sorted_batches(lengths: Sequence[int], rows: int | None, max_tokens: int | None) -> list[list[int]]:
-    """Row indices by decreasing length, cut every ``rows`` rows or when ``max_tokens`` padded tokens fill up."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, start = [], 0
-    while start < len(order):
-        size = rows or len(order)
-        if max_tokens:
-            size = min(size, max(1, max_tokens // max(lengths[order[start]], 1)))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
-
-
 def sorted_runner(path: Path, texts: Sequence[str], device: torch.device, batch_size: int = 256) -> Runner:
     """(c) Tokenise all texts, sort by length, pad each batch of 256 on the host, fp32, results in input order."""
     model, tokenizer = load_encoder(path, device)
@@ -84,7 +75,7 @@ def sorted_runner(path: Path, texts: Sequence[str], device: torch.device, batch_
         encoded = tokenizer(list(texts), truncation=True, max_length=MAX_LENGTH)
         ids, masks = encoded["input_ids"], encoded["attention_mask"]
         out = torch.empty((len(texts), model.config.hidden_size))
-        for rows in _sorted_batches([len(i) for i in ids], batch_size, None):
+        for rows in length_sorted_batches([len(i) for i in ids], batch_size):
             batch = tokenizer.pad({"input_ids": [ids[r] for r in rows], "attention_mask": [masks[r] for r in rows]},
                                   return_tensors="pt").to(device)
             out[rows] = _embed(model, batch).float().cpu()
@@ -102,5 +93,5 @@ def device_only_runner(path: Path, texts: Sequence[str], device: torch.device, m
     ids, masks = encoded["input_ids"], encoded["attention_mask"]
     batches = [tokenizer.pad({"input_ids": [ids[r] for r in rows], "attention_mask": [masks[r] for r in rows]},
                              return_tensors="pt").to(device)
-               for rows in _sorted_batches([len(i) for i in ids], None, max_tokens)]
+               for rows in length_sorted_batches([len(i) for i in ids], max_tokens=max_tokens)]
     return lambda: [_embed(model, batch) for batch in batches]

@@ -1,9 +1,7 @@
-"""The benchmark's data: SST-2 splits read from CSV, seeded subsets, and row counts beyond the pool."""
+"""The benchmark's data: SST-2 splits (read by fusion.dataio), seeded subsets, and row counts beyond the pool."""
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +34,19 @@ class Corpus:
     label_names: list[str]
 
 
-def read_split(path: Path) -> Split:
-    """A ``text,label`` CSV file."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return Split([row["text"] for row in rows], [int(row["label"]) for row in rows])
-
-
 def load_corpus(directory: Path) -> Corpus:
-    """``train.csv``, ``validation.csv`` and ``labels.json`` (``{"0": "negative", ...}``) of ``directory``."""
-    names = json.loads((directory / "labels.json").read_text())
-    label_names = [names[key] for key in sorted(names, key=int)]
-    return Corpus(read_split(directory / "train.csv"), read_split(directory / "validation.csv"), label_names)
+    """``train`` and ``validation`` of a dataset directory, read as fusion reads it (``fusion.dataio``), with
+    integer labels in the order of ``labels.json``."""
+    from fusion.dataio import DataSpec, load_data
+
+    splits = load_data(DataSpec(path=directory))
+    names = splits.labels or sorted({str(v) for v in splits.train["label"]})
+    ids = {name: i for i, name in enumerate(names)}
+
+    def split(table: dict[str, list]) -> Split:
+        return Split(list(table["text"]), [ids[str(v)] for v in table["label"]])
+
+    return Corpus(split(splits.train), split(splits.validation), names)
 
 
 def sample(split: Split, n: int | None, seed: int) -> Split:

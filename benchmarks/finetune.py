@@ -21,14 +21,6 @@ from .timing import measure, release
 ANCHORS = ("trainer", "trainer-128")
 
 
-def reset_accelerate() -> None:
-    """Forget Accelerate's process-wide state, so that each run builds its own Accelerator afresh."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _tokenized(tokenizer: Any, split: Split) -> Any:
     import datasets
 
@@ -132,7 +124,7 @@ def run(encoder: Encoder, corpus: Corpus, train: Split, validation: Split, setti
         def evaluate(result: Any, score: Any = score, accuracies: list[float] = accuracies) -> None:
             accuracies.append(score(result, validation) if score else fusion_accuracy(result, corpus, validation))
 
-        timing = measure(runner, settings.repeats, settings.device, before=reset_accelerate, after=evaluate)
+        timing = measure(runner, settings.repeats, settings.device, after=evaluate)
         rows.append(Row("finetune", key, label, encoder.label, len(train), timing, units=len(train),
                         flops=6.0 * params * tokens, accuracy=float(np.median(accuracies))))
         release(settings.device)

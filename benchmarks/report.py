@@ -7,14 +7,13 @@ import os
 import platform
 import shlex
 import subprocess
-import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from . import finetune, inference
+from . import finetune, inference, refit
 from .results import Row, finetune_table, inference_table, refit_table, scaling_table
 from .settings import Settings
 from .targets import targets_table
@@ -108,14 +107,9 @@ def render(settings: Settings, rows: Sequence[Row], argv: Sequence[str], seconds
                               finetune_table(groups["finetune"], finetune.ANCHORS)))
     if groups["refit"]:
         parts.append(_section("Cache reuse: refit a fuser on cached member outputs", "",
-                              refit_table(groups["refit"], "first")))
+                              refit_table(groups["refit"], refit.FIRST)))
     if groups["scaling"]:
         parts.append(_section("Scaling: members x examples", "Per-unit cost = seconds per row x member, relative "
                               "to the smallest grid point.", scaling_table(groups["scaling"])))
     parts.append(_section("Targets", "", targets_table(rows, settings.on_cuda)))
     return "\n\n".join(parts) + "\n"
-
-
-def command_line() -> list[str]:
-    """The arguments this process was started with (after ``-m benchmarks.run``)."""
-    return sys.argv[1:]

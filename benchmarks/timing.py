@@ -1,4 +1,5 @@
-"""Timing: medians of repetitions, with CUDA synchronisation and per-workload peak GPU memory."""
+"""Timing: medians of repetitions, with CUDA synchronisation, per-workload peak GPU memory, and process-wide
+state reset before each repetition."""
 
 from __future__ import annotations
 
@@ -38,16 +39,28 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def fresh_state() -> None:
+    """Forget what an earlier repetition left in the process: fusion's remembered tokenisations (so fusion
+    tokenises from raw text every time) and Accelerate's singletons (so each run builds its Accelerator)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from fusion.batching import clear_token_cache
+
+    clear_token_cache()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def measure(run: Callable[[], Any], repeats: int, device: torch.device,
-            before: Callable[[], None] | None = None, after: Callable[[Any], None] | None = None) -> Timing:
-    """Time ``run()`` ``repeats`` times; ``before()`` and ``after(result)`` run untimed around each repetition.
+            after: Callable[[Any], None] | None = None) -> Timing:
+    """Time ``run()`` ``repeats`` times, each after :func:`fresh_state`; ``after(result)`` runs untimed after
+    each repetition.
 
     Peak GPU memory is reset before each repetition and the largest peak is kept.
     """
     seconds, peak = [], 0
     for _ in range(repeats):
-        if before is not None:
-            before()
+        fresh_state()
         release(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
