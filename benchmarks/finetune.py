@@ -16,7 +16,7 @@ from .inference import encoder_counts
 from .models import MAX_LENGTH, Encoder
 from .results import Row
 from .settings import Settings
-from .timing import measure, release
+from .timing import fresh_cache, measure, release
 
 ANCHORS = ("trainer", "trainer-128")
 
@@ -78,7 +78,7 @@ def fusion_run(encoder: Encoder, corpus: Corpus, train: Split, settings: Setting
                lr: float) -> Callable[[], Any]:
     """``HFEncoder(finetune=True, head=LinearHead())`` fitted for one epoch on every row (no hold-out), with
     the member's default fine-tuning recipe (``FINETUNE_TRAINING``) at this batch size and learning rate."""
-    from fusion import HFEncoder, LinearHead, OutputCache
+    from fusion import HFEncoder, LinearHead
     from fusion.data import as_text_data
     from fusion.members.hf_encoder import FINETUNE_TRAINING
 
@@ -89,17 +89,16 @@ def fusion_run(encoder: Encoder, corpus: Corpus, train: Split, settings: Setting
                            validation_fraction=0.0, max_length=MAX_LENGTH, device=str(settings.device),
                            show_progress=False)
         data = as_text_data(train.as_dict(), label_names=corpus.label_names)
-        return member.fit(data, corpus.label_names, OutputCache())
+        return member.fit(data, corpus.label_names, fresh_cache())
 
     return run
 
 
 def fusion_accuracy(member: Any, corpus: Corpus, validation: Split) -> float:
     """Validation accuracy of a fine-tuned member."""
-    from fusion import OutputCache
     from fusion.data import as_text_data
 
-    logits = member.compute(as_text_data(validation.as_dict(), label_names=corpus.label_names), OutputCache())
+    logits = member.compute(as_text_data(validation.as_dict(), label_names=corpus.label_names), fresh_cache())
     return float((logits["logits"].argmax(1).numpy() == np.asarray(validation.labels)).mean())
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .anchors import Runner, load_encoder, mean_pool
 from .models import MAX_LENGTH
+from .timing import fresh_cache
 
 OPTIONS = "dtype=auto, max_tokens=auto"
 
@@ -32,11 +33,11 @@ def engine_runner(path: Path, texts: Sequence[str], device: torch.device) -> tup
 
 
 def member_runner(path: Path, texts: Sequence[str], device: torch.device) -> tuple[Runner, str]:
-    """``HFEncoder(...).embeddings(as_text_data(texts), OutputCache())``: raw text to cached outputs, with a
-    fresh cache each time; the backbone is loaded before timing by a warm-up call on a few rows."""
-    from fusion import HFEncoder, OutputCache
+    """``HFEncoder(...).embeddings(as_text_data(texts), cache)``: raw text to cached outputs, with a fresh
+    memory-only cache each time; the backbone is loaded before timing by a warm-up call on a few rows."""
+    from fusion import HFEncoder
     from fusion.data import as_text_data
 
     member = HFEncoder(path, pooling="mean", max_length=MAX_LENGTH, device=str(device), show_progress=False)
-    member.embeddings(as_text_data(list(texts[:8])), OutputCache())
-    return lambda: member.embeddings(as_text_data(list(texts)), OutputCache()), OPTIONS
+    member.embeddings(as_text_data(list(texts[:8])), fresh_cache())
+    return lambda: member.embeddings(as_text_data(list(texts)), fresh_cache()), OPTIONS

@@ -9,7 +9,7 @@ from .data import Corpus, Split
 from .models import MAX_LENGTH, Encoder
 from .results import Row
 from .settings import Settings
-from .timing import Timing, fresh_state, release, stopwatch
+from .timing import Timing, fresh_cache, fresh_state, release, stopwatch
 
 FIRST = "first"
 COMPUTED = "member outputs computed: "
@@ -17,7 +17,8 @@ NOTHING_COMPUTED = COMPUTED + "0"
 
 
 def _ensemble(encoder: Encoder, corpus: Corpus, settings: Settings) -> Any:
-    """An HFEncoder (frozen backbone, linear head) and TF-IDF + logistic regression, averaged by MeanFuser."""
+    """An HFEncoder (frozen backbone, linear head) and TF-IDF + logistic regression, averaged by MeanFuser, with
+    an empty memory-only cache (the default cache would find an earlier repetition's outputs on disk)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -27,7 +28,9 @@ def _ensemble(encoder: Encoder, corpus: Corpus, settings: Settings) -> Any:
     encoder_member = HFEncoder(encoder.path, head=LinearHead(), max_length=MAX_LENGTH, device=str(settings.device),
                                show_progress=False, name="encoder")
     tfidf = SklearnMember(make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000)), name="tfidf")
-    return Ensemble([encoder_member, tfidf], fuser=MeanFuser(), labels=corpus.label_names, seed=settings.seed)
+    ensemble = Ensemble([encoder_member, tfidf], fuser=MeanFuser(), labels=corpus.label_names, seed=settings.seed)
+    ensemble.cache = fresh_cache()
+    return ensemble
 
 
 def run(encoder: Encoder, corpus: Corpus, train: Split, validation: Split, settings: Settings) -> list[Row]:

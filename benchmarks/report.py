@@ -69,8 +69,8 @@ def header(settings: Settings, argv: Sequence[str], seconds: float, load: tuple[
         f"- data: {settings.data}; repetitions per workload: {settings.repeats} (medians quoted; ratios are "
         "measured side by side in this run); total wall time "
         f"{seconds / 60:.1f} min",
-        "- fusion's process-wide token cache is cleared before every repetition, so fusion tokenises from raw "
-        "text each time",
+        "- every fusion repetition starts from an empty memory-only output cache, so fusion tokenises from raw "
+        "text and runs every model each time",
         "- useful TFLOP/s = 2 x non-embedding parameters x real (unpadded) tokens / seconds for inference, "
         "6 x ... for training (forward + backward); the same token count for every workload of an encoder",
         f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} on {os.cpu_count()} cores",

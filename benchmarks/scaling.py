@@ -11,7 +11,7 @@ from .data import Corpus, cycled
 from .models import MAX_LENGTH, save_tiny_encoder, word_piece_tokenizer
 from .results import Row
 from .settings import Settings
-from .timing import measure, release
+from .timing import fresh_cache, measure, release
 
 TOKENIZER_TEXTS = 3000
 LINEAR_TOLERANCE = 1.25  # per-unit cost at the largest size may be at most this times that at the smallest
@@ -31,7 +31,9 @@ def _ensemble(paths: list[Path], corpus: Corpus, settings: Settings) -> Any:
                          show_progress=False)
     members = [HFEncoder(path, head=LinearHead(), train_config=config, max_length=MAX_LENGTH, name=f"tiny-{i}",
                          device=str(settings.device), show_progress=False) for i, path in enumerate(paths)]
-    return Ensemble(members, fuser=MeanFuser(), labels=corpus.label_names, seed=settings.seed)
+    ensemble = Ensemble(members, fuser=MeanFuser(), labels=corpus.label_names, seed=settings.seed)
+    ensemble.cache = fresh_cache()  # every repetition computes everything (the default cache persists on disk)
+    return ensemble
 
 
 def run(corpus: Corpus, settings: Settings, directory: Path) -> list[Row]:

@@ -8,9 +8,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from fusion.cache import OutputCache
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,20 @@ def release(device: torch.device) -> None:
 
 
 def fresh_state() -> None:
-    """Forget what an earlier repetition left in the process: fusion's remembered tokenisations (so fusion
-    tokenises from raw text every time) and Accelerate's singletons (so each run builds its Accelerator)."""
+    """Forget what an earlier repetition left in the process: Accelerate's singletons (so each run builds its
+    Accelerator). fusion keeps nothing process-wide: each repetition gets its own :func:`fresh_cache`."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from fusion.batching import clear_token_cache
-
-    clear_token_cache()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def fresh_cache() -> OutputCache:
+    """An empty memory-only ``OutputCache``: nothing from an earlier repetition or run (fusion's default cache
+    persists on disk), so fusion tokenises and runs every model from raw text."""
+    from fusion import OutputCache
+
+    return OutputCache(memory_only=True)
 
 
 def measure(run: Callable[[], Any], repeats: int, device: torch.device,

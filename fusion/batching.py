@@ -1,5 +1,6 @@
-"""Tokenised text and batches of it: flat token storage, threaded and cached tokenisation, length-sorted
-batches under a row and token budget (inference), and length-grouped shuffled micro-batches (training).
+"""Tokenised text and batches of it: flat token storage, threaded tokenisation (cached in an
+:class:`~fusion.cache.OutputCache`), length-sorted batches under a row and token budget (inference), and
+length-grouped shuffled micro-batches (training).
 
 Example:
     >>> tokens = Tokenized({"input_ids": [[5, 6, 7], [8], [9, 10]]})
@@ -14,32 +15,30 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from .cache import TOKENS_VARIANT, OutputCache
 from .errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
 Item = TypeVar("Item")
 
 TOKENIZE_CHUNK = 2048  # texts per tokenizer call on a worker thread
-TOKEN_CACHE_ENTRIES = 8
 LENGTH_GROUP_BATCHES = 50  # training: rows are length-sorted within windows of this many batches
 PREFETCH = 3  # batches prepared ahead on the host for a GPU
-_TOKEN_CACHE: collections.OrderedDict[Hashable, Tokenized] = collections.OrderedDict()
-_TOKEN_LOCK = threading.Lock()
 
 
 class Tokenized:
     """Token ids of many texts, stored flat (one int64 array per field, plus row offsets and lengths), so that
     any set of rows pads into a batch with a few vectorised numpy operations.
 
-    The attention mask is not stored: with right padding it is ``position < length``.
+    The attention mask is not stored: with right padding it is ``position < length``. ``to_tensors`` and
+    ``from_tensors`` turn it into flat tensors and back (how an :class:`~fusion.cache.OutputCache` stores it).
     """
 
     def __init__(self, fields: Mapping[str, Sequence[Sequence[int]]]) -> None:
@@ -50,6 +49,26 @@ class Tokenized:
         total = int(self.lengths.sum())
         self.flat = {k: np.fromiter(itertools.chain.from_iterable(v), dtype=np.int64, count=total)
                      for k, v in fields.items() if k in ("input_ids", "token_type_ids")}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> Tokenized:
+        """Rebuild from :meth:`to_tensors`' output (arrays share the tensors' memory).
+
+        Example:
+            >>> tokens = Tokenized({"input_ids": [[5, 6], [7]]})
+            >>> Tokenized.from_tensors(tokens.to_tensors()).batch([0, 1], pad_id=0)["input_ids"].tolist()
+            [[5, 6], [7, 0]]
+        """
+        tokens = cls.__new__(cls)
+        tokens.lengths = tensors["lengths"].numpy()
+        tokens.offsets = np.zeros(len(tokens.lengths), dtype=np.int64)
+        np.cumsum(tokens.lengths[:-1], out=tokens.offsets[1:])
+        tokens.flat = {k: v.numpy() for k, v in tensors.items() if k != "lengths"}
+        return tokens
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """``{"lengths": [rows], "input_ids": [tokens], ...}`` int64 tensors sharing this object's memory."""
+        return {"lengths": torch.from_numpy(self.lengths), **{k: torch.from_numpy(v) for k, v in self.flat.items()}}
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -94,30 +113,33 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int, *, workers: int |
     return Tokenized({k: [row for part in parts for row in part[k]] for k in parts[0]})
 
 
-def cached_tokenize(tokenizer, texts: Sequence[str], max_length: int, key: Hashable | None) -> Tokenized:
-    """``tokenize``, remembered under ``(key, max_length)`` for the process (a small LRU): members that share a
-    tokenizer (two poolings of one backbone, fine-tunes of one checkpoint) tokenise the same data once."""
-    if key is None:
+def cached_tokenize(tokenizer, texts: Sequence[str], max_length: int, key: tuple[str, str] | None,
+                    cache: OutputCache | None = None) -> Tokenized:
+    """``tokenize``, stored in ``cache`` (in its small in-memory LRU of tokenisations, and on disk unless the
+    cache is memory-only) under the tokenizer, the data and ``max_length``: members that share a tokenizer
+    (two poolings of one backbone, fine-tunes of one checkpoint) tokenise the same data once, and a later run
+    not at all.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        texts: the inputs.
+        max_length: truncation length in tokens (part of the key).
+        key: ``(tokenizer fingerprint, data fingerprint)``; None: tokenise without caching.
+        cache: where to keep it; None: tokenise without caching.
+
+    Returns:
+        The :class:`Tokenized` texts.
+
+    Example:
+        >>> cached_tokenize(tok, texts, 128, (tok_fp, data.fingerprint), cache)  # doctest: +SKIP
+    """
+    if key is None or cache is None:
         return tokenize(tokenizer, texts, max_length)
-    full_key = (key, max_length)
-    with _TOKEN_LOCK:
-        hit = _TOKEN_CACHE.get(full_key)
-        if hit is not None:
-            _TOKEN_CACHE.move_to_end(full_key)
-            return hit
-    tokens = tokenize(tokenizer, texts, max_length)
-    with _TOKEN_LOCK:
-        _TOKEN_CACHE[full_key] = tokens
-        while len(_TOKEN_CACHE) > TOKEN_CACHE_ENTRIES:
-            _TOKEN_CACHE.popitem(last=False)
-    return tokens
-
-
-def clear_token_cache() -> None:
-    """Forget every tokenisation :func:`cached_tokenize` remembers (frees its memory; benchmarks use it so
-    that each repetition tokenises from raw text)."""
-    with _TOKEN_LOCK:
-        _TOKEN_CACHE.clear()
+    tokenizer_fp, data_fp = key
+    label = f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
+    stored = cache.get_or_compute(tokenizer_fp, data_fp, lambda: tokenize(tokenizer, texts, max_length).to_tensors(),
+                                  f"{TOKENS_VARIANT}-max{max_length}", label=label)
+    return Tokenized.from_tensors(stored)
 
 
 def pad_token_id(tokenizer) -> int:
@@ -191,7 +213,7 @@ class TokenRows:
     """Training rows of tokenised text (+ optional label ids), padded per batch; a ``training.Rows``.
 
     ``rows`` picks which of ``tokens``' rows these are (default: all, in order), so that the training and
-    held-out rows of one tokenisation (cached by :func:`cached_tokenize`) need no second pass.
+    held-out rows of one tokenisation (see :func:`cached_tokenize`) need no second pass.
     """
 
     def __init__(self, tokens: Tokenized, pad_id: int, labels: torch.Tensor | None = None,

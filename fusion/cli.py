@@ -5,6 +5,7 @@
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
     fusion report DIR [--out DIR]
     fusion inspect DIR
+    fusion cache info|clear [--older-than 30d] [--cache-dir DIR]
 
 Exit codes: 0 success, 2 a usage, recipe or data error (``error: ...`` on stderr, no traceback), 1 anything
 unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars and step messages,
@@ -456,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "loading any weights. Exits with 2 when a file is missing or differs.")
     inspect_.add_argument("dir", help="a directory written by save_pretrained")
     inspect_.set_defaults(run=run_inspect)
+    from .cli_cache import add_parser as add_cache_parser  # fusion cache info|clear
+    add_cache_parser(sub, common)
     return parser
 
 

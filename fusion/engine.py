@@ -1,10 +1,10 @@
 """The one batched inference engine for Hugging Face members.
 
-Texts are tokenised once without padding (on several threads, and remembered for members sharing a
-tokenizer), sorted by length (longest first, so an out-of-memory error shows up on the first batch), cut
-into batches under a token budget and padded only to their own longest row, run under
-``torch.inference_mode`` in bfloat16 on GPUs that support it, and written back in the original order. On a
-GPU, padding and pinned copies run ahead of the model on a worker thread, and outputs stay on the GPU until
+Texts are tokenised once without padding (on several threads, and kept in the output cache for members
+sharing a tokenizer and for later runs), sorted by length (longest first, so an out-of-memory error shows
+up on the first batch), cut into batches under a token budget and padded only to their own longest row, run
+under ``torch.inference_mode`` in bfloat16 on GPUs that support it, and written back in the original order.
+On a GPU, padding and pinned copies run ahead of the model on a worker thread, and outputs stay on the GPU until
 one copy at the end.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,7 @@ from .batching import (
     prefetched,
     tokenize,
 )
+from .cache import OutputCache
 from .errors import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,8 @@ def run_model(
     max_length: int | None = None,
     device: torch.device | str | None = None,
     dtype: str | torch.dtype = "auto",
-    tokens_key: Hashable | None = None,
+    tokens_key: tuple[str, str] | None = None,
+    cache: OutputCache | None = None,
     desc: str = "inference",
     show_progress: bool = True,
 ) -> dict[str, torch.Tensor]:
@@ -169,7 +171,9 @@ def run_model(
         device: default CUDA when present, else CPU.
         dtype: weights' dtype for the run: ``"auto"`` (bfloat16 on GPUs that support it, float32 on CPU),
             ``"float32"``, ``"bfloat16"`` or ``"float16"``; the caller's model is never cast in place.
-        tokens_key: identifies (tokenizer, texts) so that the tokenisation is reused (``cached_tokenize``).
+        tokens_key: ``(tokenizer fingerprint, data fingerprint)``; with ``cache``, the tokenisation is kept
+            there and reused (:func:`~fusion.batching.cached_tokenize`).
+        cache: the :class:`~fusion.cache.OutputCache` that keeps the tokenisation (default: none kept).
         desc / show_progress: the progress bar.
 
     Returns:
@@ -184,7 +188,7 @@ def run_model(
     work = _working_model(model, device, dtype)
     probe = not texts
     limit = max_input_length(model, tokenizer, max_length)
-    tokens = tokenize(tokenizer, [""], limit) if probe else cached_tokenize(tokenizer, texts, limit, tokens_key)
+    tokens = tokenize(tokenizer, [""], limit) if probe else cached_tokenize(tokenizer, texts, limit, tokens_key, cache)
     pad_id = pad_token_id(tokenizer)
     budget = max_tokens or auto_max_tokens(work, device, dtype)
     batches = length_sorted_batches(tokens.lengths, batch_size, budget)

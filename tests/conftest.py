@@ -1,4 +1,5 @@
-"""Test session set-up: offline Hugging Face, a private HF_HOME, fresh Accelerate state and seeds per test."""
+"""Test session set-up: offline Hugging Face, a private HF_HOME, a private output cache, fresh Accelerate state
+and seeds per test."""
 
 import json
 import os
@@ -16,6 +17,15 @@ import torch  # noqa: E402
 
 # Scripts launched in subprocesses (torchrun) set process-wide environment at import: never collect them.
 collect_ignore_glob = ["_*.py"]
+
+
+@pytest.fixture(autouse=True)
+def _private_output_cache(tmp_path_factory, monkeypatch):
+    """Point the default output cache (``FUSION_CACHE``) at an empty folder of its own for each test, so no test
+    reads another's entries or the user's home (outside ``tmp_path``, which tests inspect themselves)."""
+    directory = tmp_path_factory.mktemp("fusion-cache")
+    monkeypatch.setenv("FUSION_CACHE", str(directory))
+    return directory
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from fusion import ResourceError
 from fusion.batching import Tokenized, cached_tokenize, length_sorted_batches, tokenize
+from fusion.cache import OutputCache
 from fusion.engine import resolve_dtype, run_model
 
 WORDS = ["good", "bad", "film", "plot", "great", "awful", "music", "acting", "fine", "dull"]
@@ -84,7 +85,7 @@ def test_parallel_tokenisation_equals_one_call(encoder, monkeypatch):
     assert all(np.array_equal(parallel.flat[k], single.flat[k]) for k in single.flat)
 
 
-def test_tokenisation_is_cached_per_key_and_max_length(encoder):
+def test_tokenisation_is_cached_in_the_output_cache_per_key_and_max_length(encoder):
     _, tokenizer = encoder
     calls = []
 
@@ -93,12 +94,30 @@ def test_tokenisation_is_cached_per_key_and_max_length(encoder):
         return tokenizer(texts, **kwargs)
 
     counting.pad_token_id = tokenizer.pad_token_id
-    key = ("tokenizer", "data-fingerprint-for-this-test")
-    first = cached_tokenize(counting, TEXTS, 64, key)
-    assert cached_tokenize(counting, TEXTS, 64, key) is first and calls == [len(TEXTS)]
-    cached_tokenize(counting, TEXTS, 8, key)  # another truncation is another entry
-    cached_tokenize(counting, TEXTS, 64, None)  # no key: never cached
-    assert calls == [len(TEXTS)] * 3
+    key, cache = ("tokenizer", "data-fingerprint-for-this-test"), OutputCache(memory_only=True)
+    first = cached_tokenize(counting, TEXTS, 64, key, cache)
+    again = cached_tokenize(counting, TEXTS, 64, key, cache)
+    assert calls == [len(TEXTS)] and (cache.misses, cache.hits) == (1, 1)
+    assert np.array_equal(again.lengths, first.lengths)
+    assert all(np.array_equal(again.flat[k], first.flat[k]) for k in first.flat)
+    cached_tokenize(counting, TEXTS, 8, key, cache)  # another truncation is another entry
+    cached_tokenize(counting, TEXTS, 64, None, cache)  # no key: never cached
+    cached_tokenize(counting, TEXTS, 64, key)  # no cache: never cached
+    assert calls == [len(TEXTS)] * 4
+
+
+def test_run_model_tokenises_once_per_cache_and_gives_the_same_outputs(encoder, monkeypatch):
+    import fusion.batching
+
+    model, tokenizer = encoder
+    calls, real = [], fusion.batching.tokenize
+    monkeypatch.setattr(fusion.batching, "tokenize", lambda tok, texts, *a, **k: calls.append(len(texts)) or real(
+        tok, texts, *a, **k))
+    cache, key = OutputCache(memory_only=True), ("tokenizer", "data")
+    first = run_model(model, tokenizer, TEXTS, cls_vector, tokens_key=key, cache=cache, show_progress=False)["h"]
+    again = run_model(model, tokenizer, TEXTS, cls_vector, tokens_key=key, cache=cache, show_progress=False)["h"]
+    assert calls == [len(TEXTS)]
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
 
 
 def test_bfloat16_runs_a_copy_and_stays_close(encoder):

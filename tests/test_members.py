@@ -127,7 +127,6 @@ def test_finetuning_tokenises_the_training_texts_once(bert_encoder_dir, toy_sent
     real = fusion.batching.tokenize
     monkeypatch.setattr(fusion.batching, "tokenize", lambda tok, texts, *a, **k: calls.append(len(texts)) or real(
         tok, texts, *a, **k))
-    fusion.batching.clear_token_cache()
     config = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, show_progress=False)
     member = HFEncoder(bert_encoder_dir, finetune=True, train_config=config, validation_fraction=0.2,
                        show_progress=False)

@@ -452,6 +452,19 @@ def test_token_rows_view_a_subset_of_one_tokenisation():
     assert rows.take(torch.tensor([], dtype=torch.long))["input_ids"].shape == (0, 1)
 
 
+@pytest.mark.parametrize("fields", [{"input_ids": [[5, 6, 7], [8], [9, 10]], "token_type_ids": [[0, 0, 1], [0], [1, 1]]},
+                                    {"input_ids": [[4], []]}, {"input_ids": []}])
+def test_tokenized_round_trips_through_a_cache_file(tmp_path, fields):
+    tokens = Tokenized(fields)
+    OutputCache(tmp_path).put("tokenizer", "data", tokens.to_tensors(), "tokens-max8")
+    back = Tokenized.from_tensors(OutputCache(tmp_path).get("tokenizer", "data", "tokens-max8"))
+    assert back.lengths.tolist() == tokens.lengths.tolist() and back.offsets.tolist() == tokens.offsets.tolist()
+    assert {k: v.tolist() for k, v in back.flat.items()} == {k: v.tolist() for k, v in tokens.flat.items()}
+    if len(tokens):
+        assert back.batch(range(len(tokens)), 0)["input_ids"].tolist() == tokens.batch(range(len(tokens)), 0)[
+            "input_ids"].tolist()
+
+
 
 
 NO_LIMIT = int(1e30)  # what transformers puts in model_max_length when the tokenizer declares none

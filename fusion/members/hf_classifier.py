@@ -96,7 +96,7 @@ class HFClassifier(Member):
         return run_model(
             model, tokenizer, data.texts, lambda m, batch: {"logits": m(**batch).logits},
             batch_size=self.batch_size, max_tokens=self.max_tokens, max_length=self.max_length, device=self.device,
-            dtype=self.dtype, tokens_key=(self.source.tokenizer_fingerprint, data.fingerprint),
+            dtype=self.dtype, tokens_key=(self.source.tokenizer_fingerprint, data.fingerprint), cache=cache,
             desc=f"{self.name}", show_progress=self.show_progress,
         )
 

@@ -176,7 +176,7 @@ class HFEncoder(Member):
             model, tokenizer = self._model(), self._load()[1]
             return run_model(model, tokenizer, data.texts, lambda m, batch: {"embeddings": m.embed(batch)},
                              batch_size=self.batch_size, max_tokens=self.max_tokens, max_length=self.max_length,
-                             device=self.device, dtype=self.dtype, tokens_key=self._tokens_key(data),
+                             device=self.device, dtype=self.dtype, tokens_key=self._tokens_key(data), cache=cache,
                              desc=f"{self.name}", show_progress=self.show_progress)
 
         return cache.get_or_compute(self._backbone_fingerprint(), data.fingerprint, compute, "embeddings")["embeddings"]
@@ -187,7 +187,7 @@ class HFEncoder(Member):
         fit_rows, hold_rows = holdout_split(len(train_data), self.validation_fraction, config.seed)
         labels = torch.as_tensor(train_data.labels, dtype=torch.long)
         if self.finetune:
-            self._finetune(train_data, labels, fit_rows, hold_rows, len(label_names), config)
+            self._finetune(train_data, labels, fit_rows, hold_rows, len(label_names), config, cache)
         else:
             emb = self.embeddings(train_data, cache)
             with seeded(config.seed):
@@ -201,7 +201,7 @@ class HFEncoder(Member):
         return self
 
     def _finetune(self, data: TextData, labels: torch.Tensor, fit_rows: np.ndarray, hold_rows: np.ndarray | None,
-                  n_classes: int, config: TrainConfig) -> None:
+                  n_classes: int, config: TrainConfig, cache: OutputCache) -> None:
         backbone, tokenizer = self._load()
         with seeded(config.seed):
             self.head.build(backbone.config.hidden_size, n_classes)
@@ -209,7 +209,7 @@ class HFEncoder(Member):
         # inference uses too, so predicting on these texts afterwards does not tokenise them again.
         root, at = (data.parent, data.index) if data.parent is not None else (data, np.arange(len(data)))
         tokens = cached_tokenize(tokenizer, root.texts, max_input_length(backbone, tokenizer, self.max_length),
-                                 self._tokens_key(root))
+                                 self._tokens_key(root), cache)
 
         def rows(index: np.ndarray) -> TokenRows:
             return TokenRows(tokens, pad_token_id(tokenizer), labels[index], rows=at[index])
