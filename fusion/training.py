@@ -1,9 +1,18 @@
-"""The one training loop, through Accelerate, used by heads, fusers and member fine-tuning.
+"""The one training loop, used by heads, fusers and member fine-tuning.
 
-Batching is ours, not Accelerate's (no prepared DataLoader, no ``gradient_accumulation_steps``), so that one
-process and N processes make the same updates: every process draws the same permutation, takes its contiguous
-slice of each global micro-batch, and scales its loss so that DDP's gradient average is the gradient of the
-mean loss over all rows of the optimizer step.
+Accelerate's :class:`~accelerate.PartialState` supplies the device and the processes (one, or N under
+``torchrun`` / ``accelerate launch``); everything that is a choice of the run is ours, so that two runs in one
+process may differ and the caller's objects and Accelerate's process-wide state are never touched:
+
+- precision: ``torch.autocast`` around the forward (outputs back in fp32), and a ``torch.amp.GradScaler``
+  for fp16 on an accelerator. No ``Accelerator`` is built, as it would fix one ``mixed_precision`` (and reset
+  the gradient accumulation steps) for the whole process.
+- wrapping: a private module holds the caller's model (autocast), then DDP when distributed, then
+  ``torch.compile`` when asked; the caller's model object gets no patched ``forward`` or new attributes.
+- batching (no prepared DataLoader, no ``gradient_accumulation_steps``), so that one process and N processes
+  make the same updates: every process draws the same permutation, takes its contiguous slice of each global
+  micro-batch, and scales its loss so that DDP's gradient average is the gradient of the mean loss over all
+  rows of the optimizer step.
 """
 
 from __future__ import annotations
@@ -18,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
+from accelerate import PartialState
+from accelerate.utils import convert_to_fp32, parse_flag_from_env, reduce
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .batching import grouped_micro_batches, length_sorted_batches, prefetched
@@ -35,9 +44,6 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
 GPU_ROWS_SHARE = 0.25  # TensorRows up to this share of free GPU memory are moved there once, before training
-_MISSING = object()
-# Attributes Accelerator.prepare() sets on the model object itself; train() puts them back as they were.
-_PREPARE_ATTRS = ("forward", "_original_forward", "_is_accelerate_prepared")
 
 
 class TrainingError(FusionError, RuntimeError):
@@ -109,47 +115,61 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+class _Autocast(torch.nn.Module):
+    """Holds the caller's model and runs its forward under ``torch.autocast`` with outputs cast back to fp32
+    (what Accelerate's mixed precision does, without patching the caller's object); ``dtype=None``: plain."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        if self.dtype is None:
+            return self.model(*args, **kwargs)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            outputs = self.model(*args, **kwargs)
+        return convert_to_fp32(outputs)
+
+    def __getattr__(self, name: str):
+        """Attributes of the caller's model (``weight``, ``config``, ...) read through the wrapper, so that a
+        ``loss_fn`` may use them as with the bare model."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+
 @dataclass
 class _Run:
-    accelerator: Accelerator
-    wrapped: torch.nn.Module  # what prepare() returned (DDP when distributed): trained through
-    model: torch.nn.Module  # the caller's object: evaluated and snapshotted
+    state: PartialState
+    amp: _Autocast  # the caller's model under the run's precision: evaluated through this
+    wrapped: torch.nn.Module  # amp in DDP when distributed, compiled when asked: trained through this
+    ddp: DistributedDataParallel | None  # inside wrapped, for no_sync
+    model: torch.nn.Module  # the caller's object: snapshotted
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 on an accelerator only
     loss_fn: LossFn
     config: TrainConfig
     desc: str
 
 
-def _resolve_precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    device = PartialState._shared_state.get("device")
-    if device is None:
-        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-        device = torch.device("cpu" if cpu else "cuda")
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+def _process_state() -> PartialState:
+    """Accelerate's device and processes: the existing PartialState, or a new one that honours
+    ``ACCELERATE_USE_CPU`` as ``Accelerator()`` would (CPU processes over gloo under torchrun)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-@contextlib.contextmanager
-def _fresh_accelerator(mixed_precision: str, compile: bool = False) -> Iterator[Accelerator]:
-    """An Accelerator with our precision; Accelerate's process-wide state is put back afterwards.
-
-    AcceleratorState refuses a second, different ``mixed_precision`` in one process, so it is cleared first.
-    PartialState (device, process group) is kept, so this also works inside a distributed run.
-    """
-    shared = AcceleratorState._shared_state, GradientState._shared_state
-    saved = [dict(s) for s in shared]
-    for s in shared:
-        s.clear()  # in place: live state objects alias these very dicts
-    try:
-        # Unused trainable parameters (e.g. a pretrained pooler nobody calls) would make DDP fail.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        yield Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp],
-                          dynamo_backend="inductor" if compile else "no")
-    finally:
-        for s, contents in zip(shared, saved, strict=True):
-            s.clear()
-            s.update(contents)
+def _autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mixed_precision``: "auto" is bf16 on a CUDA device that supports it, else no
+    autocast; "fp16" on CPU runs as fp32 (as in Accelerate)."""
+    if requested == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        requested = "bf16" if cuda_bf16 else "no"
+    if requested == "fp16" and device.type == "cpu":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
 
 
 def _micro_batches(perm: torch.Tensor, config: TrainConfig, rows: Rows,
@@ -182,7 +202,7 @@ def _placed(rows: Rows | None, device: torch.device) -> Rows | None:
 
 
 def _losses(run: _Run, model: torch.nn.Module, batch: Batch, n: int) -> torch.Tensor:
-    batch = {k: v.to(run.accelerator.device, non_blocking=True) for k, v in batch.items()}
+    batch = {k: v.to(run.state.device, non_blocking=True) for k, v in batch.items()}
     losses = run.loss_fn(model, batch)
     if not isinstance(losses, torch.Tensor) or losses.shape != (n,):
         got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
@@ -193,10 +213,10 @@ def _losses(run: _Run, model: torch.nn.Module, batch: Batch, n: int) -> torch.Te
     return losses.float()
 
 
-def _local(acc: Accelerator, global_idx: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def _local(state: PartialState, global_idx: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """This process's slice of a global micro-batch and whether it counts. An empty slice becomes the batch's
     first row with weight 0: still a forward/backward, so DDP's gradient hooks fire on every process."""
-    local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
+    local = global_idx.tensor_split(state.num_processes)[state.process_index]
     return (local, True) if len(local) else (global_idx[:1], False)
 
 
@@ -205,12 +225,11 @@ def _forward_backward(run: _Run, micro: Iterator[tuple[tuple[torch.Tensor, bool]
     """Forward/backward of the next ``count`` micro-batches of one optimizer step (``((index, counts), batch)``
     each; gradients are synchronised across processes on the last one only); returns this process's detached
     sum of losses."""
-    acc = run.accelerator
-    total = torch.zeros((), device=acc.device)
+    total = torch.zeros((), device=run.state.device)
     for i, ((index, counts), batch) in enumerate(itertools.islice(micro, count)):
-        with contextlib.nullcontext() if i == count - 1 else acc.no_sync(run.wrapped):
+        with contextlib.nullcontext() if i == count - 1 or run.ddp is None else run.ddp.no_sync():
             loss_sum = _losses(run, run.wrapped, batch, len(index)).sum()
-            acc.backward(loss_sum * (scale if counts else 0.0))
+            run.scaler.scale(loss_sum * (scale if counts else 0.0)).backward()
         if counts:
             total += loss_sum.detach()
     return total
@@ -228,30 +247,37 @@ def _set_learning_rate(run: _Run, start: float, end: float) -> None:
         group["lr"] = config.learning_rate * factor
 
 
+def _optimizer_step(run: _Run) -> None:
+    """Clip (unscaled) gradients if asked, step (skipped by the fp16 scaler on inf/NaN gradients), clear."""
+    if run.config.max_grad_norm is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
 def _train_epoch(run: _Run, rows: Rows, generator: torch.Generator, epoch: int) -> torch.Tensor:
     """One pass over a fresh permutation; returns this process's sum of per-example train losses.
 
     Batches of host rows bound for a GPU are built ahead on a worker thread in pinned memory; nothing here
     waits for the GPU (losses are summed on the device).
     """
-    acc, config = run.accelerator, run.config
+    state, config = run.state, run.config
     perm = torch.randperm(len(rows), generator=generator.manual_seed(config.seed + epoch))
-    plan = [(step_rows, [_local(acc, g) for g in micro])
+    plan = [(step_rows, [_local(state, g) for g in micro])
             for step_rows, micro in _micro_batches(perm.to(_rows_device(rows)), config, rows, generator)]
-    pin = acc.device.type == "cuda" and _rows_device(rows).type == "cpu"
+    pin = state.device.type == "cuda" and _rows_device(rows).type == "cpu"
     batches = prefetched(lambda item: rows.take(item[0]), [item for _, micro in plan for item in micro], pin)
-    total, done = torch.zeros((), device=acc.device), 0
+    total, done = torch.zeros((), device=state.device), 0
     run.wrapped.train()
     for step_rows, micro in plan:
         # DDP averages over processes -> the gradient of the mean loss over the step's rows
-        total += _forward_backward(run, batches, len(micro), acc.num_processes / step_rows)
-        if config.max_grad_norm is not None:
-            acc.clip_grad_norm_(run.wrapped.parameters(), config.max_grad_norm)
+        total += _forward_backward(run, batches, len(micro), state.num_processes / step_rows)
         _set_learning_rate(run, (epoch - 1 + done / len(rows)) / config.max_epochs,
                            (epoch - 1 + (done + step_rows) / len(rows)) / config.max_epochs)
         done += step_rows
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(run)
     return total
 
 
@@ -261,16 +287,17 @@ def _lbfgs_epoch(run: _Run, rows: Rows, generator: torch.Generator) -> torch.Ten
     The closure returns the loss summed over all processes, so that every process takes the same line-search
     decisions (its gradient is already averaged by DDP).
     """
-    acc = run.accelerator
+    state = run.state
     ((step_rows, micro),) = _micro_batches(torch.arange(len(rows), device=_rows_device(rows)), run.config, rows,
                                            generator)
-    local = [_local(acc, g) for g in micro]
+    local = [_local(state, g) for g in micro]
     run.wrapped.train()
 
     def closure() -> torch.Tensor:
         run.optimizer.zero_grad(set_to_none=True)
         batches = ((item, rows.take(item[0])) for item in local)
-        return acc.reduce(_forward_backward(run, batches, len(local), acc.num_processes / step_rows)) / step_rows
+        loss_sum = _forward_backward(run, batches, len(local), state.num_processes / step_rows)
+        return reduce(loss_sum, reduction="sum") / step_rows
 
     run.optimizer.step(closure)
     return _loss_sum(run, rows)
@@ -279,19 +306,19 @@ def _lbfgs_epoch(run: _Run, rows: Rows, generator: torch.Generator) -> torch.Ten
 @torch.no_grad()
 def _loss_sum(run: _Run, rows: Rows) -> torch.Tensor:
     """This process's share of the summed losses in eval mode (rows replicated; each batch split as in
-    training)."""
-    acc = run.accelerator
-    total = torch.zeros((), device=acc.device)
-    run.model.eval()
+    training), through the run's precision but neither DDP nor the compiled module."""
+    state = run.state
+    total = torch.zeros((), device=state.device)
+    run.amp.eval()
     lengths = getattr(rows, "lengths", None)
     if lengths is not None and run.config.max_tokens:
         batches = [torch.as_tensor(b) for b in length_sorted_batches(lengths, run.config.batch_size, run.config.max_tokens)]
     else:
         batches = torch.arange(len(rows), device=_rows_device(rows)).split(run.config.batch_size or len(rows))
     for global_idx in batches:
-        local = global_idx.tensor_split(acc.num_processes)[acc.process_index]
+        local = global_idx.tensor_split(state.num_processes)[state.process_index]
         if len(local):
-            total += _losses(run, run.model, rows.take(local), len(local)).sum()
+            total += _losses(run, run.amp, rows.take(local), len(local)).sum()
     return total
 
 
@@ -303,7 +330,7 @@ def _changing_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _epoch_losses(run: _Run, epoch: int, sums: list[torch.Tensor], sizes: list[int]) -> list[float | None]:
     """Mean train (and val) loss over all processes: one reduction, one host sync; raises if not finite."""
-    means = [s / n for s, n in zip(run.accelerator.reduce(torch.stack(sums)).tolist(), sizes, strict=True)]
+    means = [s / n for s, n in zip(reduce(torch.stack(sums), reduction="sum").tolist(), sizes, strict=True)]
     if not all(math.isfinite(m) for m in means):
         losses = ", ".join(f"{name} {m}" for name, m in zip(("train", "val"), means, strict=False))
         raise TrainingError(
@@ -318,7 +345,7 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     config, generator = run.config, torch.Generator()
     sizes = [len(train_rows)] + ([len(val_rows)] if val_rows is not None else [])
     result, best_state = TrainResult(best_epoch=0, epochs_run=0, best_loss=math.inf), {}
-    show = config.show_progress and run.accelerator.is_main_process
+    show = config.show_progress and run.state.is_main_process
     with tqdm(total=config.max_epochs, desc=run.desc, unit="epoch", disable=not show, leave=False) as bar:
         for epoch in range(1, config.max_epochs + 1):
             lbfgs = config.optimizer == "lbfgs"
@@ -346,25 +373,56 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     return result
 
 
-def _prepare(accelerator: Accelerator, model: torch.nn.Module, config: TrainConfig, desc: str) -> tuple:
-    """The model moved and wrapped, and its AdamW optimizer, as prepared by Accelerate."""
-    if accelerator.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def _warn_if_alone(state: PartialState, desc: str) -> None:
+    """Warns when a launcher started several processes but Accelerate sees one (CPU without the flag)."""
+    if state.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logger.warning(
             "%s: WORLD_SIZE=%s but Accelerate sees one process, so each process trains alone; on CPU set "
             "ACCELERATE_USE_CPU=1 before anything creates an Accelerator or PartialState.",
             desc,
             os.environ["WORLD_SIZE"],
         )
-    model.to(accelerator.device)  # before AdamW, so fused=True sees CUDA parameters
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+               desc: str) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or L-BFGS over the trainable parameters, which must already be on ``device``.
+
+    Raises:
+        ConfigError: The model has no trainable parameters.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{desc}: the model has no parameters with requires_grad=True; nothing to train.")
     if config.optimizer == "lbfgs":
-        optimizer = torch.optim.LBFGS(params, lr=config.learning_rate, line_search_fn="strong_wolfe")
-    else:
-        fused = True if accelerator.device.type == "cuda" else None
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
-    return accelerator.prepare(model, optimizer)
+        return torch.optim.LBFGS(params, lr=config.learning_rate, line_search_fn="strong_wolfe")
+    fused = True if device.type == "cuda" else None
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
+
+
+def _distributed(amp: _Autocast, state: PartialState) -> DistributedDataParallel | None:
+    """DDP over Accelerate's process group when there are several processes (the caller's model is inside
+    ``amp``, so DDP's wrapping leaves it alone), else None."""
+    if state.num_processes == 1:
+        return None
+    # Unused trainable parameters (e.g. a pretrained pooler nobody calls) would make DDP fail.
+    return DistributedDataParallel(amp, find_unused_parameters=True)
+
+
+def _start(state: PartialState, model: torch.nn.Module, loss_fn: LossFn, config: TrainConfig,
+           desc: str) -> _Run:
+    """The caller's model moved to the device and wrapped (autocast, DDP, compile: in Accelerate's order), its
+    optimizer and gradient scaler."""
+    _warn_if_alone(state, desc)
+    model.to(state.device)  # before AdamW, so fused=True sees CUDA parameters
+    optimizer = _optimizer(model, config, state.device, desc)
+    dtype = _autocast_dtype(config.mixed_precision, state.device)
+    amp = _Autocast(model, state.device.type, dtype)
+    ddp = _distributed(amp, state)
+    wrapped = amp if ddp is None else ddp
+    wrapped = torch.compile(wrapped) if config.compile else wrapped  # DDP first, so DDPOptimizer applies
+    scaler = torch.amp.GradScaler(state.device.type, enabled=dtype == torch.float16)
+    return _Run(state, amp, wrapped, ddp, model, optimizer, scaler, loss_fn, config, desc)
 
 
 @contextlib.contextmanager
@@ -401,16 +459,21 @@ def train(
     val_rows: Rows | None = None,
     desc: str = "training",
 ) -> TrainResult:
-    """Train ``model`` in place with AdamW (or L-BFGS) through Accelerate, keeping the weights of the best epoch.
+    """Train ``model`` in place with AdamW (or L-BFGS), keeping the weights of the best epoch.
 
-    Runs unchanged in one process and under ``torchrun`` (DDP), with the same updates up to float rounding.
-    Early stopping monitors the mean per-example val loss if ``val_rows`` is given, else the epoch's mean
-    train loss (computed as the epoch's batches went by).
+    Runs unchanged in one process and under ``torchrun`` (DDP over Accelerate's process group), with the same
+    updates up to float rounding. Early stopping monitors the mean per-example val loss if ``val_rows`` is
+    given, else the epoch's mean train loss (computed as the epoch's batches went by). Neither the model
+    object (no patched ``forward``, no new attributes) nor Accelerate's process-wide state is changed, so
+    calls with different ``mixed_precision`` may follow one another and the caller's own ``Accelerator``
+    keeps its settings.
 
     Args:
         model: Trained in place; left on CPU, in eval mode, holding the best epoch's weights.
-        loss_fn: ``loss_fn(model, batch)`` returns PER-EXAMPLE losses, shape ``[rows]``. It must call
-            ``model(...)`` itself, not a submodule, so that DDP sees the forward.
+        loss_fn: ``loss_fn(model, batch)`` returns PER-EXAMPLE losses, shape ``[rows]``. The ``model`` it gets
+            is a wrapper around yours (autocast; DDP when distributed; compiled if asked) that reads your
+            model's attributes through, but it must call ``model(...)`` itself, not a submodule, so that
+            precision and DDP apply to the forward.
         train_rows: Training rows (e.g. :class:`TensorRows`); batches are moved to the device.
         config: Hyper-parameters.
         val_rows: Optional validation rows, the same on every process.
@@ -436,17 +499,10 @@ def train(
     _check_rows(train_rows, "train_rows", desc)
     if val_rows is not None:
         _check_rows(val_rows, "val_rows", desc)
-    saved_attrs = {name: model.__dict__.get(name, _MISSING) for name in _PREPARE_ATTRS}
-    model.__dict__.pop("_is_accelerate_prepared", None)  # else prepare() would skip DDP and autocast
+    state = _process_state()
     try:
-        precision = _resolve_precision(config.mixed_precision)
-        with _fresh_accelerator(precision, config.compile) as accelerator, seeded(config.seed, accelerator.device):
-            wrapped, optimizer = _prepare(accelerator, model, config, desc)
-            run = _Run(accelerator, wrapped, model, optimizer, loss_fn, config, desc)
-            return _fit(run, _placed(train_rows, accelerator.device), _placed(val_rows, accelerator.device))
+        with seeded(config.seed, state.device):
+            run = _start(state, model, loss_fn, config, desc)
+            return _fit(run, _placed(train_rows, state.device), _placed(val_rows, state.device))
     finally:
-        for name, value in saved_attrs.items():
-            model.__dict__.pop(name, None)
-            if value is not _MISSING:
-                model.__dict__[name] = value
         model.to("cpu").eval()

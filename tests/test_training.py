@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, is_initialized
 
 from fusion.errors import ConfigError, DataError, FusionError
 from fusion.training import Rows, TensorRows, TrainConfig, TrainingError, TrainResult, train
@@ -160,7 +160,7 @@ def test_returns_original_model_on_cpu_in_eval_mode_with_state_restored():
     assert not model.training and model[2].weight.device.type == "cpu"
     assert torch.equal(model[0].weight, frozen)
     assert model[2].weight.dtype == torch.float32
-    # Accelerate patches forward (autocast) and marks the object prepared; train() must undo both.
+    # Nothing patched onto the caller's object (Accelerate's prepare() would set these three).
     assert not {"forward", "_original_forward", "_is_accelerate_prepared"} & set(model.__dict__)
 
 
@@ -491,6 +491,9 @@ def test_non_finite_loss_names_desc_epoch_and_learning_rate():
 
 
 def test_many_calls_with_different_precisions_neither_fail_nor_leak():
+    # A process's first AdamW imports torch._dynamo lazily; frames of that import (freed only by the cycle
+    # collector) hold the first optimizer. So warm up first, then count.
+    fit_linear(TrainConfig(max_epochs=1, **QUIET))
     gc.collect()
     gc.disable()  # everything must be freed by reference counting alone (prompt release of GPU memory)
     try:
@@ -510,6 +513,112 @@ def test_callers_accelerator_state_is_left_as_it_was():
     fit_linear(TrainConfig(max_epochs=1, mixed_precision="no", **QUIET))
     assert AcceleratorState().mixed_precision == "bf16"
     Accelerator(mixed_precision="bf16")  # would raise if train() had left its own precision behind
+
+
+@pytest.mark.parametrize("precision", ["no", "fp16", "bf16"])
+def test_callers_accelerator_keeps_its_settings_during_and_after_training(precision):
+    user = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=4)
+    seen = set()
+
+    def loss(model, batch):
+        seen.add((user.mixed_precision, user.gradient_accumulation_steps, user.native_amp))
+        return bce(model, batch)
+
+    config = TrainConfig(max_epochs=2, mixed_precision=precision, **QUIET)
+    train(torch.nn.Linear(5, 1), loss, logistic_data(), config)
+    assert seen == {("bf16", 4, True)}  # the process-wide state was never swapped for the run's own
+    assert (user.mixed_precision, user.gradient_accumulation_steps) == ("bf16", 4)
+    assert Accelerator().mixed_precision == "bf16"
+
+
+def test_train_initialises_no_accelerator_state_so_any_precision_may_follow():
+    during = []
+
+    def loss(model, batch):
+        during.append(is_initialized())
+        return bce(model, batch)
+
+    config = TrainConfig(max_epochs=1, mixed_precision="no", **QUIET)
+    train(torch.nn.Linear(5, 1), loss, logistic_data(), config)
+    assert set(during) == {False} and not is_initialized()
+    assert Accelerator(mixed_precision="bf16").mixed_precision == "bf16"  # the caller's choice is still free
+    fit_linear(TrainConfig(max_epochs=1, mixed_precision="fp16", **QUIET))  # and train() still runs after it
+
+
+class Counting(torch.nn.Module):
+    """Counts calls of its class's forward; records the output dtype (autocast) of its layer."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer, self.dtypes = torch.nn.Linear(5, 1), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        out = self.layer(x)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize(("precision", "compile"),
+                         [("no", False), ("bf16", False), ("fp16", False), ("bf16", True)])
+def test_callers_model_object_is_never_patched(monkeypatch, precision, compile):
+    monkeypatch.setattr(Counting, "calls", 0)
+    model = Counting()
+    before = {name: set(vars(m)) - {"dtypes"} for name, m in model.named_modules()}
+    patched = []
+
+    def loss(m, batch):
+        patched.append(sorted(set(vars(model)) - before[""] - {"dtypes"}))
+        patched.append(getattr(model.forward, "__func__", None) is not Counting.forward)
+        return bce(m, batch)
+
+    config = TrainConfig(max_epochs=2, batch_size=100, mixed_precision=precision, compile=compile, **QUIET)
+    train(model, loss, logistic_data(), config)
+    assert not any(patched)  # during training: no forward, _original_forward or _is_accelerate_prepared
+    assert {name: set(vars(m)) - {"dtypes"} for name, m in model.named_modules()} == before
+    assert "forward" not in vars(model) and model.forward.__func__ is Counting.forward
+    assert Counting.calls >= 2 * 4  # the class's own forward ran: 4 micro-batches per epoch, 2 epochs
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32  # fp16 on CPU runs as fp32
+    assert set(model.dtypes) == {expected}
+
+
+def test_consecutive_runs_in_one_process_each_use_their_own_precision():
+    model, rows = Counting(), logistic_data()
+    for precision, dtype in [("no", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float32),
+                             ("bf16", torch.bfloat16), ("auto", torch.float32)]:
+        model.dtypes.clear()
+        train(model, bce, rows, TrainConfig(max_epochs=1, mixed_precision=precision, **QUIET))
+        assert set(model.dtypes) == {dtype}, precision
+
+
+def test_fp16_gradient_scaler_unscales_before_clipping_and_matches_fp32(monkeypatch):
+    # fp16 runs as fp32 on CPU; forcing fp16 autocast here exercises the GradScaler path a GPU run takes.
+    import fusion.training
+
+    config = TrainConfig(learning_rate=0.05, max_epochs=10, batch_size=64, patience=None, max_grad_norm=1.0,
+                         **QUIET)
+    plain, _ = fit_linear(config)
+    scales, update = [], torch.amp.GradScaler.update
+
+    def recording_update(self, *args):
+        update(self, *args)
+        scales.append(self.get_scale())
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", recording_update)
+    monkeypatch.setattr(fusion.training, "_autocast_dtype", lambda requested, device: torch.float16)
+    half, _ = fit_linear(config)
+    assert len(scales) == 10 * 7 and min(scales) > 1000  # one scaler update per optimizer step, loss scaled
+    torch.testing.assert_close(half.weight, plain.weight, atol=1e-3, rtol=0)  # clipped unscaled gradients
+
+
+def test_library_code_uses_no_accelerate_internals():
+    package = Path(__file__).resolve().parents[1] / "fusion"
+    internals = ("_shared_state", "_reset_state", "_is_accelerate_prepared", "_original_forward")
+    found = [f"{path.name}: {name}" for path in package.rglob("*.py") for name in internals
+             if name in path.read_text()]
+    assert found == []
 
 
 def test_training_the_same_model_twice_prepares_it_again():
@@ -580,14 +689,23 @@ def test_two_processes_match_one_process(tmp_path):
     assert two["ranks"][0]["rows_seen"][:5] == [8, 8, 8, 8, 1]
     assert two["ranks"][1]["rows_seen"][:5] == [7, 7, 7, 7, 1]
     assert one["ranks"][0]["rows_seen"][:5] == [15, 15, 15, 15, 1]
-    assert one["result"]["best_epoch"] == two["result"]["best_epoch"]
-    assert one["result"]["epochs_run"] == two["result"]["epochs_run"] < 30  # stopped early, on both ranks
-    for a, b in zip(one["result"]["history"], two["result"]["history"], strict=True):
+    one_fp32, two_fp32 = one["result"]["fp32"], two["result"]["fp32"]
+    assert one_fp32["best_epoch"] == two_fp32["best_epoch"]
+    assert one_fp32["epochs_run"] == two_fp32["epochs_run"] < 30  # stopped early, on both ranks
+    for a, b in zip(one_fp32["history"], two_fp32["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert one["weights"].keys() == two["weights"].keys()
     for name, tensor in one["weights"].items():
         torch.testing.assert_close(tensor, two["weights"][name], atol=1e-5, rtol=0)
+    # A second run with another precision in the same processes: DDP-wrapped, the callers' models untouched,
+    # no AcceleratorState created, and close to the one-process bf16 run.
+    assert [r["wrapped_as"] for r in two["ranks"]] == [["DistributedDataParallel"]] * 2
+    assert one["ranks"][0]["wrapped_as"] == ["_Autocast"]
+    assert all(r["attributes_unchanged"] and not r["accelerator_state"] for r in one["ranks"] + two["ranks"])
+    for a, b in zip(one["result"]["bf16"]["history"], two["result"]["bf16"]["history"], strict=False):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=5e-3)  # bf16 rounding differs by slice
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=5e-3)
 
 
 def test_seeding_leaves_the_callers_rng_state_alone():
