@@ -21,10 +21,10 @@ from .errors import (
     UnknownNameError,
 )
 from .evaluation import Report, build_report
+from .evaluation.evaluate import evaluate, permutation_importance
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
 from .heads import HEADS, Head, LinearHead, MLPHead
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
-from .reporting import evaluate, permutation_importance
 from .train_config import TrainConfig
 
 __version__ = "0.1.0"

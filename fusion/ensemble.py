@@ -225,7 +225,7 @@ class Ensemble:
         Example:
             >>> ens.evaluate(validation).save("out/report")  # report.html, report.md, report.json  # doctest: +SKIP
         """
-        from .reporting import evaluate
+        from .evaluation.evaluate import evaluate
 
         return evaluate(self, fusers, data, **report_options)
 

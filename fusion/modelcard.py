@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .evaluation.metrics import ACCURACY, LOG_LOSS
+
 if TYPE_CHECKING:
     from .ensemble import Ensemble
 
 
 def metrics_table(scores: dict[str, dict[str, float]]) -> str:
     """Markdown table of accuracy and log-loss per member and fuser."""
-    rows = ["| model | accuracy | log-loss |", "|---|---|---|"]
+    rows = [f"| model | {ACCURACY.header} | {LOG_LOSS.header} |", "|---|---|---|"]
     rows += [f"| {name} | {s['accuracy']:.4f} | {s['log_loss']:.4f} |" for name, s in scores.items()]
     return "\n".join(rows)
 

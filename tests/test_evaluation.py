@@ -32,10 +32,10 @@ from fusion.evaluation import (
 )
 from fusion.evaluation.cost import cost_accuracy, pareto_front
 from fusion.evaluation.diversity import disagreement, error_correlation, member_diversity
+from fusion.evaluation.evaluate import permutation_importance
 from fusion.evaluation.metrics import confidence_bins
 from fusion.evaluation.uncertainty import bootstrap_metrics, mcnemar_p_value, paired_test, resample_counts
 from fusion.fusers import MemberOutputs, StackingFuser
-from fusion.reporting import permutation_importance
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTION_IDS = ["metrics", "reliability", "confusion", "weights", "disagreement", "cost", "tests", "per-class"]
@@ -153,7 +153,7 @@ def test_summary_is_the_model_card_subset_of_all_metrics():
     assert summary(ECE_PROBA, ECE_LABELS) == {
         "accuracy": pytest.approx(0.4), "log_loss": pytest.approx(log_loss(ECE_PROBA, ECE_LABELS))
     }
-    assert list(all_metrics(ECE_PROBA, ECE_LABELS)) == ["accuracy", "macro_f1", "log_loss", "brier", "ece"]
+    assert list(all_metrics(ECE_PROBA, ECE_LABELS)) == ["accuracy", "macro_f1", "log_loss", "brier", "ece", "auroc"]
 
 
 # ---------------------------------------------------------------- uncertainty
@@ -168,8 +168,9 @@ def test_bootstrap_resamples_equal_direct_recomputation():
     for j in range(6):
         rows = np.repeat(np.arange(len(labels)), counts[:, j].astype(int))
         for name, proba in probas.items():
-            direct = list(all_metrics(proba[rows], labels[rows]).values())
-            np.testing.assert_allclose(samples[name][j], direct, rtol=1e-6, atol=1e-9)
+            direct = all_metrics(proba[rows], labels[rows])
+            resampled = {metric: values[j] for metric, values in samples[name].items()}
+            assert resampled == pytest.approx(direct, rel=1e-6, abs=1e-9)
 
 
 def test_bootstrap_interval_contains_estimate_narrows_with_rows_and_is_seeded():
@@ -184,8 +185,9 @@ def test_bootstrap_interval_contains_estimate_narrows_with_rows_and_is_seeded():
     assert widths[5000] < widths[200] / 3  # width shrinks like 1/sqrt(rows): about 5x here
     members, _, labels, _ = synthetic(n_rows=200, n_members=1)
     first = bootstrap_metrics(members, labels, 100, seed=7)["m0"]
-    np.testing.assert_array_equal(first, bootstrap_metrics(members, labels, 100, seed=7)["m0"])
-    assert not np.array_equal(first, bootstrap_metrics(members, labels, 100, seed=8)["m0"])
+    again, other = (bootstrap_metrics(members, labels, 100, seed=s)["m0"] for s in (7, 8))
+    assert all(np.array_equal(first[m], again[m]) for m in first)
+    assert not np.array_equal(first["accuracy"], other["accuracy"])
 
 
 def test_mcnemar_p_value_is_the_exact_binomial_value():
@@ -328,7 +330,10 @@ def test_report_fields_follow_the_schema(report):
     data = report.to_dict()
     model = data["models"][0]
     assert set(model) == {"name", "kind", "metrics", "ci95", "seconds_per_1k", "per_class", "reliability"}
-    assert list(model["metrics"]) == ["accuracy", "macro_f1", "log_loss", "brier", "ece"]
+    assert list(model["metrics"]) == ["accuracy", "macro_f1", "log_loss", "brier", "ece", "auroc"]
+    assert list(data["metric_info"]) == list(model["metrics"])
+    assert data["metric_info"]["log_loss"] == {"header": "log-loss", "higher_is_better": False,
+                                               "description": "natural log"}
     assert set(model["ci95"]) == set(model["metrics"])
     assert [m["kind"] for m in data["models"]] == ["member"] * 3 + ["fuser"] * 2
     assert data["weights"] == {"weighted": pytest.approx({"m0": 1 / 6, "m1": 2 / 6, "m2": 3 / 6})}
@@ -379,7 +384,8 @@ def test_html_escapes_caller_text():
 
 def test_markdown_has_the_metric_table_and_notes(report):
     text = report.to_markdown()
-    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier | ECE | s / 1k rows |" in text
+    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier | ECE | AUROC | s / 1k rows |" in text
+    assert "Higher is better: accuracy, macro-F1, AUROC. Lower is better: log-loss, Brier, ECE." in text
     m2 = report.model("m2")
     lo, hi = m2.ci95["accuracy"]
     assert f"| m2 (best) | member | {m2.metrics['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] |" in text

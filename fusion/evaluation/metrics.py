@@ -1,37 +1,120 @@
-"""Classification metrics on probability matrices (numpy): the point estimates used by reports and model cards.
+"""Classification metrics on probability matrices (numpy), each defined once in the metric table ``METRICS``.
 
 Every function takes ``proba`` ``[rows, classes]`` (rows sum to one, the ensemble's label order) and
 ``labels`` ``[rows]`` integer class ids. The prediction of a row is its most probable class (first on ties).
 
 Definitions:
     accuracy: share of rows whose prediction is the label.
+    macro_f1: unweighted mean of per-class F1 over the classes that occur among the labels or predictions
+        (what ``sklearn.metrics.f1_score(average="macro")`` does without ``labels=``).
     log_loss: mean negative natural log of the label's probability, clipped to ``[1e-15, 1]`` so that a
         certain mistake costs about 34.5 rather than infinity.
     brier: multi-class Brier score, the mean over rows of ``sum_k (p_k - onehot_k)^2``; in ``[0, 2]``. For
         two classes it is twice scikit-learn's ``brier_score_loss`` of the positive class.
     ece: expected calibration error with ``n_bins`` equal-width bins over the confidence (max probability);
         bin ``b`` holds confidences in ``(b/n, (b+1)/n]``; ``sum_b (n_b / rows) * |accuracy_b - confidence_b|``.
-    macro_f1: unweighted mean of per-class F1 over the classes that occur among the labels or predictions
-        (what ``sklearn.metrics.f1_score(average="macro")`` does without ``labels=``).
-    per_class: precision, recall, F1 and support per class; 0.0 where undefined (no predictions or no rows
-        of that class), as scikit-learn's ``zero_division=0``.
+    auroc: area under the ROC curve (ties count one half), see :mod:`fusion.evaluation.ranking`.
+
+The table: a :class:`Metric` holds a metric's name, report header, direction and description, and how it
+is computed: either from per-row contributions summed over rows (``rows`` + ``total``: the bootstrap sums
+them for every resample in one matrix product) or from all rows at once (``whole``: the bootstrap calls it
+on every resample). The report's metric table (:func:`all_metrics`), its bootstrap intervals
+(:func:`fusion.evaluation.uncertainty.bootstrap_metrics`) and its renderings all read ``METRICS``, so
+``register_metric`` is the only step needed to add a column.
 
 Example:
     >>> import numpy as np
     >>> proba, labels = np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]]), np.array([0, 1, 1])
-    >>> round(accuracy(proba, labels), 4), round(brier(proba, labels), 4)
-    (0.6667, 0.54)
+    >>> round(accuracy(proba, labels), 4), round(brier(proba, labels), 4), auroc(proba, labels)
+    (0.6667, 0.54, 1.0)
+    >>> [m.header for m in METRICS.values()]
+    ['accuracy', 'macro-F1', 'log-loss', 'Brier', 'ECE', 'AUROC']
 """
 
 from __future__ import annotations
 
-import numpy as np
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import numpy as np
+from scipy import sparse
+
+from ..errors import ConfigError, UnknownNameError
 from .checks import check_labels, check_proba
+from .ranking import macro_auroc
 
 LOG_LOSS_EPS = 1e-15
 ECE_BINS = 15
-METRICS = ("accuracy", "macro_f1", "log_loss", "brier", "ece")  # every model's headline metrics, in order
+RANKING = ("accuracy", "log_loss")  # reports rank models by these, so the table always keeps them
+
+Contributions = np.ndarray | sparse.csr_matrix  # [rows, k] per-row contributions, dense or sparse
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the report: its names, its direction, and how it is computed.
+
+    Give either ``rows`` and ``total`` (a metric that decomposes over rows) or ``whole`` (one that does not).
+
+    Attributes:
+        name: key in ``ModelResult.metrics`` and the JSON report.
+        header: column header in rendered reports.
+        higher_is_better: direction (accuracy: True; losses: False).
+        description: one line shown under the report's metric table ("" for none).
+        rows: ``(proba, labels) -> [rows, k]`` contributions (numpy array, or scipy sparse matrix when mostly
+            zeros: summed in float32, so keep exact sums of small integers or tolerate float32 rounding).
+        total: ``(sums [..., k], n_rows) -> [...]``: the metric from the contributions summed over rows
+            (leading axes: resamples).
+        whole: ``(proba, labels) -> float``: the metric on all rows at once, NaN where undefined.
+
+    Example:
+        >>> import numpy as np
+        >>> confident = Metric("confidence", "mean confidence", True, rows=lambda p, y: p.max(1)[:, None],
+        ...                    total=lambda sums, n: sums[..., 0] / n)
+        >>> confident(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))
+        0.75
+    """
+
+    name: str
+    header: str
+    higher_is_better: bool
+    description: str = ""
+    rows: Callable[[np.ndarray, np.ndarray], Contributions] | None = None
+    total: Callable[[np.ndarray, int], np.ndarray] | None = None
+    whole: Callable[[np.ndarray, np.ndarray], float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rows is None) != (self.total is None) or (self.total is None) == (self.whole is None):
+            raise ConfigError(f"metric {self.name!r}: give either rows and total (a metric summed over rows) "
+                              "or whole (a metric of all rows at once), not both nor neither.")
+
+    @property
+    def decomposable(self) -> bool:
+        """True when the metric follows from per-row sums (the bootstrap's fast path)."""
+        return self.whole is None
+
+    def __call__(self, proba: np.ndarray, labels: np.ndarray) -> float | None:
+        """The metric on all rows; None where it is undefined (AUROC with one class among the labels)."""
+        proba, labels = _inputs(proba, labels)
+        if self.whole is not None:
+            value = self.whole(proba, labels)
+        else:
+            value = self.total(column_sums(self.rows(proba, labels)), len(labels))
+        return float(value) if np.isfinite(value) else None
+
+    def sort_key(self, value: float | None) -> float:
+        """Orders values best first (``sorted(values, key=metric.sort_key)``); undefined values last."""
+        if value is None or not np.isfinite(value):
+            return math.inf
+        return -value if self.higher_is_better else value
+
+    def info(self) -> dict[str, Any]:
+        """What a rendering needs: ``{"header", "higher_is_better", "description"}`` (stored in reports)."""
+        return {"header": self.header, "higher_is_better": self.higher_is_better, "description": self.description}
 
 
 def _inputs(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,10 +123,19 @@ def _inputs(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return proba, check_labels(labels, proba.shape[1])
 
 
-def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Share of rows whose most probable class is the label."""
-    proba, labels = _inputs(proba, labels)
-    return float((proba.argmax(1) == labels).mean())
+def column_sums(contributions: Contributions) -> np.ndarray:
+    """Float64 sums over the rows of a dense or sparse ``[rows, k]`` contribution matrix."""
+    if sparse.issparse(contributions):
+        return np.asarray(contributions.sum(axis=0), dtype=np.float64).ravel()
+    return contributions.sum(axis=0)
+
+
+# --- definitions: per-row contributions and their totals ----------------------------------------------------
+
+
+def mean_total(sums: np.ndarray, n_rows: int) -> np.ndarray:
+    """The mean of a single per-row contribution, from its sum."""
+    return sums[..., 0] / n_rows
 
 
 def row_log_loss(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -52,41 +144,24 @@ def row_log_loss(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(picked, LOG_LOSS_EPS, 1.0))
 
 
-def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-probability of the true class (natural log)."""
-    proba, labels = _inputs(proba, labels)
-    return float(row_log_loss(proba, labels).mean())
-
-
 def row_brier(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-row ``sum_k (p_k - onehot_k)^2``."""
     squared = (proba**2).sum(1)
     return squared - 2.0 * proba[np.arange(len(proba)), labels] + 1.0
 
 
-def brier(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Multi-class Brier score: mean over rows of the squared distance to the one-hot label."""
-    proba, labels = _inputs(proba, labels)
-    return float(row_brier(proba, labels).mean())
+def _row_correct(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (proba.argmax(1) == labels).astype(np.float64)[:, None]
 
 
-def confidence_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
-    """Bin id of each confidence: bin ``b`` holds ``(b/n_bins, (b+1)/n_bins]`` (0 also goes to bin 0)."""
-    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-
-
-def ece_from_gap_sums(gap_sums: np.ndarray, n_rows: float) -> np.ndarray:
-    """ECE from per-bin sums of ``correct - confidence`` (last axis: bins); broadcasts over leading axes."""
-    return np.abs(gap_sums).sum(-1) / n_rows
-
-
-def ece(proba: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error over ``n_bins`` equal-width confidence bins."""
-    proba, labels = _inputs(proba, labels)
-    confidence = proba.max(1)
-    gaps = (proba.argmax(1) == labels) - confidence
-    sums = np.bincount(confidence_bins(confidence, n_bins), weights=gaps, minlength=n_bins)
-    return float(ece_from_gap_sums(sums, len(labels)))
+def _row_class_counts(proba: np.ndarray, labels: np.ndarray) -> sparse.csr_matrix:
+    """``[rows, 3 * classes]``: per row a one-hot true positive (when right) | prediction | label."""
+    n_rows, n_classes = proba.shape
+    predicted = proba.argmax(1)
+    hit = np.flatnonzero(predicted == labels)  # a miss adds nothing to true positives: leave those entries out
+    rows = np.concatenate([hit, np.arange(n_rows), np.arange(n_rows)])
+    cols = np.concatenate([labels[hit], n_classes + predicted, 2 * n_classes + labels])
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_rows, 3 * n_classes))
 
 
 def f1_from_counts(true_pos: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -97,23 +172,146 @@ def f1_from_counts(true_pos: np.ndarray, predicted: np.ndarray, support: np.ndar
     return (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1)
 
 
-def class_counts(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class true positives, predicted counts and support."""
-    n_classes, predicted = proba.shape[1], proba.argmax(1)
-    true_pos = np.bincount(labels[predicted == labels], minlength=n_classes)
-    return true_pos, np.bincount(predicted, minlength=n_classes), np.bincount(labels, minlength=n_classes)
+def _macro_f1_total(sums: np.ndarray, n_rows: int) -> np.ndarray:
+    return f1_from_counts(*np.split(sums, 3, axis=-1))
+
+
+def confidence_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin id of each confidence: bin ``b`` holds ``(b/n_bins, (b+1)/n_bins]`` (0 also goes to bin 0)."""
+    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def _row_calibration_gaps(proba: np.ndarray, labels: np.ndarray, n_bins: int) -> sparse.csr_matrix:
+    """``[rows, n_bins]``: each row's ``correct - confidence`` in the column of its confidence bin."""
+    confidence = proba.max(1)
+    gaps = (proba.argmax(1) == labels) - confidence
+    n_rows = len(proba)
+    return sparse.csr_matrix((gaps, (np.arange(n_rows), confidence_bins(confidence, n_bins))), shape=(n_rows, n_bins))
+
+
+def ece_from_gap_sums(gap_sums: np.ndarray, n_rows: float) -> np.ndarray:
+    """ECE from per-bin sums of ``correct - confidence`` (last axis: bins); broadcasts over leading axes."""
+    return np.abs(gap_sums).sum(-1) / n_rows
+
+
+def ece_metric(n_bins: int = ECE_BINS) -> Metric:
+    """The ECE table entry for ``n_bins`` confidence bins (the table holds ``ECE_BINS``)."""
+    return Metric("ece", "ECE", False, f"{n_bins} equal-width confidence bins",
+                  rows=partial(_row_calibration_gaps, n_bins=n_bins), total=ece_from_gap_sums)
+
+
+ACCURACY = Metric("accuracy", "accuracy", True, rows=_row_correct, total=mean_total)
+MACRO_F1 = Metric("macro_f1", "macro-F1", True, "unweighted mean of per-class F1",
+                  rows=_row_class_counts, total=_macro_f1_total)
+LOG_LOSS = Metric("log_loss", "log-loss", False, "natural log",
+                  rows=lambda p, y: row_log_loss(p, y)[:, None], total=mean_total)
+BRIER = Metric("brier", "Brier", False, "multi-class score (sum over classes), in [0, 2]",
+               rows=lambda p, y: row_brier(p, y)[:, None], total=mean_total)
+ECE = ece_metric(ECE_BINS)
+AUROC = Metric("auroc", "AUROC", True, "the second class's with two classes, else one-vs-rest and macro-averaged "
+               "over the classes among the labels", whole=macro_auroc)
+
+METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, MACRO_F1, LOG_LOSS, BRIER, ECE, AUROC)}
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to ``METRICS``: reports built afterwards compute, bootstrap and render it.
+
+    Raises:
+        ConfigError: the name is taken.
+
+    Example:
+        >>> toy = register_metric(Metric("toy", "toy", True, whole=lambda proba, labels: 0.5))
+        >>> list(METRICS)[-1], unregister_metric("toy") is toy
+        ('toy', True)
+    """
+    if metric.name in METRICS:
+        raise ConfigError(f"metric {metric.name!r} is already in the table; choose another name or "
+                          "unregister_metric it first.")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> Metric:
+    """Remove a metric from ``METRICS`` and return it (``accuracy`` and ``log_loss`` stay: models are ranked by them).
+
+    Raises:
+        UnknownNameError: no such metric. ConfigError: ``name`` is one of ``RANKING``.
+    """
+    if name in RANKING:
+        raise ConfigError(f"metric {name!r} cannot be removed: reports rank models by {' and '.join(RANKING)}.")
+    if name not in METRICS:
+        close = difflib.get_close_matches(str(name), METRICS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"unknown metric {name!r}; the table holds {', '.join(METRICS)}.{hint}")
+    return METRICS.pop(name)
+
+
+def all_metrics(proba: np.ndarray, labels: np.ndarray, metrics: Iterable[Metric] | None = None) -> dict[str, float | None]:
+    """Every metric of ``METRICS`` (or of ``metrics``), in table order; None where undefined.
+
+    Example:
+        >>> import numpy as np
+        >>> list(all_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1])))
+        ['accuracy', 'macro_f1', 'log_loss', 'brier', 'ece', 'auroc']
+    """
+    return {metric.name: metric(proba, labels) for metric in (METRICS.values() if metrics is None else metrics)}
+
+
+def summary(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The metrics shown in model cards and the demo table: ``{"accuracy", "log_loss"}``."""
+    return {"accuracy": accuracy(proba, labels), "log_loss": log_loss(proba, labels)}
+
+
+# --- each metric as a plain function ------------------------------------------------------------------------
+
+
+def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label."""
+    return ACCURACY(proba, labels)
 
 
 def macro_f1(proba: np.ndarray, labels: np.ndarray) -> float:
     """Unweighted mean of per-class F1 (classes present among labels or predictions)."""
-    proba, labels = _inputs(proba, labels)
-    return float(f1_from_counts(*class_counts(proba, labels)))
+    return MACRO_F1(proba, labels)
+
+
+def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (natural log)."""
+    return LOG_LOSS(proba, labels)
+
+
+def brier(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over rows of the squared distance to the one-hot label."""
+    return BRIER(proba, labels)
+
+
+def ece(proba: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error over ``n_bins`` equal-width confidence bins."""
+    return ece_metric(n_bins)(proba, labels)
+
+
+def auroc(proba: np.ndarray, labels: np.ndarray) -> float | None:
+    """One-vs-rest macro AUROC (binary AUROC for two classes); None with fewer than two classes among the labels."""
+    return AUROC(proba, labels)
+
+
+# --- breakdowns: per class and per confidence bin -----------------------------------------------------------
+
+
+def class_counts(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, predicted counts and support (float64), the sums behind macro-F1."""
+    true_pos, predicted, support = np.split(column_sums(_row_class_counts(proba, labels)), 3)
+    return true_pos, predicted, support
 
 
 def per_class(proba: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, dict[str, float]]:
     """``{label: {"precision", "recall", "f1", "support"}}`` in label order; support is an int row count."""
     proba, labels = _inputs(proba, labels)
-    true_pos, predicted, support = (c.astype(np.float64) for c in class_counts(proba, labels))
+    true_pos, predicted, support = class_counts(proba, labels)
     precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
     recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
     f1 = np.divide(2 * true_pos, predicted + support, out=np.zeros_like(true_pos), where=(predicted + support) > 0)
@@ -143,21 +341,3 @@ def reliability(proba: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -
         "confidence": [float(s / c) if c else None for s, c in zip(conf_sum, count, strict=True)],
         "accuracy": [float(s / c) if c else None for s, c in zip(correct_sum, count, strict=True)],
     }
-
-
-def all_metrics(proba: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, float]:
-    """The five headline metrics of ``METRICS``, in that order.
-
-    Example:
-        >>> import numpy as np
-        >>> sorted(all_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1])))
-        ['accuracy', 'brier', 'ece', 'log_loss', 'macro_f1']
-    """
-    values = {"accuracy": accuracy(proba, labels), "macro_f1": macro_f1(proba, labels),
-              "log_loss": log_loss(proba, labels), "brier": brier(proba, labels), "ece": ece(proba, labels, n_bins)}
-    return {name: values[name] for name in METRICS}
-
-
-def summary(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The metrics shown in model cards and the demo table: ``{"accuracy", "log_loss"}``."""
-    return {"accuracy": accuracy(proba, labels), "log_loss": log_loss(proba, labels)}

@@ -10,12 +10,18 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
 - ``notes`` (list[str]): caveats shown in every rendering (the caller's, then automatic ones).
 - ``bootstrap`` (object): ``{"resamples": int, "seed": int, "level": 0.95}``; 0 resamples: no intervals.
 - ``ece_bins`` (int): number of equal-width confidence bins of ECE and the reliability diagram (15).
+- ``metric_info`` (object): metric name -> ``{"header": str, "higher_is_better": bool | null, "description":
+  str}``, in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
+  built. Reports written before this key existed get it on loading, from the table, for the metrics they hold.
 - ``models`` (list[object]): members first (input order), then fusers; each:
     - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
-    - ``metrics`` (object): ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at
-      1e-15), ``brier`` (multi-class: mean over rows of sum over classes of (p - onehot)^2, in [0, 2]),
-      ``ece`` (expected calibration error, ``ece_bins`` bins over the max probability); all floats.
-    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval; empty without resamples.
+    - ``metrics`` (object): one value per key of ``metric_info``, a float or null where undefined. The
+      default table: ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at 1e-15),
+      ``brier`` (multi-class: mean over rows of sum over classes of (p - onehot)^2, in [0, 2]), ``ece``
+      (expected calibration error, ``ece_bins`` bins over the max probability), ``auroc`` (one-vs-rest macro
+      AUROC over the classes among the labels, binary AUROC for two classes; null with one class only).
+    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval over the resamples
+      where the metric is defined; empty without resamples, and no key for a metric defined on none.
     - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model, a
       fuser's is combining cached member outputs (add its members' for the fuser's full cost).
     - ``per_class`` (object): label -> ``{"precision", "recall", "f1": float, "support": int}`` (0.0 where
@@ -70,7 +76,7 @@ class ModelResult:
 
     name: str
     kind: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     ci95: dict[str, list[float]]
     seconds_per_1k: float | None
     per_class: dict[str, dict[str, Any]]
@@ -105,6 +111,7 @@ class Report:
     notes: list[str]
     bootstrap: dict[str, Any]
     ece_bins: int
+    metric_info: dict[str, dict[str, Any]]
     models: list[ModelResult]
     best_member: str
     best_fuser: str | None
@@ -156,9 +163,10 @@ class Report:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise PersistenceError(f"not a {SCHEMA} report (schema: {found!r}); re-create it with build_report.")
         try:
-            fields = {k: data[k] for k in cls.__dataclass_fields__}
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "metric_info"}
             fields["models"] = [ModelResult(**m) for m in data["models"]]
             fields["tests"] = [PairedTest(**t) for t in data["tests"]]
+            fields["metric_info"] = data.get("metric_info") or _metric_info_of(fields["models"])
         except (KeyError, TypeError) as err:
             raise PersistenceError(f"{SCHEMA} report is incomplete or has unexpected fields: {err}.") from err
         return cls(**fields)
@@ -209,3 +217,12 @@ class Report:
             written[fmt] = directory / FILE_NAMES[fmt]
             atomic_write_text(written[fmt], render[fmt]())
         return written
+
+
+def _metric_info_of(models: list[ModelResult]) -> dict[str, dict[str, Any]]:
+    """``metric_info`` for a report written before it was stored: today's table entries for its metrics."""
+    from .metrics import METRICS
+
+    names = models[0].metrics if models else {}
+    unknown = {"higher_is_better": None, "description": ""}
+    return {name: METRICS[name].info() if name in METRICS else {"header": name, **unknown} for name in names}

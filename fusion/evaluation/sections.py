@@ -1,4 +1,9 @@
-"""The report's sections as plain tables, texts and plot makers, shared by the Markdown and HTML renderers."""
+"""The report's sections as plain tables, texts and plot makers, shared by the Markdown and HTML renderers.
+
+The metric table shows the metrics the report holds, with the headers, directions and descriptions stored in
+``Report.metric_info`` (copied from the metric table ``METRICS`` when the report was built), so a metric added
+with ``register_metric`` gets its column here without any change to this module.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .report import Report
-
-METRIC_HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "log_loss": "log-loss", "brier": "Brier",
-                  "ece": "ECE"}
-
 
 @dataclass
 class Table:
@@ -57,10 +58,27 @@ def _label(report: Report, name: str) -> str:
 
 
 def metric_table(report: Report) -> Table:
-    """One row per model: the five metrics with 95% intervals, and seconds per 1,000 rows."""
-    rows = [[_label(report, m.name), m.kind, *(_with_ci(m.metrics[k], m.ci95.get(k)) for k in METRIC_HEADERS),
+    """One row per model: every metric of ``report.metric_info`` with its 95% interval, and seconds per 1,000 rows."""
+    rows = [[_label(report, m.name), m.kind, *(_with_ci(m.metrics.get(k), m.ci95.get(k)) for k in report.metric_info),
              number(report.full_seconds_per_1k(m.name), 3)] for m in report.models]
-    return Table(["model", "kind", *METRIC_HEADERS.values(), "s / 1k rows"], rows, text_columns=2)
+    headers = [info["header"] for info in report.metric_info.values()]
+    return Table(["model", "kind", *headers, "s / 1k rows"], rows, text_columns=2)
+
+
+def metric_notes(metric_info: dict[str, dict]) -> str:
+    """Which way each metric is better, then each metric's description, as sentences.
+
+    Example:
+        >>> from fusion.evaluation.metrics import ACCURACY, LOG_LOSS
+        >>> metric_notes({"accuracy": ACCURACY.info(), "log_loss": LOG_LOSS.info()})
+        'Higher is better: accuracy. Lower is better: log-loss. log-loss: natural log.'
+    """
+    sentences = []
+    for direction, word in ((True, "Higher"), (False, "Lower")):
+        headers = [info["header"] for info in metric_info.values() if info.get("higher_is_better") is direction]
+        sentences += [f"{word} is better: {', '.join(headers)}."] if headers else []
+    sentences += [f"{info['header']}: {info['description']}." for info in metric_info.values() if info.get("description")]
+    return " ".join(sentences)
 
 
 def _tests_section(report: Report) -> Section:
@@ -196,9 +214,8 @@ def sections(report: Report) -> list[Section]:
 
     intervals = (f"95% percentile bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows "
                  f"(seed {report.bootstrap['seed']}) in brackets. " if report.bootstrap["resamples"] else "")
-    metrics = Section("metrics", "Metrics", intervals + "Brier is the multi-class score (sum over classes); "
-                      f"ECE uses {report.ece_bins} bins; log-loss is natural log. Seconds per 1,000 rows: a fuser's "
-                      "include running all its members.", [metric_table(report)],
+    metrics = Section("metrics", "Metrics", f"{intervals}{metric_notes(report.metric_info)} Seconds per 1,000 rows: "
+                      "a fuser's include running all its members.", [metric_table(report)],
                       metric_plot, "accuracy with intervals")
     return [metrics, _tests_section(report), _reliability_section(report), _confusion_section(report),
             _per_class_section(report), _disagreement_section(report), _weights_section(report),

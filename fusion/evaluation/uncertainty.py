@@ -1,11 +1,14 @@
 """Uncertainty: bootstrap confidence intervals of every metric and paired tests between two models.
 
 Bootstrap: ``n_resamples`` resamples of the rows with replacement from ``numpy.random.default_rng(seed)``;
-the same resamples serve every model, so differences between models are paired. Intervals are percentile
-intervals (2.5th and 97.5th percentiles for 95%). Nothing is refitted: each model is reduced once to per-row
-contributions (correct, log-loss, Brier, per-class true positives and predictions, per-bin calibration gaps),
-a resample is a vector of row counts, and every metric of every model follows from one sparse product of the
-counts with those contributions, in chunks of about four million counts.
+the same resamples serve every model and every metric, so differences between models are paired. Intervals
+are percentile intervals (2.5th and 97.5th percentiles for 95%) over the resamples where the metric is
+defined (AUROC is not on a resample holding one class only). Nothing is refitted. Metrics of the table
+(:data:`fusion.evaluation.metrics.METRICS`) that decompose over rows are computed for every model and resample
+at once: each model is reduced once to per-row contributions (``Metric.rows``), a resample is a vector of row
+counts, and the sums follow from one product of the counts with the contributions (dense ones in float64,
+sparse ones in float32), in chunks of about four million counts. Whole-sample metrics (``Metric.whole``:
+AUROC) are recomputed on the rows of each resample instead: correct for any metric, but slower.
 
 Paired test: exact McNemar test, i.e. a two-sided binomial test with p = 1/2 on the discordant rows (one
 model right, the other wrong); p = 1 when there are none. The paired bootstrap adds a 95% interval for the
@@ -21,25 +24,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 from scipy import sparse
 
-from .metrics import (
-    ECE_BINS,
-    METRICS,
-    confidence_bins,
-    ece_from_gap_sums,
-    f1_from_counts,
-    row_brier,
-    row_log_loss,
-)
+from .metrics import METRICS, Metric
 
 logger = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
 _CHUNK_CELLS = 1 << 22  # rows x resamples drawn at once: bounds memory at ~64 MiB
+
+Samples = dict[str, dict[str, np.ndarray]]  # model -> metric -> [n_resamples] values (NaN where undefined)
 
 
 def resample_counts(n_rows: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -57,63 +54,83 @@ def resample_counts(n_rows: int, n_resamples: int, seed: int) -> Iterator[np.nda
         yield np.bincount(flat, minlength=n_rows * width).reshape(n_rows, width).astype(np.float32)
 
 
-def _contributions(proba: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """Per-row contributions: dense ``[rows, 3]`` (correct, loss, brier) and sparse ``[rows, 2*classes + n_bins]``
-    (true positive of the label's class | prediction | the confidence bin's ``correct - confidence``)."""
-    n_rows, n_classes = proba.shape
-    predicted, confidence = proba.argmax(1), proba.max(1)
-    correct = (predicted == labels).astype(np.float64)
-    dense = np.stack([correct, row_log_loss(proba, labels), row_brier(proba, labels)], axis=1)
-    hit = np.flatnonzero(correct)  # a miss adds nothing to true positives: leave those entries out
-    rows = np.concatenate([hit, np.arange(n_rows), np.arange(n_rows)])
-    cols = np.concatenate([labels[hit], n_classes + predicted, 2 * n_classes + confidence_bins(confidence, n_bins)])
-    data = np.concatenate([np.ones(len(hit)), np.ones(n_rows), correct - confidence])
-    return dense, sparse.csr_matrix((data, (rows, cols)), shape=(n_rows, 2 * n_classes + n_bins))
+class _RowSums:
+    """Every model's per-row contributions to every decomposable metric, side by side, ready for resampling.
+
+    Dense contributions form one float64 ``[columns, rows]`` matrix and sparse ones one float32 sparse
+    matrix (float32 halves the memory traffic of the sparse product, its cost; sums of counts stay exact
+    below 2**24 rows); ``blocks`` says where each (model, metric) pair's columns lie.
+    """
+
+    def __init__(self, probas: Mapping[str, np.ndarray], labels: np.ndarray, metrics: list[Metric]) -> None:
+        self.metrics, self.n_rows = {m.name: m for m in metrics}, len(labels)
+        parts: dict[bool, list] = {False: [], True: []}  # is sparse -> [rows, k] blocks
+        self.blocks: dict[tuple[str, str], tuple[bool, slice]] = {}
+        for model, proba in probas.items():
+            for metric in metrics:
+                block = metric.rows(proba, labels)
+                kind = sparse.issparse(block)
+                start = sum(b.shape[1] for b in parts[kind])
+                self.blocks[model, metric.name] = (kind, slice(start, start + block.shape[1]))
+                parts[kind].append(block)
+        self.dense = np.concatenate(parts[False], axis=1).T.copy() if parts[False] else np.zeros((0, self.n_rows))
+        self.sparse = (sparse.hstack(parts[True], format="csr", dtype=np.float32).T.tocsr() if parts[True]
+                       else sparse.csr_matrix((0, self.n_rows), dtype=np.float32))
+
+    def values(self, counts: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+        """``{(model, metric): [chunk] values}`` on the resamples whose row counts are ``counts`` ``[rows, chunk]``."""
+        sums = {False: (self.dense @ counts.astype(np.float64)).T,
+                True: np.asarray(self.sparse @ counts, dtype=np.float64).T}
+        return {(model, name): self.metrics[name].total(sums[kind][:, columns], self.n_rows)
+                for (model, name), (kind, columns) in self.blocks.items()}
 
 
-def _metrics_from_sums(dense: np.ndarray, counts: np.ndarray, support: np.ndarray, n_rows: int) -> np.ndarray:
-    """``[resamples, len(METRICS)]`` from one model's sums: dense ``[resamples, 3]``, counts ``[resamples, 2C+bins]``."""
-    n_classes = support.shape[1]
-    values = {
-        "accuracy": dense[:, 0] / n_rows, "log_loss": dense[:, 1] / n_rows, "brier": dense[:, 2] / n_rows,
-        "macro_f1": f1_from_counts(counts[:, :n_classes], counts[:, n_classes:2 * n_classes], support),
-        "ece": ece_from_gap_sums(counts[:, 2 * n_classes:], n_rows),
-    }
-    return np.stack([values[name] for name in METRICS], axis=1)
+def _whole_sample_values(
+    probas: Mapping[str, np.ndarray], labels: np.ndarray, metrics: list[Metric], counts: np.ndarray
+) -> dict[tuple[str, str], np.ndarray]:
+    """``{(model, metric): [chunk] values}`` of whole-sample metrics, each computed on every resample's rows."""
+    values = {(model, m.name): np.empty(counts.shape[1]) for model in probas for m in metrics}
+    for j in range(counts.shape[1] if metrics else 0):
+        rows = np.repeat(np.arange(len(labels)), counts[:, j].astype(np.int64))
+        for model, proba in probas.items():
+            picked, picked_labels = proba[rows], labels[rows]
+            for metric in metrics:
+                values[model, metric.name][j] = metric.whole(picked, picked_labels)
+    return values
 
 
 def bootstrap_metrics(
-    probas: dict[str, np.ndarray], labels: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-    n_bins: int = ECE_BINS,
-) -> dict[str, np.ndarray]:
-    """Every model's metrics on each bootstrap resample: ``{name: [n_resamples, len(METRICS)]}``.
+    probas: Mapping[str, np.ndarray], labels: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+    metrics: Iterable[Metric] | None = None,
+) -> Samples:
+    """Every model's metrics on each bootstrap resample.
+
+    Args:
+        probas: model name -> ``[rows, classes]`` probabilities (checked by the caller).
+        labels: ``[rows]`` integer class ids.
+        n_resamples: number of resamples (0: empty samples).
+        seed: seed of the resamples; the same seed gives the same draws for every model and metric.
+        metrics: the metrics to resample (default: the table ``METRICS``, in its order).
+
+    Returns:
+        ``{model: {metric: [n_resamples] values}}``, NaN where a metric is undefined on a resample.
 
     Example:
         >>> import numpy as np
         >>> proba, labels = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]), np.array([0, 1, 1])
-        >>> bootstrap_metrics({"m": proba}, labels, n_resamples=5)["m"].shape
-        (5, 5)
+        >>> samples = bootstrap_metrics({"m": proba}, labels, n_resamples=5)["m"]
+        >>> list(samples)[:3], samples["accuracy"].shape
+        (['accuracy', 'macro_f1', 'log_loss'], (5,))
     """
-    started, n_rows, n_models = time.perf_counter(), len(labels), len(probas)
-    n_classes = next(iter(probas.values())).shape[1]
-    support_columns = sparse.csr_matrix((np.ones(n_rows), (np.arange(n_rows), labels)), shape=(n_rows, n_classes))
-    parts = [_contributions(p, labels, n_bins) for p in probas.values()]
-    dense = np.concatenate([d for d, _ in parts], axis=1).T.copy()  # [3 * models, rows]
-    # float32 halves the memory traffic of the sparse product, its cost; counts stay exact (< 2**24)
-    grouped = sparse.hstack([support_columns, *(s for _, s in parts)], format="csr", dtype=np.float32).T.tocsr()
-    width = 2 * n_classes + n_bins
-    chunks: list[np.ndarray] = []
-    for counts in resample_counts(n_rows, n_resamples, seed):
-        dense_sums, grouped_sums = (dense @ counts.astype(np.float64)).T, np.asarray(grouped @ counts, dtype=np.float64).T
-        support = grouped_sums[:, :n_classes]
-        chunks.append(np.stack([
-            _metrics_from_sums(dense_sums[:, 3 * i:3 * i + 3],
-                               grouped_sums[:, n_classes + width * i:n_classes + width * (i + 1)], support, n_rows)
-            for i in range(n_models)]))
-    stacked = np.concatenate(chunks, axis=1) if chunks else np.zeros((n_models, 0, len(METRICS)))
-    logger.debug("bootstrap: %d resamples x %d rows x %d models in %.2fs", n_resamples, n_rows, n_models,
+    started, metrics = time.perf_counter(), list(METRICS.values() if metrics is None else metrics)
+    row_sums = _RowSums(probas, labels, [m for m in metrics if m.decomposable])
+    whole = [m for m in metrics if not m.decomposable]
+    chunks = [{**row_sums.values(counts), **_whole_sample_values(probas, labels, whole, counts)}
+              for counts in resample_counts(len(labels), n_resamples, seed)]
+    logger.debug("bootstrap: %d resamples x %d rows x %d models in %.2fs", n_resamples, len(labels), len(probas),
                  time.perf_counter() - started)
-    return {name: stacked[i] for i, name in enumerate(probas)}
+    return {model: {m.name: np.concatenate([c[model, m.name] for c in chunks]) if chunks else np.zeros(0)
+                    for m in metrics} for model in probas}
 
 
 def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[float]:
@@ -123,11 +140,13 @@ def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[fl
     return [float(lo), float(hi)]
 
 
-def metric_intervals(samples: np.ndarray, level: float = CI_LEVEL) -> dict[str, list[float]]:
-    """``{metric: [lo, hi]}`` from one model's ``[n_resamples, len(METRICS)]`` samples; empty without samples."""
-    if samples.shape[0] == 0:
-        return {}
-    return {name: percentile_interval(samples[:, j], level) for j, name in enumerate(METRICS)}
+def metric_intervals(samples: Mapping[str, np.ndarray], level: float = CI_LEVEL) -> dict[str, list[float]]:
+    """``{metric: [lo, hi]}`` from one model's ``{metric: samples}``, over the resamples where it is defined.
+
+    A metric without any defined sample (none drawn, or undefined on every resample) gets no interval.
+    """
+    finite = {name: values[np.isfinite(values)] for name, values in samples.items()}
+    return {name: percentile_interval(values, level) for name, values in finite.items() if values.size}
 
 
 def mcnemar_p_value(only_first_correct: int, only_second_correct: int) -> float:

@@ -1,4 +1,9 @@
-"""``fusion.evaluate``: turn members (or an ensemble) + fitted fusers + labelled data into a Report."""
+"""``fusion.evaluate``: turn members (or an ensemble) + fitted fusers + labelled data into a Report.
+
+This is the glue between models and :func:`fusion.evaluation.build_report`: it runs the members (through the
+ensemble's output cache), the fusers, and their member weights (``permutation_importance`` for fusers
+without weights of their own), then hands the probabilities to ``build_report``.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import TextData
-from .errors import ConfigError, NotFittedError
-from .evaluation.metrics import log_loss
-from .fusers import Fuser, MemberOutputs
+from ..data import TextData
+from ..errors import ConfigError, NotFittedError
+from ..fusers import Fuser, MemberOutputs
+from .compute import build_report
+from .metrics import log_loss
 
 if TYPE_CHECKING:
-    from .ensemble import Ensemble
-    from .evaluation import Report
-    from .members.base import Member
+    from ..ensemble import Ensemble
+    from ..members.base import Member
+    from .report import Report
 
 
 def _named_fusers(fusers: Fuser | Sequence[Fuser] | Mapping[str, Fuser] | None) -> dict[str, Fuser]:
@@ -104,8 +110,7 @@ def evaluate(
         >>> report = evaluate(ensemble, [LinearFuser().fit(...)], validation)  # doctest: +SKIP
         >>> report.save("out/report")  # doctest: +SKIP
     """
-    from .ensemble import Ensemble
-    from .evaluation import build_report
+    from ..ensemble import Ensemble  # the ensemble module imports this one
 
     named = _named_fusers(fusers)
     if isinstance(source, MemberOutputs):

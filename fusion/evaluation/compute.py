@@ -1,4 +1,8 @@
-"""``build_report``: compute every number of an evaluation report once, from probabilities and labels."""
+"""``build_report``: compute every number of an evaluation report once, from probabilities and labels.
+
+The metrics are those of the table :data:`fusion.evaluation.metrics.METRICS` when the report is built: each
+model gets every metric, its bootstrap interval, and the report records how to show each one (``metric_info``).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,17 @@ from .checks import (
 )
 from .cost import EXHAUSTIVE_LIMIT, cost_accuracy
 from .diversity import member_diversity
-from .metrics import ECE_BINS, all_metrics, confusion_matrix, per_class, reliability
+from .metrics import (
+    ACCURACY,
+    ECE_BINS,
+    LOG_LOSS,
+    METRICS,
+    Metric,
+    all_metrics,
+    confusion_matrix,
+    per_class,
+    reliability,
+)
 from .report import ModelResult, PairedTest, Report
 from .uncertainty import CI_LEVEL, bootstrap_metrics, metric_intervals, paired_test, percentile_interval
 
@@ -52,7 +66,7 @@ def build_report(
             combining cached outputs); a model left out gets ``seconds_per_1k = None``.
         member_weights: fuser name -> {member name: weight or importance}.
         weights_method: fuser name -> ``"weights"`` (the fuser's own, the default) or ``"permutation"``
-            (permutation importance shares, see ``fusion.reporting.permutation_importance``).
+            (permutation importance shares, see ``fusion.permutation_importance``).
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         seed: seed of ``numpy.random.default_rng`` drawing the resamples.
         title, split: shown in every rendering.
@@ -86,10 +100,10 @@ def build_report(
     methods = check_weight_methods(weights_method, weights)
     n_bootstrap = check_n_bootstrap(n_bootstrap)
 
-    probas = {**members, **fusers}
-    samples = bootstrap_metrics(probas, labels, n_bootstrap, seed, ECE_BINS)
+    probas, metrics = {**members, **fusers}, list(METRICS.values())
+    samples = bootstrap_metrics(probas, labels, n_bootstrap, seed, metrics)
     models = [_model_result(n, "member" if n in members else "fuser", p, labels, label_names, samples[n],
-                            per_1k.get(n)) for n, p in probas.items()]
+                            per_1k.get(n), metrics) for n, p in probas.items()]
     best_member = _best([m for m in models if m.kind == "member"])
     best_fuser = _best([m for m in models if m.kind == "fuser"]) if fusers else None
     tests = [_test(f, best_member, probas, labels, samples) for f in fusers]
@@ -99,18 +113,18 @@ def build_report(
         title=str(title), split=str(split), rows=len(labels), labels=label_names,
         notes=[str(n) for n in notes or []] + _automatic_notes(diversity, len(members), n_bootstrap),
         bootstrap={"resamples": n_bootstrap, "seed": int(seed), "level": CI_LEVEL}, ece_bins=ECE_BINS,
-        models=models, best_member=best_member, best_fuser=best_fuser, tests=tests, diversity=diversity,
-        weights=weights, weights_method=methods, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
+        metric_info={m.name: m.info() for m in metrics}, models=models, best_member=best_member,
+        best_fuser=best_fuser, tests=tests, diversity=diversity, weights=weights, weights_method=methods, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
         confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
     )
 
 
 def _model_result(
-    name: str, kind: str, proba: np.ndarray, labels: np.ndarray, label_names: list[str], samples: np.ndarray,
-    seconds_per_1k: float | None,
+    name: str, kind: str, proba: np.ndarray, labels: np.ndarray, label_names: list[str],
+    samples: dict[str, np.ndarray], seconds_per_1k: float | None, metrics: list[Metric],
 ) -> ModelResult:
     return ModelResult(
-        name=name, kind=kind, metrics=all_metrics(proba, labels), ci95=metric_intervals(samples),
+        name=name, kind=kind, metrics=all_metrics(proba, labels, metrics), ci95=metric_intervals(samples),
         seconds_per_1k=seconds_per_1k, per_class=per_class(proba, labels, label_names),
         reliability=reliability(proba, labels, ECE_BINS),
     )
@@ -118,16 +132,20 @@ def _model_result(
 
 def _best(models: list[ModelResult]) -> str:
     """Highest accuracy; ties: lower log-loss, then the earlier model."""
-    order = sorted(range(len(models)), key=lambda i: (-models[i].metrics["accuracy"], models[i].metrics["log_loss"], i))
-    return models[order[0]].name
+    def key(i: int) -> tuple[float, float, int]:
+        scores = models[i].metrics
+        return ACCURACY.sort_key(scores["accuracy"]), LOG_LOSS.sort_key(scores["log_loss"]), i
+
+    return models[min(range(len(models)), key=key)].name
 
 
 def _test(
-    fuser: str, member: str, probas: dict[str, np.ndarray], labels: np.ndarray, samples: dict[str, np.ndarray]
+    fuser: str, member: str, probas: dict[str, np.ndarray], labels: np.ndarray,
+    samples: dict[str, dict[str, np.ndarray]],
 ) -> PairedTest:
     correct_f, correct_m = probas[fuser].argmax(1) == labels, probas[member].argmax(1) == labels
     result = paired_test(correct_f, correct_m)
-    deltas = samples[fuser][:, 0] - samples[member][:, 0]  # column 0 of METRICS: accuracy
+    deltas = samples[fuser]["accuracy"] - samples[member]["accuracy"]
     return PairedTest(
         fuser=fuser, against=member, method="mcnemar", p_value=result["p_value"],
         accuracy_delta=result["accuracy_delta"],
