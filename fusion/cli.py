@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import sys
-import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,49 +107,23 @@ def _save_report(report: Report, directory: Path, formats: Sequence[str] | None)
 # --- build ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FuserResult:
-    label: str
-    fuser: Any
-    score: dict[str, float]  # validation accuracy and log-loss
-    metrics: Any  # the ensemble's metrics_ after this fit, restored with the fuser when it is kept
-    seconds: float
+def _report_scores(report: Report) -> dict[str, dict[str, float]]:
+    """``{name: metrics}`` of every model in a report; fusers as ``fuser: <name>``."""
+    return {(f"fuser: {m.name}" if m.kind == "fuser" else m.name): m.metrics for m in report.models}
 
 
-def _member_scores(outputs: Any, labels: Any) -> dict[str, dict[str, float]]:
-    from .evaluation.metrics import summary
-
-    return {name: summary(outputs.probabilities()[:, i].double().numpy(), labels)
-            for i, name in enumerate(outputs.member_names)}
-
-
-def _fit_fusers(recipe, ensemble, splits, show_progress: bool, console: Console) -> tuple[list[FuserResult], dict]:
-    """Fit the ensemble once per fuser (members train and run on the first fit only); score on validation."""
-    from .data import as_text_data
-    from .evaluation.metrics import summary
-
-    results, member_scores = [], {}
-    fusers = recipe.build_fusers(show_progress)
-    for k, (label, fuser) in enumerate(zip(recipe.fuser_labels, fusers, strict=True), 1):
-        console.step(f"fitting {'members and ' if k == 1 else ''}fuser {label} ({k}/{len(fusers)})")
-        ensemble.fuser = fuser
-        start = time.perf_counter()
-        ensemble.fit(splits.train, splits.validation)
-        seconds = time.perf_counter() - start
-        validation = as_text_data(splits.validation, label_names=ensemble.labels, require_labels=True, where="validation")
-        outputs = ensemble.member_outputs(validation)  # cached: no model runs again
-        member_scores = member_scores or _member_scores(outputs, validation.labels)
-        score = summary(fuser.predict_proba(outputs), validation.labels)
-        results.append(FuserResult(label, fuser, score, ensemble.metrics_, seconds))
-    return results, member_scores
-
-
-def _print_build_table(results: list[FuserResult], member_scores: dict, best: FuserResult, fuser_data: str | None) -> None:
-    members = [(name, score, None) for name, score in member_scores.items()]
-    _print_scores(members + [(f"fuser: {r.label}", r.score, r.seconds) for r in results], f"fuser: {best.label}")
-    source = ("out-of-fold member outputs on the training rows" if fuser_data == "train"
-              else "the validation rows (in-sample: no member is trained here), so their scores are optimistic")
-    print(f"(validation split; fusers fitted on {source}; the first fit includes running and training every member)")
+def _print_build_table(ensemble: Any, report: Report) -> None:
+    scores = _report_scores(report)
+    chosen = f"fuser: {ensemble._fuser_label()}"
+    _print_scores(_members_first(scores, [m.name for m in ensemble.members_]), chosen)
+    source = ("out-of-fold member outputs on the training rows" if ensemble.fuser_data_ == "train"
+              else "the validation rows, and are scored here out-of-fold (cross-fitted over them)")
+    print(f"(validation split; fusers learnt from {source})")
+    selection = ensemble.selection_
+    if selection:
+        cv = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in selection["scores"].items())
+        print(f"kept {selection['chosen']}: best {selection['cv']}-fold cross-validated accuracy on the "
+              f"{selection['rows']} rows ({cv}; ties: lower log-loss, then the first listed)")
 
 
 def run_build(args: argparse.Namespace, console: Console) -> int:
@@ -173,33 +144,16 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     splits = _load_data(recipe.data, args.quiet)
     carved = f", validation carved from train (fraction {recipe.data.validation_fraction})" if splits.carved else ""
     print(f"data: {len(splits.train['text'])} train, {len(splits.validation['text'])} validation rows{carved}")
-    ensemble = recipe.build_ensemble(members, labels=splits.labels)
-    results, member_scores = _fit_fusers(recipe, ensemble, splits, show_progress, console)
-    best = max(results, key=lambda r: r.score["accuracy"])  # max keeps the first of equals: ties -> first listed
-    _print_build_table(results, member_scores, best, ensemble.fuser_data_)
-    tied = [r.label for r in results if r.score["accuracy"] == best.score["accuracy"]]
-    tie = f" (tied with {', '.join(tied[1:])}; the first listed wins)" if len(tied) > 1 else ""
-    print(f"keeping the best fuser on validation accuracy: {best.label} ({best.score['accuracy']:.4f}){tie}")
-    ensemble.fuser, ensemble.metrics_ = best.fuser, best.metrics
+    ensemble = recipe.build_ensemble(members, labels=splits.labels, fusers=recipe.build_fusers(show_progress))
+    console.step(f"fitting members and {len(ensemble.fusers)} fuser(s)")
+    ensemble.fit(splits.train, splits.validation)
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
-    others = [r.fuser for r in results if r.fuser is not best.fuser]
-    notes = _report_notes(ensemble)
-    if len(results) > 1:
-        notes.append(f"{best.label} was kept because it scored best on these rows, so its score is slightly "
-                     "optimistic; confirm on a test split (fusion evaluate DIR --data ... --split test).")
-    ensemble.report_ = ensemble.evaluate(splits.validation, fusers=others, notes=notes)
+    _print_build_table(ensemble, ensemble.report_)
     saved = ensemble.save_pretrained(recipe.output / "ensemble")
     atomic_write_text(recipe.output / "recipe.yaml", recipe.resolved_yaml())
     print(f"saved the ensemble to {saved} (recipe as run: {recipe.output / 'recipe.yaml'})")
     _save_report(ensemble.report_, recipe.output / "report", recipe.report.formats)
     return EXIT_OK
-
-
-def _report_notes(ensemble: Any) -> list[str]:
-    if ensemble.fuser_data_ == "validation":
-        return ["The fusers were fitted on these rows: their scores are in-sample (optimistic)."]
-    return [f"Fusers were fitted on out-of-fold training outputs ({ensemble.cv}-fold cross-fitting); "
-            "nothing was trained on these rows."]
 
 
 # --- evaluate / predict / report ------------------------------------------------------------------------------
@@ -232,9 +186,8 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     if data[ensemble.label_column] is None:
         raise DataError(f"{spec.describe()} ({args.split}): no column {args.label_column!r}; evaluation needs labels.")
     report = ensemble.evaluate(data, split=args.split)
-    scores = {(f"fuser:{m.name}" if m.kind == "fuser" else m.name): m.metrics for m in report.models}
     print(f"{args.split} split of {spec.describe()}: {len(table['text'])} rows")
-    _print_scores(_members_first(scores, [m.name for m in ensemble.members]))
+    _print_scores(_members_first(_report_scores(report), [m.name for m in ensemble.members_]))
     _save_report(report, Path(args.out) if args.out else Path(args.dir).parent / f"evaluation-{args.split}", None)
     return EXIT_OK
 
@@ -321,22 +274,26 @@ def _member_weight_file(model: str, revision: str | None, filename: str) -> Path
     return Path(hit) if isinstance(hit, str) else None
 
 
-def _print_member(index: int, member: dict[str, Any]) -> list[str]:
+def _print_member(index: int, member: Any) -> list[str]:
     problems = []
-    print(f"  [{index}] {member.get('name')}  kind={member.get('kind')}")
-    details = {k: member.get(k) for k in ("model", "revision", "estimator", "pooling", "label_map", "labels")
-               if member.get(k) is not None}
-    if isinstance(member.get("head"), dict):
-        details["head"] = member["head"].get("name")
-    if member.get("finetuned"):
-        details["backbone"] = f"fine-tuned, saved in {member.get('dir')}/backbone"
+    config, fitted = member.config, member.fitted
+    print(f"  [{index}] {member.name}  kind={member.kind_name}")
+    details = {"what": fitted.get("description"), "labels": fitted.get("labels"),
+               **{k: config.get(k) for k in ("model", "revision", "pooling", "label_map") if config.get(k) is not None}}
+    if isinstance(config.get("head"), dict):
+        details["head"] = config["head"].get("kind")
+    if fitted.get("finetuned"):
+        details["backbone"] = f"fine-tuned, saved in {member.dir}/backbone"
     for key, value in details.items():
-        print(f"      {key}: {value}")
-    for filename, sha in (member.get("weights_sha256") or {}).items():
-        path = _member_weight_file(str(member.get("model")), member.get("revision"), filename)
+        if value is not None:
+            print(f"      {key}: {value}")
+    source = fitted.get("source") or {}
+    for filename, sha in (source.get("weights_sha256") or {}).items():
+        path = _member_weight_file(str(config.get("model")), source.get("resolved_revision") or config.get("revision"),
+                                   filename)
         status = "not found locally" if path is None else _file_status(path, sha)
         if status in ("MISMATCH", "missing"):
-            problems.append(f"member {member.get('name')!r} weights {filename}")
+            problems.append(f"member {member.name!r} weights {filename}")
         print(f"      weights {filename} sha256 {sha[:16]}…  {status}")
     return problems
 
@@ -357,28 +314,27 @@ def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .io import read_json
-    from .persistence import CONFIG_NAME
+    from .modelcard import fuser_call, fuser_data_note
+    from .persistence import EnsembleConfig
 
     directory = Path(args.dir)
-    config = read_json(directory / CONFIG_NAME, "ensemble config")
-    versions = config.get("versions") or {}
+    config = EnsembleConfig.read(directory)
     print(f"ensemble: {directory}")
-    print(f"format: {config.get('format')} v{config.get('format_version')}; saved with "
-          + ", ".join(f"{k} {versions[k]}" for k in ("fusion", "torch", "transformers") if k in versions))
-    labels = config.get("labels") or []
-    print(f"labels ({len(labels)}): {', '.join(labels)}")
-    print(f"members ({len(config.get('members', []))}):")
-    problems = [p for i, m in enumerate(config.get("members", [])) for p in _print_member(i, m)]
-    fuser = config.get("fuser") or {}
-    params = ", ".join(f"{k}={json.dumps(v)}" for k, v in (fuser.get("params") or {}).items())
-    print(f"fuser: {fuser.get('name')}({params}); fitted on {config.get('fuser_data_used')} rows "
-          f"(fuser_data={config.get('fuser_data')}, cv={config.get('cv')}, seed={config.get('seed')})")
-    metrics = config.get("metrics")
+    print(f"format: {config.format} v{config.format_version}; saved with "
+          + ", ".join(f"{k} {config.versions[k]}" for k in ("fusion", "torch", "transformers") if k in config.versions))
+    print(f"labels ({len(config.labels)}): {', '.join(config.labels)}")
+    print(f"members ({len(config.members)}):")
+    problems = [p for i, m in enumerate(config.members) for p in _print_member(i, m)]
+    print(f"fuser: {fuser_call(config)}; fitted on {fuser_data_note(config)} (fuser_data={config.fuser_data}, "
+          f"cv={config.cv}, seed={config.seed})")
+    if config.selection:
+        print(f"chosen among: {', '.join(config.selection['scores'])} (by {config.selection['cv']}-fold "
+              f"cross-validated {config.selection['metric']})")
+    metrics = config.metrics
     if metrics:
         print(f"metrics on the {metrics.get('split')} split ({metrics.get('rows')} rows):", end="")
-        _print_scores(_members_first(metrics["scores"], [m.get("name") for m in config.get("members", [])]))
-    problems += _print_files(directory, config.get("files") or {})
+        _print_scores(_members_first(metrics["scores"], [m.name for m in config.members]))
+    problems += _print_files(directory, config.files)
     if problems:
         raise ChecksumError(f"{len(problems)} file(s) differ from the sha256 recorded at save time or are missing: "
                             f"{', '.join(problems)}. Restore them, or save the ensemble again.")

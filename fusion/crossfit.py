@@ -1,4 +1,5 @@
-"""Out-of-fold member outputs: K-fold cross-fitting of trainable members on the training rows."""
+"""Out-of-fold outputs: K-fold cross-fitting of trainable members on the training rows, and of fusers on the
+rows they learn from (so a report or a selection never scores a model on rows it was fitted on)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from .cache import OutputCache, Outputs
 from .data import TextData
+from .fusers import Fuser, MemberOutputs
 from .members.base import Member
 
 logger = logging.getLogger(__name__)
@@ -34,17 +36,35 @@ def out_of_fold_outputs(
     Cached by the member's unfitted fingerprint and the labelled data, so a later fit (another fuser) trains
     no fold again.
     """
-    spec = member.unfitted_copy()
+    spec = member.clone()
 
     def compute() -> Outputs:
         result: dict[str, torch.Tensor] = {}
         for k, (fit_rows, out_rows) in enumerate(folds(train.labels, cv, seed)):
             logger.info("cross-fitting member %s: fold %d/%d", member.name, k + 1, cv)
-            fold_member = spec.unfitted_copy().fit(train.subset(fit_rows), label_names, cache)
+            fold_member = spec.clone().fit(train.subset(fit_rows), label_names, cache)
             for name, value in fold_member.compute(train.subset(out_rows), cache).items():
                 if name not in result:
                     result[name] = torch.empty((len(train), *value.shape[1:]), dtype=value.dtype)
                 result[name][torch.as_tensor(out_rows)] = value
         return result
 
-    return cache.get_or_compute(spec.fingerprint(), train.label_fingerprint, compute, f"oof-cv{cv}-seed{seed}")
+    return cache.get_or_compute(spec.fingerprint, train.label_fingerprint, compute, f"oof-cv{cv}-seed{seed}",
+                                label=f"{member.kind} {member.name} (out-of-fold)")
+
+
+def out_of_fold_fused(fuser: Fuser, outputs: MemberOutputs, labels: np.ndarray, cv: int, seed: int) -> np.ndarray:
+    """Fused probabilities ``[rows, classes]`` of every row from a clone of ``fuser`` fitted on the other folds.
+
+    Example:
+        >>> import torch
+        >>> from fusion.fusers import MeanFuser
+        >>> scores = torch.randn(20, 2, 3)
+        >>> out_of_fold_fused(MeanFuser(), MemberOutputs(scores), scores[:, 0].argmax(-1).numpy(), 5, 0).shape
+        (20, 3)
+    """
+    proba = np.zeros((outputs.n_rows, outputs.n_classes))
+    for fit_rows, out_rows in folds(labels, cv, seed):
+        fold = fuser.clone().fit(outputs.subset(fit_rows), labels[fit_rows])
+        proba[out_rows] = fold.predict_proba(outputs.subset(out_rows))
+    return proba

@@ -1,4 +1,9 @@
-"""Ensemble: members + one fuser; fit, predict, evaluate, save_pretrained / from_pretrained."""
+"""Ensemble: member specs + fuser specs; ``fit`` trains clones, then predict, evaluate, save and load.
+
+The flow a newcomer learns: members -> cache -> fusers -> ensemble -> report. ``Ensemble(members, fuser)``
+keeps what it was given untouched, as scikit-learn does: ``fit`` fits clones into ``members_`` and
+``fuser_`` (and ``classes_``), so the same specs can be fitted again, elsewhere, with other data.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from .crossfit import out_of_fold_outputs
 from .data import TextData, as_text_data, column_values, dataset_label_names
 from .errors import ConfigError, DataError, MemberOutputError, NotFittedError
 from .evaluation import metrics
-from .fusers import FUSERS, Fuser, MeanFuser, MemberOutputs
+from .fusers import Fuser, MemberOutputs
 from .labels import alignment
 from .members.base import Member
+from .selection import Candidate, as_fusers, best_candidate, fit_candidates
 
 if TYPE_CHECKING:
     from .evaluation import Report
@@ -27,31 +33,49 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FUSER_DATA = ("auto", "train", "validation")
+MEMORY = "memory"  # cache_dir value for a cache that lives in memory only
+
+
+def make_cache(cache_dir: str | os.PathLike | OutputCache | None) -> OutputCache:
+    """The output cache: the default cache home (None), a directory, ``"memory"``, or a given cache."""
+    if isinstance(cache_dir, OutputCache):
+        return cache_dir
+    if cache_dir == MEMORY:
+        return OutputCache(memory_only=True)
+    return OutputCache(cache_dir)
 
 
 class Ensemble:
-    """Several members and one fuser, trained and shipped together.
+    """Several members and one fuser (or several candidates, the best kept), trained and shipped together.
 
-    Members run once per dataset; their outputs are cached (in memory, and on disk under ``cache_dir``), so
-    refitting with another fuser runs no model.
+    Members run once per dataset; their outputs are cached on disk (under the cache home, see
+    ``fusion.cache.default_cache_dir``) so a second script, or a second ensemble over the same models and
+    data, runs no model again.
 
     Args:
-        members: the models to combine (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...).
-        fuser: a ``Fuser`` or a registered fuser name (default ``MeanFuser()``).
-        labels: the ensemble's label names, in id order. Default: the training data's ClassLabel names, its
-            string labels (sorted), or the first member that names its labels.
+        members: the member specs (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...); never modified.
+        fuser: a ``Fuser``, a registered fuser kind, or a list of them: every candidate is fitted and the
+            one with the best cross-validated accuracy is kept (default ``MeanFuser()``).
+        labels: the label names, in id order. Default: the training data's ClassLabel names, its string
+            labels (sorted), the first member that names its labels, or else the ids themselves.
         text_column / label_column: column names in the data.
-        cache_dir: persist member outputs here (default: memory only).
-        fuser_data: rows the fuser learns from. ``"train"``: out-of-fold outputs on the training rows
-            (trainable members are cross-fitted with ``cv`` folds), keeping the validation split clean for
-            reporting. ``"validation"``: outputs on the validation split (classic blending; validation metrics
-            are then in-sample for the fuser). ``"auto"``: ``"train"`` if any member is trained here, else
-            ``"validation"`` when one is given.
-        cv: folds for cross-fitting.
+        cache_dir: where member outputs are cached: None for the cache home, a directory, or ``"memory"``.
+        fuser_data: the rows fusers learn from. ``"train"``: out-of-fold member outputs on the training rows
+            (each trainable member cross-fitted with ``cv`` folds). ``"validation"``: member outputs on the
+            validation split; the fuser is then cross-fitted over ``cv`` folds of those rows for the report,
+            so its reported scores are out-of-fold too. ``"auto"``: ``"validation"`` when a member is expensive
+            to fit (fine-tuning: fitted once, never per fold) and a validation split is given; else
+            ``"train"`` if a member is trained here; else ``"validation"`` when one is given.
+        cv: folds for cross-fitting (members and fusers) and for choosing among candidate fusers.
         seed: seeds the folds.
 
+    Attributes (after ``fit``):
+        members_: fitted clones of the members. fuser_: the fitted fuser kept. classes_: label names.
+        candidates_: every fitted candidate fuser by table name. selection_: how the fuser was chosen.
+        fuser_data_: the rows the fuser learnt from. member_fitting_: per member, how it was fitted.
+
     Example:
-        >>> ens = Ensemble([HFClassifier("a"), SklearnMember(pipeline)], fuser=LinearFuser())  # doctest: +SKIP
+        >>> ens = Ensemble([HFClassifier("a"), SklearnMember(pipeline)], fuser=["mean", "linear"])  # doctest: +SKIP
         >>> ens.fit(train, validation).predict(["a great film"])  # doctest: +SKIP
         array(['positive'], dtype='<U8')
     """
@@ -59,7 +83,7 @@ class Ensemble:
     def __init__(
         self,
         members: Sequence[Member],
-        fuser: Fuser | str | None = None,
+        fuser: Fuser | str | Sequence[Fuser | str] | None = None,
         *,
         labels: Sequence[str] | None = None,
         text_column: str = "text",
@@ -79,51 +103,77 @@ class Ensemble:
         if cv < 2:
             raise ConfigError(f"cv must be at least 2 folds, got {cv}.")
         self.members = list(members)
-        self.fuser = FUSERS.get(fuser)() if isinstance(fuser, str) else (fuser or MeanFuser())
+        self.fuser = fuser if fuser is not None else "mean"
+        self.fusers = as_fusers(self.fuser)  # validates names now, not at fit
         self.labels = list(labels) if labels is not None else None
         self.text_column, self.label_column = text_column, label_column
-        self.cache = OutputCache(cache_dir)
+        self.cache_dir = cache_dir
+        self.cache = make_cache(cache_dir)
         self.fuser_data, self.cv, self.seed = fuser_data, cv, seed
+        self._reset_fitted()
+
+    def _reset_fitted(self) -> None:
+        self.members_: list[Member] | None = None
+        self.fuser_: Fuser | None = None
+        self.labels_: list[str] | None = None
+        self.candidates_: dict[str, Fuser] = {}
+        self.selection_: dict[str, Any] | None = None
         self.fuser_data_: str | None = None
-        self.metrics_: dict[str, Any] | None = None
-        self.report_: Report | None = None
+        self.member_fitting_: dict[str, str] = {}
+        self.label_note_: str | None = None
+        self._cv_proba: dict[str, np.ndarray] = {}  # out-of-fold fused predictions on the validation rows
+        self._validation: TextData | None = None
+        self._report: Report | None = None
+        self._metrics: dict[str, Any] | None = None
+        self._members_key: tuple | None = None
+
+    def _set_fitted(self, members: list[Member], fuser: Fuser | None, labels: list[str]) -> Ensemble:
+        """Use members (and a fuser) that are already fitted, e.g. loaded from disk."""
+        self.members_, self.fuser_, self.labels_ = list(members), fuser, list(labels)
+        self._members_key = None
+        return self
 
     @property
     def classes_(self) -> np.ndarray:
         """Label names in id order (scikit-learn's name for them)."""
-        if self.labels is None:
-            raise NotFittedError("the ensemble's labels are not known yet; call fit or pass labels=.")
-        return np.asarray(self.labels)
+        if self.labels_ is None:
+            raise NotFittedError("the ensemble is not fitted; call fit(train, validation) first.")
+        return np.asarray(self.labels_)
 
-    # --- data and labels ----------------------------------------------------------------------------
+    # --- data and labels ----------------------------------------------------------------------------------
     def _data(self, data: Any, where: str, require_labels: bool = False) -> TextData:
         return as_text_data(data, text_column=self.text_column, label_column=self.label_column,
-                            label_names=self.labels, require_labels=require_labels, where=where)
+                            label_names=self.labels_ or self.labels, require_labels=require_labels, where=where)
 
-    def _resolve_labels(self, train: Any) -> None:
+    def _label_names(self, train: Any) -> list[str]:
         if self.labels is not None:
-            return
+            return list(self.labels)
         declared = dataset_label_names(train, self.label_column)
-        values = [] if isinstance(train, (str, Sequence)) else column_values(train, self.label_column, "train")
         if declared:
-            self.labels = declared
-        elif values and all(isinstance(v, str) for v in values):
-            self.labels = sorted(set(values))
-        else:
-            named = next((names for m in self.members if (names := m.output_labels(None))), None)
-            if named is None:
-                raise DataError("cannot tell the label names: the labels are ids and no member names them. "
-                                "Pass Ensemble(..., labels=['negative', 'positive', ...]).")
-            self.labels = list(named)
-            logger.info("label ids are read as %s (the label names of the first member that has them)", self.labels)
+            return declared
+        values = [] if isinstance(train, (str, Sequence)) else column_values(train, self.label_column, "train")
+        if values and all(isinstance(v, str) for v in values):
+            return sorted(set(values))
+        named = next((names for m in self.members if (names := m.output_labels(None))), None)
+        if named is not None:
+            logger.info("label ids are read as %s (the label names of the first member that has them)", named)
+            return list(named)
+        ids = sorted({int(v) for v in values})
+        if ids and ids[0] < 0:
+            raise DataError(f"train: label ids must be >= 0; got {ids[0]}. Pass Ensemble(..., labels=[...]).")
+        self.label_note_ = (f"The labels have no names, so their ids are used as names: "
+                            f"{', '.join(map(str, range(ids[-1] + 1)))}.")
+        logger.info(self.label_note_)
+        return [str(i) for i in range(ids[-1] + 1)] if ids else []
 
-    # --- member outputs -----------------------------------------------------------------------------
+    # --- member outputs -----------------------------------------------------------------------------------
     def _raw_outputs(self, member: Member, data: TextData) -> Outputs:
-        return self.cache.get_or_compute(member.fingerprint(), data.fingerprint, lambda: member.compute(data, self.cache))
+        return self.cache.get_or_compute(member.fingerprint, data.fingerprint, lambda: member.compute(data, self.cache),
+                                         label=f"{member.kind} {member.name}")
 
     def _aligned(self, member: Member, raw: Outputs, n_rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = raw["logits"]
-        names = member.output_labels(self.labels)
+        names = member.output_labels(self.labels_)
         if logits.ndim != 2 or logits.shape[0] != n_rows or names is None or logits.shape[1] != len(names):
             raise MemberOutputError(
                 f"member {member.name!r} returned outputs of shape {tuple(logits.shape)} for {n_rows} rows and "
@@ -135,82 +185,131 @@ class Ensemble:
                 f"member {member.name!r} produced NaN or inf scores on {int(bad.sum())} of {n_rows} rows (first: row "
                 f"{int(bad.nonzero()[0])}). Check its weights and dtype (fp16 overflow is a common cause)."
             )
-        return logits[:, alignment(member.name, names, self.labels)], raw.get("embeddings")
+        return logits[:, alignment(member.name, names, self.labels_)], raw.get("embeddings")
 
-    def _stack(self, raw: list[Outputs], n_rows: int) -> MemberOutputs:
-        aligned = [self._aligned(m, r, n_rows) for m, r in zip(self.members, raw, strict=True)]
-        return MemberOutputs(torch.stack([a[0] for a in aligned], 1), [m.name for m in self.members],
+    def _stack(self, members: list[Member], raw: list[Outputs], n_rows: int) -> MemberOutputs:
+        aligned = [self._aligned(m, r, n_rows) for m, r in zip(members, raw, strict=True)]
+        return MemberOutputs(torch.stack([a[0] for a in aligned], 1), [m.name for m in members],
                              [a[1] for a in aligned])
 
+    def _fitted_members(self) -> list[Member]:
+        if self.members_ is None:
+            raise NotFittedError("the ensemble is not fitted; call Ensemble.fit(train, validation) first.")
+        return self.members_
+
     def member_outputs(self, data: Any) -> MemberOutputs:
-        """Aligned outputs of every member on ``data`` (from the cache when already computed)."""
+        """Aligned outputs of every fitted member on ``data`` (from the cache when already computed)."""
+        members = self._fitted_members()
         data = data if isinstance(data, TextData) else self._data(data, "data")
-        self._check_members_fitted()
-        return self._stack([self._raw_outputs(m, data) for m in self.members], len(data))
+        return self._stack(members, [self._raw_outputs(m, data) for m in members], len(data))
 
-    def _check_members_fitted(self) -> None:
-        unfitted = [m.name for m in self.members if not m.is_fitted]
-        if unfitted:
-            raise NotFittedError(f"members {unfitted} are not fitted; call Ensemble.fit(train, validation) first.")
-
-    # --- fitting ------------------------------------------------------------------------------------
-    def _trained_here(self, member: Member, train: TextData) -> bool:
-        return member.trainable and member.fitted_on_ == train.label_fingerprint
-
+    # --- fitting ------------------------------------------------------------------------------------------
     def _resolve_fuser_data(self, has_validation: bool) -> str:
         if self.fuser_data == "auto":
+            if has_validation and any(m.trainable and m.expensive_to_fit for m in self.members):
+                return "validation"
             return "train" if any(m.trainable for m in self.members) or not has_validation else "validation"
         if self.fuser_data == "validation" and not has_validation:
             raise ConfigError("fuser_data='validation' needs a validation split: call fit(train, validation).")
         return self.fuser_data
 
-    def fit(self, train: Any, validation: Any | None = None) -> Ensemble:
-        """Fit trainable members on ``train``, then the fuser; report metrics on ``validation``.
+    def _fit_members(self, train: TextData) -> list[Member]:
+        """Fitted clones of the specs, reusing the previous fit's when the specs and data are the same."""
+        key = (tuple(m.fingerprint for m in self.members), train.label_fingerprint, tuple(self.labels_))
+        if self._members_key == key and self.members_ is not None:
+            return self.members_
+        fitted = []
+        for spec in self.members:
+            member = spec.clone()
+            if member.trainable:
+                logger.info("fitting member %s", member.name)
+                member.fit(train, self.labels_, self.cache)
+            fitted.append(member)
+        self._members_key = key
+        return fitted
 
-        Members already fitted on the same training data are kept, and cached outputs are reused, so calling
-        ``fit`` again after changing ``ens.fuser`` trains only the fuser.
+    def _member_fitting(self, mode: str) -> dict[str, str]:
+        def rule(m: Member) -> str:
+            if not m.trainable:
+                return "frozen (pre-trained; nothing fitted here)"
+            if mode == "train":
+                return f"fitted on train; the fuser saw its {self.cv}-fold out-of-fold outputs"
+            return "fitted once on train (prefit); the fuser learnt from validation outputs"
+
+        return {m.name: rule(m) for m in self.members_}
+
+    def _fuser_rows(self, mode: str, train: TextData, validation: TextData | None) -> tuple[MemberOutputs, np.ndarray]:
+        if mode == "validation":
+            return self.member_outputs(validation), validation.labels
+        raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
+               else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
+        return self._stack(self.members_, raw, len(train)), train.labels
+
+    def fit(self, train: Any, validation: Any | None = None) -> Ensemble:
+        """Fit clones of the members on ``train``, then the fuser (choosing among candidates); the validation
+        report is built when first asked for (``report_``, ``evaluate``, ``save_pretrained``).
+
+        Members fitted earlier by this ensemble on the same data are kept, and member outputs come from the
+        cache, so calling ``fit`` again after changing ``ens.fuser`` trains only fusers.
 
         Raises:
             DataError / LabelMismatchError / MemberOutputError: bad data, labels or member outputs.
         """
-        self._resolve_labels(train)
+        labels = self._label_names(train)
+        if self.labels_ != labels:
+            self._members_key = None
+        self.labels_ = labels
         train_data = self._data(train, "train", require_labels=True)
         val_data = self._data(validation, "validation", require_labels=True) if validation is not None else None
         mode = self._resolve_fuser_data(val_data is not None)
-        for member in self.members:
-            if member.trainable and not self._trained_here(member, train_data):
-                logger.info("fitting member %s", member.name)
-                member.fit(train_data, self.labels, self.cache)
-        if mode == "train":
-            raw = [out_of_fold_outputs(m, train_data, self.labels, self.cache, self.cv, self.seed)
-                   if self._trained_here(m, train_data) else self._raw_outputs(m, train_data) for m in self.members]
-            fuser_rows, fuser_labels = self._stack(raw, len(train_data)), train_data.labels
-        else:
-            fuser_rows, fuser_labels = self.member_outputs(val_data), val_data.labels
-        logger.info("fitting fuser %s on %d %s rows", self.fuser.name, len(fuser_labels), mode)
-        self.fuser.fit(fuser_rows, fuser_labels)
-        self.fuser_data_ = mode
-        self.metrics_, self.report_ = None, None
-        if val_data is not None:
-            in_sample = mode == "validation"
-            self.metrics_ = {"split": "validation", "rows": len(val_data), "fuser_in_sample": in_sample,
-                             "scores": self.score(val_data)}
-            note = ["The fuser was fitted on these rows: its scores are in-sample (optimistic)."] if in_sample else []
-            self.report_ = self.evaluate(val_data, notes=note)
+        self.members_ = self._fit_members(train_data)
+        self.fusers = as_fusers(self.fuser)
+        outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
+        logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
+        candidates = fit_candidates(self.fusers, outputs, labels_ids, cv=self.cv, seed=self.seed,
+                                    cross_validate=len(self.fusers) > 1 or mode == "validation")
+        best = best_candidate(candidates)
+        self.fuser_, self.fuser_data_ = best.fuser, mode
+        self.candidates_ = {c.label: c.fuser for c in candidates}
+        self.selection_ = _selection(candidates, best, mode, self.cv) if len(candidates) > 1 else None
+        self.member_fitting_ = self._member_fitting(mode)
+        self._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation"}
+        self._validation, self._report, self._metrics = val_data, None, None
         return self
 
-    # --- prediction ---------------------------------------------------------------------------------
+    # --- prediction ---------------------------------------------------------------------------------------
+    def _fitted_fuser(self) -> Fuser:
+        if self.fuser_ is None:
+            raise NotFittedError("the ensemble's fuser is not fitted; call Ensemble.fit(train, validation) first.")
+        return self.fuser_
+
     def predict_proba(self, data: Any) -> np.ndarray:
         """Fused class probabilities ``[rows, labels]`` for texts, a dataset or a dict of columns."""
-        if not self.fuser.is_fitted:
-            raise NotFittedError("the ensemble's fuser is not fitted; call Ensemble.fit(train, validation) first.")
-        return self.fuser.predict_proba(self.member_outputs(data))
+        return self._fitted_fuser().predict_proba(self.member_outputs(data))
 
     def predict(self, data: Any) -> np.ndarray:
         """Predicted label names."""
-        if not self.fuser.is_fitted:
-            raise NotFittedError("the ensemble's fuser is not fitted; call Ensemble.fit(train, validation) first.")
-        return self.classes_[self.fuser.predict(self.member_outputs(data))]
+        return self.classes_[self._fitted_fuser().predict(self.member_outputs(data))]
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+    def _fuser_label(self) -> str:
+        return next((label for label, f in self.candidates_.items() if f is self.fuser_), self._fitted_fuser().kind)
+
+    def _notes(self, data: TextData) -> list[str]:
+        notes = [self.label_note_] if self.label_note_ else []
+        if self.fuser_data_ == "train":
+            notes.append(f"Fusers learnt from out-of-fold member outputs on the training rows ({self.cv}-fold "
+                         "cross-fitting); nothing was trained on these rows.")
+        elif self._is_fuser_rows(data):
+            notes.append(f"Fusers learnt from these rows; their scores here are out-of-fold ({self.cv}-fold "
+                         "cross-fitting of each fuser over these rows), so they are not in-sample.")
+        if self.selection_:
+            notes.append(_selection_note(self.selection_))
+        return notes
+
+    def _is_fuser_rows(self, data: TextData) -> bool:
+        return (self.fuser_data_ == "validation" and self._validation is not None
+                and data.label_fingerprint == self._validation.label_fingerprint)
 
     def evaluate(self, data: Any, fusers: Any = None, **report_options: Any) -> Report:
         """The full evaluation report on labelled ``data``: metrics with bootstrap intervals, paired tests of the
@@ -218,7 +317,7 @@ class Ensemble:
 
         Args:
             data: labelled rows.
-            fusers: other fitted fusers over the same members to compare (a list or ``{name: fuser}``).
+            fusers: other fitted fusers to compare (a list or ``{name: fuser}``); default: the other candidates.
             **report_options: ``n_bootstrap``, ``seed``, ``title``, ``split``, ``notes`` (see
                 ``fusion.evaluation.build_report``).
 
@@ -227,36 +326,89 @@ class Ensemble:
         """
         from .evaluation.evaluate import evaluate
 
-        return evaluate(self, fusers, data, **report_options)
+        rows = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
+        named = {self._fuser_label(): self._fitted_fuser(), **self._others(fusers)}
+        fused = {k: v for k, v in self._cv_proba.items() if k in named} if self._is_fuser_rows(rows) else {}
+        notes = [*self._notes(rows), *report_options.pop("notes", [])]
+        return evaluate(self, named, rows, fused=fused, notes=notes, **report_options)
+
+    def _others(self, fusers: Any) -> dict[str, Fuser]:
+        if fusers is not None:
+            return fusers if isinstance(fusers, dict) else {f"{f.kind}-{i}": f for i, f in enumerate(fusers, 2)}
+        return {label: f for label, f in self.candidates_.items() if f is not self.fuser_}
+
+    @property
+    def report_(self) -> Report | None:
+        """The report on the validation split given to ``fit``, built on first use (None without one)."""
+        if self._report is None and self._validation is not None:
+            self._report = self.evaluate(self._validation)
+        return self._report
+
+    @report_.setter
+    def report_(self, report: Report | None) -> None:
+        self._report = report
+
+    @property
+    def metrics_(self) -> dict[str, Any] | None:
+        """Accuracy and log-loss per member and of the fuser on the validation split given to ``fit``."""
+        if self._metrics is None and self._validation is not None:
+            self._metrics = {"split": "validation", "rows": len(self._validation),
+                             "fuser_out_of_fold": self.fuser_data_ == "validation",
+                             "scores": self.score(self._validation)}
+        return self._metrics
+
+    @metrics_.setter
+    def metrics_(self, value: dict[str, Any] | None) -> None:
+        self._metrics = value
 
     def score(self, data: Any) -> dict[str, dict[str, float]]:
         """Accuracy and log-loss of every member and of the fuser on labelled ``data`` (fast; no report).
 
+        On the rows the fuser learnt from (``fuser_data="validation"``), the fuser's scores are out-of-fold.
+
         Returns:
-            ``{name: {"accuracy": ..., "log_loss": ...}}``; members first, then ``"fuser:<name>"``.
+            ``{name: {"accuracy": ..., "log_loss": ...}}``; members first, then ``"fuser:<kind>"``.
         """
         data = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
         outputs = self.member_outputs(data)
         scores = {name: metrics.summary(outputs.probabilities()[:, i].double().numpy(), data.labels)
                   for i, name in enumerate(outputs.member_names)}
-        scores[f"fuser:{self.fuser.name}"] = metrics.summary(self.fuser.predict_proba(outputs), data.labels)
+        fused = self._cv_proba.get(self._fuser_label()) if self._is_fuser_rows(data) else None
+        proba = fused if fused is not None else self._fitted_fuser().predict_proba(outputs)
+        scores[f"fuser:{self._fitted_fuser().kind}"] = metrics.summary(proba, data.labels)
         return scores
 
-    # --- persistence --------------------------------------------------------------------------------
+    # --- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config JSON, safetensors weights, skops estimators and a model card; atomically."""
+        """Write config JSON, safetensors weights, skops estimators, the report and a model card; atomically."""
         from .persistence import save_ensemble
 
         return save_ensemble(self, Path(directory))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **options: Any) -> Ensemble:
+    def from_pretrained(cls, directory: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                        **options: Any) -> Ensemble:
         """Load a saved ensemble, verifying checksums, tensor names and shapes.
 
-        Options: ``cache_dir``, ``heads`` (custom head modules by member name), ``modules`` (TorchMember
-        modules by member name), ``trusted_types`` (extra
-        skops types), ``verify_members`` (check referenced model weights; default True), ``show_progress``.
+        Args:
+            directory: what ``save_pretrained`` wrote.
+            cache_dir: the output cache (None: the cache home; ``"memory"``: memory only).
+            **options: ``fusion.config.LoadOptions`` fields: ``objects`` (Python objects a saved config cannot
+                rebuild, by member name: ``{"cnn": {"module": SmallCNN()}}``), ``trusted_types`` (extra skops
+                types), ``verify_members`` (check referenced model weights; default True), ``show_progress``.
         """
-        from .persistence import load_ensemble
+        from .persistence import load_ensemble, load_options
 
-        return load_ensemble(cls, Path(directory), **options)
+        return load_ensemble(cls, Path(directory), load_options(options), cache_dir)
+
+
+def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:
+    return {"rows": mode, "cv": cv, "metric": "accuracy", "chosen": best.label,
+            "scores": {c.label: c.cv_scores for c in candidates}}
+
+
+def _selection_note(selection: dict[str, Any]) -> str:
+    scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in selection["scores"].items())
+    return (f"{selection['chosen']} was chosen among the candidate fusers by {selection['cv']}-fold cross-validated "
+            f"accuracy on the {selection['rows']} rows ({scores}), not by its score on these rows.")
+

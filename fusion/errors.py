@@ -5,6 +5,9 @@ Every message says what was wrong, where (member, file, column) and what to do a
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "FusionError",
     "DataError",
@@ -15,6 +18,8 @@ __all__ = [
     "UnknownNameError",
     "PersistenceError",
     "ChecksumError",
+    "ResourceError",
+    "did_you_mean",
 ]
 
 
@@ -59,3 +64,14 @@ class PersistenceError(FusionError, OSError):
 
 class ChecksumError(PersistenceError):
     """A file's sha256 differs from the one recorded when the ensemble was saved."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``name``, or an empty string.
+
+    Example:
+        >>> did_you_mean("linaer", ["linear", "mean"])
+        " Did you mean 'linear'?"
+    """
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,30 +1,44 @@
 """Custom PyTorch heads that turn a pooled embedding into class logits, usable on any backbone.
 
-A head is declared without sizes (``MLPHead(hidden=256)``) and built once the member knows its embedding
-size and number of classes. Any user ``torch.nn.Module`` mapping ``[batch, dim] -> [batch, classes]`` works too.
+A head is a component: a frozen config (``MLPHead(hidden=256).config``) plus the layers ``build(in_features,
+n_classes)`` creates once the member knows its embedding size and number of classes. Any user
+``torch.nn.Module`` mapping ``[batch, dim] -> [batch, classes]`` works too (``CustomHead``): it is saved by
+weights only, so loading needs the module passed again.
+
+Members keep a head's *config*; each fit builds a new head from it, so one head object given to two members
+gives two independently trained heads, and the object the user passed is never trained.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .config import Component, Config, at_least, in_range, object_field
 from .errors import ConfigError
 from .registry import Registry
 
 HEADS: Registry[Head] = Registry("head")
 
+_DROPOUT = (in_range(0.0, 1.0), "a number in [0, 1)")
 
-class Head(nn.Module):
-    """Base class: hyper-parameters in ``__init__``, layers created by ``build(in_features, n_classes)``."""
 
-    name: ClassVar[str]
+@dataclass(frozen=True)
+class HeadConfig(Config):
+    """Base of every head's config."""
 
-    def __init__(self) -> None:
-        super().__init__()
+
+class Head(Component, nn.Module):
+    """Base class: the config holds the hyper-parameters, ``build(in_features, n_classes)`` the layers."""
+
+    Config: ClassVar[type[HeadConfig]] = HeadConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.in_features: int | None = None
         self.n_classes: int | None = None
 
@@ -46,96 +60,64 @@ class Head(nn.Module):
             raise ConfigError(f"{type(self).__name__} is not built yet: call build(in_features, n_classes) first.")
         return self.net(features)
 
-    def hparams(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-able)."""
-        return {}
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.hparams(), "in_features": self.in_features, "n_classes": self.n_classes}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Head:
-        head = HEADS.get(config["name"])(**config.get("params", {}))
-        if config.get("in_features") is not None:
-            head.build(config["in_features"], config["n_classes"])
-        return head
-
-    def unbuilt_copy(self) -> Head:
-        """A fresh head with the same hyper-parameters and no weights."""
-        return HEADS.get(self.name)(**self.hparams())
+    @staticmethod
+    def from_head_config(config: HeadConfig) -> Head:
+        """A new, unbuilt head of the config's kind (``build`` creates fresh layers; nothing is shared)."""
+        return HEADS.get(config.kind)(config)
 
 
 @HEADS.register("linear")
 class LinearHead(Head):
     """Dropout then one linear layer (logistic regression on the embedding).
 
+    Args:
+        dropout: dropout before the layer, in [0, 1).
+
     Example:
         >>> LinearHead().build(8, 3)(torch.zeros(2, 8)).shape
         torch.Size([2, 3])
     """
 
-    def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"LinearHead dropout must be in [0, 1), got {dropout}.")
-        self.dropout = dropout
+    @dataclass(frozen=True)
+    class Config(HeadConfig):
+        dropout: float = 0.0
+
+        constraints: ClassVar = {"dropout": _DROPOUT}
 
     def _layers(self, in_features: int, n_classes: int) -> nn.Module:
-        return nn.Sequential(nn.Dropout(self.dropout), nn.Linear(in_features, n_classes))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"dropout": self.dropout}
+        return nn.Sequential(nn.Dropout(self.config.dropout), nn.Linear(in_features, n_classes))
 
 
 @HEADS.register("mlp")
 class MLPHead(Head):
     """``layers`` hidden layers of width ``hidden`` with GELU and dropout, then a linear output layer.
 
+    Args:
+        hidden: width of each hidden layer (>= 1).
+        layers: number of hidden layers (>= 1).
+        dropout: dropout after each hidden layer, in [0, 1).
+
     Example:
         >>> MLPHead(hidden=16).build(8, 2)(torch.zeros(4, 8)).shape
         torch.Size([4, 2])
     """
 
-    def __init__(self, hidden: int = 256, layers: int = 1, dropout: float = 0.1) -> None:
-        super().__init__()
-        if hidden < 1 or layers < 1 or not 0.0 <= dropout < 1.0:
-            raise ConfigError(
-                f"MLPHead needs hidden >= 1, layers >= 1 and 0 <= dropout < 1; got {hidden}, {layers}, {dropout}."
-            )
-        self.hidden, self.layers, self.dropout = hidden, layers, dropout
+    @dataclass(frozen=True)
+    class Config(HeadConfig):
+        hidden: int = 256
+        layers: int = 1
+        dropout: float = 0.1
+
+        constraints: ClassVar = {"hidden": (at_least(1, integer=True), "an integer >= 1"),
+                                 "layers": (at_least(1, integer=True), "an integer >= 1"), "dropout": _DROPOUT}
 
     def _layers(self, in_features: int, n_classes: int) -> nn.Module:
         modules: list[nn.Module] = []
         width = in_features
-        for _ in range(self.layers):
-            modules += [nn.Linear(width, self.hidden), nn.GELU(), nn.Dropout(self.dropout)]
-            width = self.hidden
+        for _ in range(self.config.layers):
+            modules += [nn.Linear(width, self.config.hidden), nn.GELU(), nn.Dropout(self.config.dropout)]
+            width = self.config.hidden
         return nn.Sequential(*modules, nn.Linear(width, n_classes))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "layers": self.layers, "dropout": self.dropout}
-
-
-class CustomHead(Head):
-    """Wraps a user module; it is saved by weights only, so loading needs the same module passed again."""
-
-    name = "custom"
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.net = module
-        self.module_class = f"{type(module).__module__}.{type(module).__qualname__}"
-
-    def build(self, in_features: int, n_classes: int) -> Head:
-        self.in_features, self.n_classes = int(in_features), int(n_classes)
-        return self
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": "custom", "module_class": self.module_class, "in_features": self.in_features,
-                "n_classes": self.n_classes}
-
-    def unbuilt_copy(self) -> Head:
-        return CustomHead(reinitialized_copy(self.net))
 
 
 def reinitialized_copy(module: nn.Module) -> nn.Module:
@@ -147,12 +129,54 @@ def reinitialized_copy(module: nn.Module) -> nn.Module:
     return fresh
 
 
-def as_head(head: Head | nn.Module | str) -> Head:
-    """Accept a Head, a registered head name, or any user module."""
-    if isinstance(head, Head):
+def module_class(module: nn.Module) -> str:
+    """``package.module.ClassName`` of a module, as saved configs record it."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def describe_module(module: nn.Module) -> dict[str, str]:
+    """What a saved config records of a user module: its class and layer structure (not its weights)."""
+    return {"class": module_class(module), "structure": repr(module)}
+
+
+@HEADS.register("custom")
+class CustomHead(Head):
+    """Wraps a user module ``[batch, dim] -> [batch, classes]``; ``build`` uses a re-initialised copy of it.
+
+    Saved by weights only: pass the module again when loading
+    (``Ensemble.from_pretrained(dir, objects={"member name": {"head": module}})``).
+
+    Example:
+        >>> CustomHead(module=nn.Linear(8, 2)).build(8, 2)(torch.zeros(1, 8)).shape
+        torch.Size([1, 2])
+    """
+
+    @dataclass(frozen=True)
+    class Config(HeadConfig):
+        module: nn.Module = object_field(describe=describe_module, copy=reinitialized_copy,
+                                         load_hint='from_pretrained(dir, objects={"MEMBER": {"head": module}})')
+
+        def validate(self) -> None:
+            if not isinstance(self.module, nn.Module):
+                raise ConfigError(f"CustomHead needs a torch.nn.Module, got {type(self.module).__name__}.")
+
+    def _layers(self, in_features: int, n_classes: int) -> nn.Module:
+        return reinitialized_copy(self.config.module)  # the user's module itself is never trained
+
+
+def head_config(head: HeadConfig | Head | nn.Module | str | dict[str, Any]) -> HeadConfig:
+    """Accept a head config, a Head, a registered head name, a saved head dict, or any user module."""
+    if isinstance(head, HeadConfig):
         return head
+    if isinstance(head, Head):
+        return head.config
     if isinstance(head, str):
-        return HEADS.get(head)()
+        if head == CustomHead.kind:
+            raise ConfigError("head 'custom' needs a module: pass the torch.nn.Module itself as head= "
+                              f"(or a head name: {', '.join(n for n in HEADS.names() if n != CustomHead.kind)}).")
+        return HEADS.get(head).Config()
+    if isinstance(head, dict):
+        return HEADS.get(head.get("kind", "<missing>")).Config.from_dict(head)
     if isinstance(head, nn.Module):
-        return CustomHead(head)
+        return CustomHead.Config(module=head)
     raise ConfigError(f"head must be a Head, a head name {HEADS.names()} or a torch.nn.Module, got {type(head).__name__}.")

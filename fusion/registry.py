@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -22,7 +21,7 @@ class Registry(Generic[T]):
         True
     """
 
-    def __init__(self, kind: str, attribute: str = "name") -> None:
+    def __init__(self, kind: str, attribute: str = "kind") -> None:
         self.kind = kind
         self.attribute = attribute  # the class attribute that receives the registered name
         self._items: dict[str, type[T]] = {}
@@ -35,6 +34,9 @@ class Registry(Generic[T]):
                     f"choose another name for {cls.__qualname__}."
                 )
             setattr(cls, self.attribute, name)
+            config = cls.__dict__.get("Config")
+            if config is not None:  # a component's config knows its kind too (nested configs carry it)
+                config.kind = name
             self._items[name] = cls
             return cls
 
@@ -44,10 +46,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), self._items, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; registered {self.kind}s are: {', '.join(sorted(self._items))}.{hint}"
+                f"unknown {self.kind} {name!r}; registered {self.kind}s are: {', '.join(sorted(self._items))}."
+                + did_you_mean(name, self._items)
             ) from None
 
     def names(self) -> list[str]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
+from .config import Check, Config, at_least, is_bool, is_number, one_of, optional, setting
 from .errors import ConfigError
 
 __all__ = ["TrainConfig"]
@@ -14,39 +13,31 @@ __all__ = ["TrainConfig"]
 _PRECISIONS = ("auto", "no", "fp16", "bf16")
 _OPTIMIZERS = ("adamw", "lbfgs")
 _SCHEDULES = ("constant", "linear")
+_POSITIVE_INT = at_least(1, integer=True)
 
-
-def _int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "learning_rate": (lambda v: _num(v) and v > 0, "a finite number > 0"),
-    "max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: v is None or (_int(v) and v >= 1), "None (full batch) or an integer >= 1"),
-    "weight_decay": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
-    "grad_accumulation": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "patience": (lambda v: v is None or (_int(v) and v >= 1), "None (never stop early) or an integer >= 1"),
-    "min_delta": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
-    "max_grad_norm": (lambda v: v is None or (_num(v) and v > 0), "None (no clipping) or a number > 0"),
-    "mixed_precision": (lambda v: isinstance(v, str) and v in _PRECISIONS, f"one of {_PRECISIONS}"),
-    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "max_tokens": (lambda v: v is None or (_int(v) and v >= 1), "None (no token budget) or an integer >= 1"),
-    "group_by_length": (lambda v: isinstance(v, bool), "True or False"),
-    "compile": (lambda v: isinstance(v, bool), "True or False"),
-    "optimizer": (lambda v: isinstance(v, str) and v in _OPTIMIZERS, f"one of {_OPTIMIZERS}"),
-    "lr_schedule": (lambda v: isinstance(v, str) and v in _SCHEDULES, f"one of {_SCHEDULES}"),
-    "warmup_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "show_progress": (lambda v: isinstance(v, bool), "True or False"),
+_CHECKS: dict[str, Check] = {
+    "learning_rate": (lambda v: is_number(v) and v > 0, "a finite number > 0"),
+    "max_epochs": (_POSITIVE_INT, "an integer >= 1"),
+    "batch_size": (optional(_POSITIVE_INT), "None (full batch) or an integer >= 1"),
+    "weight_decay": (at_least(0), "a finite number >= 0"),
+    "grad_accumulation": (_POSITIVE_INT, "an integer >= 1"),
+    "patience": (optional(_POSITIVE_INT), "None (never stop early) or an integer >= 1"),
+    "min_delta": (at_least(0), "a finite number >= 0"),
+    "max_grad_norm": (optional(lambda v: is_number(v) and v > 0), "None (no clipping) or a number > 0"),
+    "mixed_precision": (one_of(*_PRECISIONS), f"one of {_PRECISIONS}"),
+    "seed": (at_least(0, integer=True), "an integer >= 0"),
+    "max_tokens": (optional(_POSITIVE_INT), "None (no token budget) or an integer >= 1"),
+    "group_by_length": (is_bool, "True or False"),
+    "compile": (is_bool, "True or False"),
+    "optimizer": (one_of(*_OPTIMIZERS), f"one of {_OPTIMIZERS}"),
+    "lr_schedule": (one_of(*_SCHEDULES), f"one of {_SCHEDULES}"),
+    "warmup_fraction": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "show_progress": (is_bool, "True or False"),
 }
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(Config):
     """Hyper-parameters of :func:`train`; validated on construction, round-trips through a JSON-able dict.
 
     Attributes:
@@ -99,7 +90,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     mixed_precision: str = "auto"
     seed: int = 0
-    show_progress: bool = True
+    show_progress: bool = setting(True)
     max_tokens: int | None = None
     group_by_length: bool = False
     compile: bool = False
@@ -107,10 +98,9 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
 
-    def __post_init__(self) -> None:
-        for name, (valid, requirement) in _CHECKS.items():
-            if not valid(getattr(self, name)):
-                raise ConfigError(f"TrainConfig.{name} must be {requirement}; got {getattr(self, name)!r}.")
+    constraints: ClassVar = _CHECKS
+
+    def validate(self) -> None:
         if self.optimizer == "lbfgs":
             clashes = {"batch_size": self.batch_size, "max_tokens": self.max_tokens,
                        "max_grad_norm": self.max_grad_norm, "weight_decay": self.weight_decay or None,
@@ -123,27 +113,3 @@ class TrainConfig:
                     f"TrainConfig(optimizer='lbfgs') trains on the full batch without weight decay, clipping, fp16 or "
                     f"a learning-rate schedule; it cannot use {clashes}. Leave those at their defaults, or use optimizer='adamw'."
                 )
-
-    def to_dict(self) -> dict:
-        """All fields as a JSON-able dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from :meth:`to_dict` output; missing keys take their defaults.
-
-        Raises:
-            ConfigError: ``d`` is not a dict, has a key that is not a field (the message lists the valid
-                keys and the closest match), or holds an invalid value.
-        """
-        if not isinstance(d, dict):
-            raise ConfigError(f"TrainConfig.from_dict expects a dict; got {type(d).__name__}.")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in d if k not in valid)
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown TrainConfig key(s) {unknown}; valid keys are: {', '.join(valid)}.{hint}"
-            )
-        return cls(**d)

@@ -71,7 +71,7 @@ def main() -> None:
     for i, fuser in enumerate((MeanFuser(), LinearFuser(), StackingFuser())):
         ensemble.fuser = fuser
         scores = ensemble.fit(train, validation).metrics_["scores"]
-        shown = scores.items() if i == 0 else [(f"fuser:{fuser.name}", scores[f"fuser:{fuser.name}"])]
+        shown = scores.items() if i == 0 else [(f"fuser:{fuser.kind}", scores[f"fuser:{fuser.kind}"])]
         for name, score in shown:
             print(f"{name:<18}{score['accuracy']:>10.4f}{score['log_loss']:>10.4f}")
 

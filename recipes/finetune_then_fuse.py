@@ -100,8 +100,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         scores = ensemble.score(validation)
         if not rows:
-            rows += [(name, s, float("nan")) for name, s in scores.items() if not name.startswith("fuser:")]
-        rows.append((f"fuser: {fuser.name}", scores[f"fuser:{fuser.name}"], seconds))
+            rows += [(name, s) for name, s in scores.items() if not name.startswith("fuser:")]
+        rows.append((f"fuser: {fuser.kind} ({seconds:.1f} s)", scores[f"fuser:{fuser.kind}"]))
     print_table(rows)
     print("(validation split; members fine-tuned on the training rows, fusers fitted on the held-out slice)")
 

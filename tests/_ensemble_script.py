@@ -37,7 +37,7 @@ def main(out: Path, encoder_dir: str) -> None:
     results = {}
     for fuser in (ensemble.fuser, StackingFuser(train_config={"batch_size": 25, "max_epochs": 50})):
         ensemble.fuser = fuser
-        results[fuser.name] = torch.from_numpy(ensemble.fit(train).predict_proba(validation))
+        results[fuser.kind] = torch.from_numpy(ensemble.fit(train).predict_proba(validation))
     state = PartialState()
     if state.is_main_process:
         save_file({**results, "num_processes": torch.tensor(state.num_processes)}, str(out))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -13,7 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from fusion import SklearnMember
-from fusion.members.base import Member
+from fusion.config import object_field
+from fusion.members.base import Member, MemberConfig
 
 
 def tfidf_member(name: str = "tfidf") -> SklearnMember:
@@ -48,29 +50,22 @@ class RunCounter:
 
 
 class FakeMember(Member):
-    """A member whose outputs are whatever the test says (wrong row counts, NaN, ...)."""
+    """A member whose outputs are whatever the test says (wrong row counts, NaN, ...); not registered."""
 
     kind = "fake"
 
-    def __init__(self, name: str, labels: list[str], make_logits) -> None:
-        super().__init__(name)
-        self.labels, self.make_logits = labels, make_logits
+    @dataclass(frozen=True)
+    class Config(MemberConfig):
+        kind: ClassVar[str] = "fake"
+        labels: list[str]
+        make_logits: Callable[[int], Any] = object_field(describe=repr, copy=lambda fn: fn,
+                                                         load_hint="a fake member cannot be loaded")
 
     def output_labels(self, ensemble_labels):
-        return self.labels
-
-    def fingerprint(self) -> str:
-        return f"fake-{self.name}-{id(self)}"
+        return self.config.labels
 
     def compute(self, data, cache):
-        return {"logits": torch.as_tensor(self.make_logits(len(data)), dtype=torch.float32)}
-
-    def to_config(self) -> dict:
-        return {"kind": self.kind, "name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict, directory: Path, **options: Any) -> FakeMember:
-        raise NotImplementedError
+        return {"logits": torch.as_tensor(self.config.make_logits(len(data)), dtype=torch.float32)}
 
 
 def write_csv(path: Path, data: Mapping[str, Sequence], extra: Mapping[str, Sequence] | None = None) -> None:

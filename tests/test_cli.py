@@ -76,13 +76,14 @@ ensemble:
 
 def test_build_trains_saves_and_reports(built, sentiment_dir):
     out_dir, stdout, stderr = built
-    for row in ("encoder", "roberta", "tfidf", "fuser: mean", "fuser: linear", "keeping the best fuser on validation"):
+    for row in ("encoder", "roberta", "tfidf", "fuser: mean", "fuser: linear", "cross-validated accuracy on the train rows"):
         assert row in stdout
     assert stderr == ""  # --quiet: no progress bars, no step messages
     ensemble = Ensemble.from_pretrained(out_dir / "ensemble", show_progress=False)
     assert [m.name for m in ensemble.members] == ["encoder", "roberta", "tfidf"]
-    best = stdout.split("keeping the best fuser on validation accuracy: ")[1].split()[0]
-    assert ensemble.fuser.name == best and ensemble.labels == ["negative", "positive"]
+    best = stdout.split("\nkept ")[1].split(":")[0]
+    assert ensemble.fuser_.kind == best and list(ensemble.classes_) == ["negative", "positive"]
+    assert ensemble.selection_["chosen"] == best
     assert (out_dir / "recipe.yaml").read_text().startswith("# resolved from")
     assert (out_dir.parent / "cache").is_dir()  # ensemble.cache_dir, relative to the recipe
     texts = ["good great fun", "awful dull mess"]
@@ -285,7 +286,7 @@ def test_inspect_lists_members_and_verifies_checksums(built, roberta_classifier_
 def test_inspect_detects_a_tampered_file(built, tmp_path):
     copy = tmp_path / "ens"
     shutil.copytree(built[0] / "ensemble", copy)
-    head = next(copy.glob("members/0-*/head.safetensors"))
+    head = next(copy.glob("members/0-*/state.safetensors"))
     data = bytearray(head.read_bytes())
     data[-1] ^= 0xFF
     head.write_bytes(bytes(data))

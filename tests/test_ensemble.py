@@ -48,7 +48,7 @@ def test_issue_example_fit_predict_save_reload(four_members, toy_sentiment, tmp_
     same = Ensemble.from_pretrained(tmp_path / "ens")
     texts = toy_sentiment["validation"]["text"]
     assert np.array_equal(same.predict_proba(texts), ens.predict_proba(texts))
-    assert same.labels == ["negative", "positive"] and [m.name for m in same.members] == [m.name for m in four_members]
+    assert list(same.classes_) == ["negative", "positive"] and [m.name for m in same.members_] == [m.name for m in four_members]
     card = (tmp_path / "ens" / "README.md").read_text()
     assert "report/report.html" in card and "| linear (best) | fuser |" in card and "| bert |" in card
     html = (tmp_path / "ens" / "report" / "report.html").read_text()
@@ -58,14 +58,12 @@ def test_issue_example_fit_predict_save_reload(four_members, toy_sentiment, tmp_
 
 
 def test_evaluate_compares_several_fitted_fusers(four_members, toy_sentiment, tmp_path):
-    ens = Ensemble(four_members, fuser=MeanFuser(), labels=["negative", "positive"])
-    stacking = StackingFuser()
+    ens = Ensemble(four_members, fuser=StackingFuser(), labels=["negative", "positive"])
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
-    ens.fuser = stacking
-    ens.fit(toy_sentiment["train"])
+    stacking = ens.fuser_
     ens.fuser = MeanFuser()
     ens.fit(toy_sentiment["train"])
-    report = ens.evaluate(toy_sentiment["validation"], fusers=[stacking], n_bootstrap=200)
+    report = ens.evaluate(toy_sentiment["validation"], fusers={"stacking": stacking}, n_bootstrap=200)
     assert [m.name for m in report.fusers] == ["mean", "stacking"]
     expected = ens.score(toy_sentiment["validation"])["fuser:mean"]["accuracy"]
     assert report.model("mean").metrics["accuracy"] == pytest.approx(expected)
@@ -81,25 +79,25 @@ def test_fusion_evaluate_takes_members_or_precomputed_outputs(bert_classifier_di
     ens = Ensemble(members, fuser=LinearFuser(), labels=["negative", "positive"])
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
     validation = toy_sentiment["validation"]
-    report = fusion.evaluate(members, [ens.fuser], validation, labels=["negative", "positive"], n_bootstrap=50)
+    report = fusion.evaluate(ens.members_, [ens.fuser_], validation, labels=["negative", "positive"], n_bootstrap=50)
     assert [m.name for m in report.members] == ["bert", "tfidf"] and [f.name for f in report.fusers] == ["linear"]
     assert report.model("linear").metrics["accuracy"] == pytest.approx(ens.score(validation)["fuser:linear"]["accuracy"])
     outputs = ens.member_outputs(validation)
-    same = fusion.evaluate(outputs, {"lin": ens.fuser}, validation["label"], labels=["negative", "positive"],
+    same = fusion.evaluate(outputs, {"lin": ens.fuser_}, validation["label"], labels=["negative", "positive"],
                            n_bootstrap=50)
     assert same.model("lin").metrics == report.model("linear").metrics
     assert same.model("bert").seconds_per_1k is None  # precomputed outputs carry no timing
     with pytest.raises(ConfigError, match=r"needs labels=\[label names\]"):
-        fusion.evaluate(outputs, [ens.fuser], validation["label"])
+        fusion.evaluate(outputs, [ens.fuser_], validation["label"])
     with pytest.raises(NotFittedError, match="are not fitted"):
-        fusion.evaluate(members, [StackingFuser()], validation)
+        fusion.evaluate(ens.members_, [StackingFuser()], validation)
 
 
 def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_dir, toy_sentiment):
     member = HFClassifier(roberta_classifier_dir, name="roberta", show_progress=False)
     assert member.output_labels(None) == ["positive", "negative"]
     ens = Ensemble([member], labels=["negative", "positive"]).fit(toy_sentiment["train"])
-    data = as_text_data(toy_sentiment["validation"], label_names=ens.labels)
+    data = as_text_data(toy_sentiment["validation"], label_names=ens.labels_)
     raw = member.compute(data, ens.cache)["logits"]
     aligned = ens.member_outputs(data).logits[:, 0]
     assert torch.equal(aligned, raw[:, [1, 0]])
@@ -108,7 +106,7 @@ def test_members_with_other_label_order_are_aligned_by_name(roberta_classifier_d
 def test_second_fit_with_another_fuser_runs_no_model(four_members, toy_sentiment):
     ens = Ensemble(four_members, fuser=MeanFuser(), labels=["negative", "positive"])
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
-    counter = RunCounter(ens.members)
+    counter = RunCounter(ens.members_)
     misses = ens.cache.misses
     for fuser in (StackingFuser(), LinearFuser(), VoteFuser()):
         ens.fuser = fuser
@@ -117,7 +115,7 @@ def test_second_fit_with_another_fuser_runs_no_model(four_members, toy_sentiment
     assert counter.calls == 0, "a model ran again although its outputs were cached"
     assert ens.cache.misses == misses
     # the counter does count: predicting on new rows runs every model once
-    counter = RunCounter(ens.members)
+    counter = RunCounter(ens.members_)
     ens.predict_proba(["entirely new text"])
     assert counter.calls >= 4
 
@@ -128,7 +126,7 @@ def test_disk_cache_is_shared_between_ensembles(bert_classifier_dir, toy_sentime
     assert list((tmp_path / "cache").rglob("*.safetensors"))
     member = HFClassifier(bert_classifier_dir, show_progress=False)
     second = Ensemble([member], fuser=VoteFuser(), cache_dir=tmp_path / "cache")
-    member.load()
+    member.load_model()
     counter = RunCounter([member])
     second.fit(toy_sentiment["train"], toy_sentiment["validation"])
     assert counter.calls == 0 and second.cache.misses == 0
@@ -137,13 +135,13 @@ def test_disk_cache_is_shared_between_ensembles(bert_classifier_dir, toy_sentime
 def test_fuser_trains_on_out_of_fold_outputs_of_trainable_members(toy_sentiment):
     ens = Ensemble([tfidf_member()], fuser=StackingFuser(), labels=["negative", "positive"], cv=4, seed=3)
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
-    assert ens.fuser_data_ == "train" and ens.metrics_["fuser_in_sample"] is False
-    train = as_text_data(toy_sentiment["train"], label_names=ens.labels)
-    oof = out_of_fold_outputs(ens.members[0], train, ens.labels, ens.cache, cv=4, seed=3)["logits"]
+    assert ens.fuser_data_ == "train" and ens.metrics_["fuser_out_of_fold"] is False
+    train = as_text_data(toy_sentiment["train"], label_names=ens.labels_)
+    oof = out_of_fold_outputs(ens.members[0], train, ens.labels_, ens.cache, cv=4, seed=3)["logits"]
     # the same numbers by hand: each fold's rows predicted by a clone fitted on the other folds
     expected = np.empty((len(train), 2))
     for fit_rows, out_rows in StratifiedKFold(4, shuffle=True, random_state=3).split(train.texts, train.labels):
-        model = tfidf_member().estimator.fit([train.texts[i] for i in fit_rows], train.labels[fit_rows])
+        model = tfidf_member().config.estimator.fit([train.texts[i] for i in fit_rows], train.labels[fit_rows])
         expected[out_rows] = model.predict_proba([train.texts[i] for i in out_rows])
     np.testing.assert_allclose(oof.exp().numpy(), expected, atol=1e-5)
     in_sample = ens.member_outputs(train).logits[:, 0]
@@ -153,9 +151,9 @@ def test_fuser_trains_on_out_of_fold_outputs_of_trainable_members(toy_sentiment)
 def test_frozen_members_fuse_on_validation_by_default(bert_classifier_dir, roberta_classifier_dir, toy_sentiment, tmp_path):
     members = [HFClassifier(d, show_progress=False) for d in (bert_classifier_dir, roberta_classifier_dir)]
     ens = Ensemble(members, fuser=LinearFuser()).fit(toy_sentiment["train"], toy_sentiment["validation"])
-    assert ens.fuser_data_ == "validation" and ens.metrics_["fuser_in_sample"] is True
+    assert ens.fuser_data_ == "validation" and ens.metrics_["fuser_out_of_fold"] is True
     ens.save_pretrained(tmp_path / "e")
-    assert "in-sample" in (tmp_path / "e" / "README.md").read_text()
+    assert "out-of-fold" in (tmp_path / "e" / "README.md").read_text()
 
 
 def test_multiclass_with_datasets_classlabel(bert_encoder_dir, toy_topics):
@@ -166,7 +164,7 @@ def test_multiclass_with_datasets_classlabel(bert_encoder_dir, toy_topics):
     validation = Dataset.from_dict(toy_topics["validation"], features=features)
     members = [HFEncoder(bert_encoder_dir, pooling="cls", name="enc", show_progress=False), tfidf_member()]
     ens = Ensemble(members, fuser=StackingFuser(passthrough=True)).fit(train, validation)
-    assert ens.labels == ["sports", "politics", "science"]
+    assert list(ens.classes_) == ["sports", "politics", "science"]
     assert ens.predict_proba(validation).shape == (len(validation), 3)
     assert ens.metrics_["scores"]["fuser:stacking"]["accuracy"] > 0.6
 
@@ -176,8 +174,9 @@ def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sent
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"]).save_pretrained(tmp_path / "e")
     config = json.loads((tmp_path / "e" / "fusion_config.json").read_text())
     hf = config["members"][0]
-    assert hf["model"] == str(bert_classifier_dir) and set(hf["weights_sha256"]) == {"model.safetensors"}
-    assert config["fuser"]["name"] == "mean" and config["labels"] == ["negative", "positive"]
+    assert hf["config"]["model"] == str(bert_classifier_dir)
+    assert set(hf["fitted"]["source"]["weights_sha256"]) == {"model.safetensors"}
+    assert config["fuser"]["kind"] == "mean" and config["labels"] == ["negative", "positive"]
     assert {"torch", "transformers", "fusion"} <= set(config["versions"])
     assert "members/1-tfidf/estimator.skops" in config["files"] and "fuser.safetensors" in config["files"]
     assert not list(tmp_path.glob(".e.*")), "no temporary folder is left behind"

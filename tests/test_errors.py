@@ -31,7 +31,7 @@ LABELS = ["negative", "positive"]
 
 
 def fake(name="fake", labels=LABELS, logits=lambda n: torch.zeros(n, 2)):
-    return FakeMember(name, labels, logits)
+    return FakeMember(labels=labels, make_logits=logits, name=name)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def _edit_config(directory, edit):
 
 def test_unknown_fuser_name_in_config(saved):
     directory, _ = saved
-    _edit_config(directory, lambda c: c["fuser"].update(name="meen"))
+    _edit_config(directory, lambda c: c["fuser"].update(kind="meen"))
     with pytest.raises(UnknownNameError, match="unknown fuser 'meen'.*Did you mean 'mean'"):
         Ensemble.from_pretrained(directory)
 
@@ -155,7 +155,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path):
         (directory / "half-written").write_text("x")
         raise OSError("disk full")
 
-    ens.members[0].save = broken_save
+    ens.members_[0].save = broken_save
     with pytest.raises(OSError, match="disk full"):
         ens.save_pretrained(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -165,7 +165,10 @@ def test_failed_save_keeps_the_previous_version(tmp_path):
     ens = Ensemble([tfidf_member()], labels=LABELS).fit(TRAIN)
     ens.save_pretrained(tmp_path / "out")
     before = (tmp_path / "out" / "fusion_config.json").read_text()
-    ens.fuser = MeanFuser()  # an unfitted fuser cannot be saved
+    def broken_save(directory):
+        raise PersistenceError("not fitted")
+
+    ens.members_[0].save = broken_save
     with pytest.raises(PersistenceError, match="not fitted"):
         ens.save_pretrained(tmp_path / "out")
     assert (tmp_path / "out" / "fusion_config.json").read_text() == before

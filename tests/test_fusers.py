@@ -3,8 +3,11 @@ learned fusers learn, stacking's options, and bad input as a table."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +19,19 @@ from sklearn.neural_network import MLPClassifier
 
 from fusion.errors import ConfigError, MemberOutputError, NotFittedError, PersistenceError, UnknownNameError
 from fusion.evaluation.metrics import log_loss
-from fusion.fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
+from fusion.fusers import (
+    FUSERS,
+    FixedWeightsFuser,
+    Fuser,
+    LinearFuser,
+    MeanFuser,
+    MemberOutputs,
+    StackingFuser,
+    VoteFuser,
+)
+from fusion.fusers.linear import DEFAULT_TRAINING as LINEAR_TRAINING
+from fusion.fusers.stacking import DEFAULT_TRAINING as STACKING_TRAINING
+from fusion.train_config import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,7 +69,7 @@ CASES = {name: (lambda name=name: FUSERS.get(name)()) for name in FUSERS.names()
     "linear-unconstrained": lambda: LinearFuser(constraint="unconstrained"),
     "linear-per_class": lambda: LinearFuser(per_class=True),
 }
-LEARNED = [case for case, make in CASES.items() if not isinstance(make(), (MeanFuser, VoteFuser))]
+LEARNED = [case for case, make in CASES.items() if not isinstance(make(), FixedWeightsFuser)]
 _FITTED: dict[tuple[str, int], Fuser] = {}
 
 
@@ -91,10 +106,21 @@ def test_learned_fusers_do_at_least_as_well_as_the_best_member(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_config_round_trips_through_json(case):
-    config = CASES[case]().to_config()
-    assert config["name"] in FUSERS
+    fuser = CASES[case]()
+    config = fuser.to_config()
+    assert config["kind"] == fuser.kind and FUSERS.get(config["kind"]) is type(fuser)
+    assert set(config) == {"kind"} | {f.name for f in dataclasses.fields(fuser.config)}
     assert Fuser.from_config(config).to_config() == config
     assert Fuser.from_config(json.loads(json.dumps(config))).to_config() == config
+    assert type(fuser)(fuser.config).to_config() == config  # K(config) and K(**fields) build the same fuser
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_format_1_configs_still_load(case):
+    """``{"name": kind, "params": {...}}`` is what fusion_config.json of format version 1 holds."""
+    config = CASES[case]().to_config()
+    old = {"name": config.pop("kind"), "params": config}
+    assert Fuser.from_config(old).to_config() == CASES[case]().to_config()
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -107,6 +133,65 @@ def test_fit_learns_state_but_keeps_the_hyper_parameters(case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_clone_is_unfitted_with_an_equal_config_and_fitting_it_leaves_the_original_alone(case):
+    original = CASES[case]()
+    twin = original.clone()
+    assert type(twin) is type(original) and twin is not original and not twin.is_fitted
+    assert twin.config == original.config and twin.to_config() == original.to_config()
+    twin.fit(*DATA[3])
+    assert twin.is_fitted and not original.is_fitted
+    again = fitted(case).clone()
+    assert not again.is_fitted and again.fingerprint == original.fingerprint
+
+
+def test_fingerprints_differ_between_configs_and_ignore_settings():
+    fingerprints = {case: make().fingerprint for case, make in CASES.items()}
+    assert len(set(fingerprints.values())) == len(CASES)  # every case has another kind or config
+    assert MeanFuser(weights=[1, 2, 3]).fingerprint != MeanFuser().fingerprint
+    quiet, loud = LinearFuser(), LinearFuser(train_config={"show_progress": True})
+    assert quiet.config != loud.config and quiet.fingerprint == loud.fingerprint  # a setting
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fingerprint_covers_the_learned_state(case):
+    unfitted, fuser = CASES[case](), fitted(case)
+    assert len({unfitted.fingerprint, fuser.fingerprint, fitted(case, 2).fingerprint}) == 3
+    if case in LEARNED:  # the same config fitted on other rows learns other state
+        outputs, labels = DATA[3]
+        other = CASES[case]().fit(outputs.subset(range(150)), labels[:150])
+        assert other.fingerprint != fuser.fingerprint
+
+
+@pytest.mark.parametrize("name", FUSERS.names())
+def test_the_constructor_signature_is_the_config(name):
+    cls = FUSERS.get(name)
+    assert cls.kind == cls.Config.kind == name and "Config" in cls.__dict__
+    assert list(inspect.signature(cls).parameters) == [f.name for f in dataclasses.fields(cls.Config)]
+    assert not hasattr(cls(), "name")  # a fuser has a kind, not an instance name
+
+
+def test_train_config_is_stored_whole_with_a_partial_dict_merged_over_the_kinds_default():
+    merged = LinearFuser(train_config={"max_epochs": 5}).config.train_config
+    assert merged == LINEAR_TRAINING.replace(max_epochs=5)
+    given = TrainConfig(max_epochs=5)
+    assert LinearFuser(train_config=given).config.train_config is given
+    assert LinearFuser(train_config=None).config == LinearFuser().config
+    assert StackingFuser().to_config()["train_config"] == STACKING_TRAINING.to_dict()
+
+
+NOT_VALID = ["not valid", -1, 2.5, None, [-1.0], {}]
+
+
+@pytest.mark.parametrize("name", FUSERS.names())
+def test_constraint_violations_name_the_kind_config_and_field(name):
+    cls = FUSERS.get(name)
+    for field, (valid, requirement) in cls.Config.constraints.items():
+        bad = next(value for value in NOT_VALID if not valid(value))
+        with pytest.raises(ConfigError, match=rf"^{cls.__name__}\.Config\.{field} must be {re.escape(requirement)}"):
+            cls(**{field: bad})
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_save_and_reload_give_identical_outputs(case, tmp_path):
     fuser, outputs = fitted(case), DATA[3][0]
     save_file(fuser.state_dict(), tmp_path / "fuser.safetensors")
@@ -114,13 +199,22 @@ def test_save_and_reload_give_identical_outputs(case, tmp_path):
     reloaded = Fuser.from_config(config).load_state_dict(load_file(tmp_path / "fuser.safetensors"))
     np.testing.assert_array_equal(reloaded.predict_proba(outputs), fuser.predict_proba(outputs))
     np.testing.assert_array_equal(reloaded.predict(outputs), fuser.predict(outputs))
+    again = Fuser.from_config(config).load_state_dict(load_file(tmp_path / "fuser.safetensors"))
+    assert reloaded.fingerprint == again.fingerprint != Fuser.from_config(config).fingerprint  # set at load
+
+
+def test_a_reloaded_fuser_keeps_the_fingerprint_of_its_fit():
+    fuser = fitted("linear")
+    reloaded = Fuser.from_config(fuser.to_config()).load_state_dict(fuser.state_dict())
+    assert reloaded.fingerprint == fuser.fingerprint
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_fitting_twice_gives_identical_outputs(case):
+def test_fitting_twice_gives_identical_outputs_and_fingerprints(case):
     outputs, labels = DATA[3]
     again = CASES[case]().fit(outputs, labels)
     np.testing.assert_array_equal(again.predict_proba(outputs), fitted(case).predict_proba(outputs))
+    assert again.fingerprint == fitted(case).fingerprint
 
 
 @pytest.mark.parametrize("use", ["predict", "predict_proba", "state_dict"])
@@ -277,8 +371,8 @@ def test_stacking_without_standardize_keeps_the_features_as_they_are():
 
 def test_stacking_rebuilds_its_sklearn_meta_learner_from_the_config():
     config = json.loads(json.dumps(StackingFuser(meta=LogisticRegression(C=0.25, max_iter=50)).to_config()))
-    assert config["params"]["meta"]["sklearn"].startswith("sklearn.")
-    assert config["params"]["meta"]["sklearn"].endswith(".LogisticRegression")
+    assert config["meta"]["sklearn"].startswith("sklearn.")
+    assert config["meta"]["sklearn"].endswith(".LogisticRegression")
     fuser = Fuser.from_config(config).fit(*DATA[3])
     assert isinstance(fuser.estimator_, LogisticRegression)
     assert (fuser.estimator_.C, fuser.estimator_.max_iter) == (0.25, 50)
@@ -310,41 +404,57 @@ NAN_SCORES = torch.zeros(4, 2, 3)
 NAN_SCORES[1, 1, 0] = math.nan
 
 
-
-
 BAD_INPUT = [
     pytest.param(lambda: FUSERS.get("lineer"), UnknownNameError,
                  "registered fusers are: " + ", ".join(FUSERS.names()) + r"\. Did you mean 'linear'\?",
                  id="unknown-name"),
+    pytest.param(lambda: Fuser.from_config({"kind": "stackin"}), UnknownNameError,
+                 r"unknown fuser 'stackin'; registered fusers are: linear, mean, stacking, vote\. Did you mean 'stacking'",
+                 id="unknown-kind-in-config"),
     pytest.param(lambda: Fuser.from_config({"name": "stackin"}), UnknownNameError, "Did you mean 'stacking'",
-                 id="unknown-name-in-config"),
+                 id="unknown-name-in-format-1-config"),
+    pytest.param(lambda: Fuser.from_config({"per_class": True}), ConfigError, "needs a 'kind'", id="no-kind"),
+    pytest.param(lambda: LinearFuser.from_config({"kind": "mean"}), ConfigError, "call Fuser.from_config",
+                 id="kind-of-another-class"),
+    pytest.param(lambda: Fuser.from_config({"kind": "mean", "bogus": 1}), ConfigError,
+                 r"unknown MeanFuser.Config key\(s\) \['bogus'\]; valid keys are: weights", id="unknown-parameter"),
     pytest.param(lambda: Fuser.from_config({"name": "mean", "params": {"bogus": 1}}), ConfigError,
-                 r"no parameters \['bogus'\]; valid ones: \['weights'\]", id="unknown-parameter"),
+                 r"unknown MeanFuser.Config key\(s\) \['bogus'\]", id="unknown-parameter-format-1"),
     pytest.param(lambda: LinearFuser(constraint="x"), ConfigError,
-                 r"constraint must be one of .*'simplex'.*'x'",
+                 r"^LinearFuser.Config.constraint must be one of .*'simplex'.*'x'",
                  id="linear-constraint"),
+    pytest.param(lambda: LinearFuser(per_class="yes"), ConfigError, r"^LinearFuser.Config.per_class must be True or False",
+                 id="linear-per-class"),
+    pytest.param(lambda: LinearFuser(train_config=3), ConfigError, "train_config must be a TrainConfig",
+                 id="linear-train-config-type"),
     pytest.param(lambda: LinearFuser(train_config={"learning_rat": 0.1}), ConfigError,
                  "Did you mean 'learning_rate'", id="linear-train-config-key"),
-    pytest.param(lambda: StackingFuser(features="x"), ConfigError, r"features must be one of .*'proba'.*'x'",
-                 id="stacking-features"),
-    pytest.param(lambda: StackingFuser(meta="forest"), ConfigError, r"'logreg', 'mlp'.*'forest'",
-                 id="stacking-meta-name"),
-    pytest.param(lambda: StackingFuser(meta=object()), ConfigError, "scikit-learn classifier, got object",
+    pytest.param(lambda: StackingFuser(features="x"), ConfigError,
+                 r"^StackingFuser.Config.features must be one of .*'proba'.*'x'", id="stacking-features"),
+    pytest.param(lambda: StackingFuser(meta="forest"), ConfigError,
+                 r"^StackingFuser.Config.meta must be 'logreg', 'mlp'.*'forest'", id="stacking-meta-name"),
+    pytest.param(lambda: StackingFuser(meta=object()), ConfigError,
+                 r"^StackingFuser.Config.meta must be .*scikit-learn classifier; got a builtins.object",
                  id="stacking-meta-not-sklearn"),
     pytest.param(lambda: StackingFuser(meta={"sklearn": "os.system", "params": {}}), ConfigError,
                  "only scikit-learn classes", id="stacking-meta-spec-not-sklearn"),
-    pytest.param(lambda: StackingFuser(meta="mlp", hidden=0).fit(SMALL, SMALL_LABELS), ConfigError,
-                 "hidden >= 1", id="stacking-hidden"),
-    pytest.param(lambda: MeanFuser(weights=[1, -1]).fit(SMALL, SMALL_LABELS), ConfigError,
-                 r"2 non-negative numbers.*\[1, -1\]", id="negative-weight"),
-    pytest.param(lambda: MeanFuser(weights=[0, 0]).fit(SMALL, SMALL_LABELS), ConfigError, "positive sum",
-                 id="zero-weights"),
+    pytest.param(lambda: StackingFuser(meta={"params": {}}), ConfigError, r"meta spec must be \{'sklearn'",
+                 id="stacking-meta-spec-without-class"),
+    pytest.param(lambda: StackingFuser(meta={"sklearn": "sklearn.linear_model.NoSuchModel"}), ConfigError,
+                 "cannot be rebuilt", id="stacking-meta-spec-unknown-class"),
+    pytest.param(lambda: StackingFuser(meta="mlp", hidden=0), ConfigError,
+                 r"^StackingFuser.Config.hidden must be an integer >= 1; got 0", id="stacking-hidden"),
+    pytest.param(lambda: StackingFuser(validation_fraction=1.0), ConfigError,
+                 r"^StackingFuser.Config.validation_fraction must be a number in \[0, 1\)", id="stacking-validation"),
+    pytest.param(lambda: MeanFuser(weights=[1, -1]), ConfigError,
+                 r"^MeanFuser.Config.weights must be None, or a list of non-negative numbers.*\[1, -1\]",
+                 id="negative-weight"),
+    pytest.param(lambda: MeanFuser(weights=[0, 0]), ConfigError, "positive sum", id="zero-weights"),
     pytest.param(lambda: VoteFuser(weights=[1, 1, 1]).fit(SMALL, SMALL_LABELS), ConfigError,
                  r"2 non-negative numbers \(one per member\).*\[1, 1, 1\]", id="weights-of-wrong-length"),
-    pytest.param(lambda: MeanFuser(weights=[math.nan, 1]).fit(SMALL, SMALL_LABELS), ConfigError, "weights",
-                 id="nan-weight"),
-    pytest.param(lambda: MeanFuser(weights=[math.inf, 1]).fit(SMALL, SMALL_LABELS), ConfigError, "weights",
-                 id="inf-weight"),
+    pytest.param(lambda: MeanFuser(weights=[math.nan, 1]), ConfigError, "MeanFuser.Config.weights", id="nan-weight"),
+    pytest.param(lambda: MeanFuser(weights=[math.inf, 1]), ConfigError, "MeanFuser.Config.weights", id="inf-weight"),
+    pytest.param(lambda: VoteFuser(weights="1, 2"), ConfigError, "VoteFuser.Config.weights", id="weights-not-a-list"),
     pytest.param(lambda: MeanFuser().fit(SMALL, [0, 1, 2, 0, 1, 3]), MemberOutputError, r"ids in 0\.\.2",
                  id="label-too-large"),
     pytest.param(lambda: MeanFuser().fit(SMALL, [-1, 1, 2, 0, 1, 2]), MemberOutputError, r"ids in 0\.\.2",
@@ -367,3 +477,21 @@ BAD_INPUT = [
 def test_bad_input_is_refused_with_a_message_that_helps(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_a_failed_fit_leaves_the_fuser_unfitted():
+    fuser = VoteFuser(weights=[1, 1, 1])
+    with pytest.raises(ConfigError, match="2 non-negative numbers"):
+        fuser.fit(SMALL, SMALL_LABELS)
+    assert not fuser.is_fitted
+
+
+def test_linear_fuser_temperatures_stay_bounded_so_flat_members_cannot_overflow():
+    from fusion.fusers.linear import LOG_TEMPERATURE_BOUND, LinearCombiner
+
+    model = LinearCombiner(2, 2, "simplex", per_class=False, temperature=True)
+    with torch.no_grad():
+        model.log_temperature.fill_(-80.0)  # what L-BFGS reached on a member with nearly constant scores
+    logits = torch.tensor([[[-0.0044, 0.0108], [-1.3, -0.3]]])
+    assert torch.isfinite(model(logits)).all()
+    assert torch.allclose(model.temperature(), torch.full((2, 1), float(np.exp(-LOG_TEMPERATURE_BOUND))))

@@ -27,8 +27,8 @@ def test_hub_id_resolves_offline_and_records_its_commit(hub_cache, toy_sentiment
     member = HFClassifier("tiny-org/tiny-sentiment", show_progress=False)
     assert member.name == "tiny-sentiment" and member.output_labels(None) == ["negative", "positive"]
     ens = Ensemble([member]).fit(toy_sentiment["train"], toy_sentiment["validation"])
-    config = ens.members[0].to_config()
-    assert config["model"] == "tiny-org/tiny-sentiment" and config["revision"] == COMMIT
+    assert ens.members_[0].to_config()["model"] == "tiny-org/tiny-sentiment"
+    assert ens.members_[0].fitted_state()["source"]["resolved_revision"] == COMMIT
     ens.save_pretrained(tmp_path / "e")
     texts = toy_sentiment["validation"]["text"]
     assert (Ensemble.from_pretrained(tmp_path / "e").predict_proba(texts) == ens.predict_proba(texts)).all()

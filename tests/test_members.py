@@ -50,11 +50,10 @@ def test_engine_handles_one_row_and_truncates_long_texts(bert_classifier_dir):
 
 
 def test_engine_empty_input_gives_zero_rows(bert_classifier_dir):
-    member = HFClassifier(bert_classifier_dir, show_progress=False)
-    member.load()
+    model, tokenizer = HFClassifier(bert_classifier_dir, show_progress=False).load_model()
     from fusion.engine import run_model
 
-    out = run_model(member._model, member._tokenizer, [], lambda m, b: {"logits": m(**b).logits}, show_progress=False)
+    out = run_model(model, tokenizer, [], lambda m, b: {"logits": m(**b).logits}, show_progress=False)
     assert out["logits"].shape == (0, 2)
 
 
@@ -99,9 +98,11 @@ def test_custom_head_module_round_trip(bert_encoder_dir, toy_sentiment, tmp_path
     member = HFEncoder(bert_encoder_dir, head=TwoLayer(), name="custom", show_progress=False)
     ens = Ensemble([member], labels=["negative", "positive"]).fit(toy_sentiment["train"], toy_sentiment["validation"])
     ens.save_pretrained(tmp_path / "e")
-    with pytest.raises(ConfigError, match=r"heads=\{'custom': module\}"):
+    with pytest.raises(ConfigError, match=r'objects=\{"custom": \{"head": module\}\}'):
         Ensemble.from_pretrained(tmp_path / "e")
-    same = Ensemble.from_pretrained(tmp_path / "e", heads={"custom": TwoLayer()})
+    with pytest.raises(ConfigError, match=r"heads=\.\.\.\) is now objects="):
+        Ensemble.from_pretrained(tmp_path / "e", heads={"custom": TwoLayer()})
+    same = Ensemble.from_pretrained(tmp_path / "e", objects={"custom": {"head": TwoLayer()}})
     texts = toy_sentiment["validation"]["text"]
     assert np.array_equal(same.predict_proba(texts), ens.predict_proba(texts))
 
@@ -112,7 +113,8 @@ def test_finetuned_encoder_saves_its_backbone(bert_encoder_dir, toy_sentiment, t
     before = {k: v.clone() for k, v in AutoModel.from_pretrained(bert_encoder_dir).state_dict().items()}
     ens = Ensemble([member], labels=["negative", "positive"], fuser_data="validation")
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
-    after = member.torch_modules()[0].state_dict()
+    assert member.torch_modules() == [] and not member.is_fitted, "the user's member must stay a specification"
+    after = ens.members_[0].torch_modules()[0].state_dict()
     assert any(not torch.equal(before[k], after[k].cpu()) for k in before), "fine-tuning must change the backbone"
     ens.save_pretrained(tmp_path / "e")
     assert (tmp_path / "e" / "members" / "0-ft" / "backbone" / "model.safetensors").is_file()
@@ -134,7 +136,7 @@ def test_finetuning_tokenises_the_training_texts_once(bert_encoder_dir, toy_sent
     member.fit(data, ["negative", "positive"], OutputCache())
     member.compute(data, OutputCache())  # fine-tuning rows, hold-out rows and inference share one pass
     fold = data.subset(np.arange(0, len(data), 2))
-    member.unfitted_copy().fit(fold, ["negative", "positive"], OutputCache())  # a fold reads its root's tokens
+    member.clone().fit(fold, ["negative", "positive"], OutputCache())  # a fold reads its root's tokens
     assert calls == [len(data)]
 
 
@@ -156,7 +158,7 @@ def test_encoder_truncates_to_the_backbones_positions_when_the_tokenizer_sets_no
 
 
 def test_prefitted_sklearn_member_uses_its_own_class_names(toy_sentiment):
-    estimator = tfidf_member().estimator
+    estimator = tfidf_member().config.estimator
     names = np.array(["negative", "positive"])[toy_sentiment["train"]["label"]]
     estimator.fit(toy_sentiment["train"]["text"], names)
     member = tfidf_member().__class__(estimator, name="pre")
@@ -190,5 +192,5 @@ def test_head_training_is_reproducible_whatever_the_callers_rng_state(bert_encod
     for caller_seed in (1, 2):
         torch.manual_seed(caller_seed)
         member = HFEncoder(bert_encoder_dir, head="mlp", train_config=config, show_progress=False)
-        heads.append(member.fit(train, labels, OutputCache()).head.state_dict())
+        heads.append(member.fit(train, labels, OutputCache()).head_.state_dict())
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])

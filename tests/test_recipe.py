@@ -1,35 +1,48 @@
-"""Recipes: the schema derived from registries and signatures, line-numbered errors, overrides, data loading."""
+"""Recipes: the schema derived from config fields (by type) and signatures, line-numbered errors, overrides, data
+loading."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import write_csv
 
 from fusion import FUSERS, HEADS, MEMBERS, ConfigError, DataError, Ensemble, HFEncoder, MLPHead, TrainConfig
+from fusion.config import RECIPE_KEY, Config, coerced, object_field, setting
 from fusion.dataio import DataSpec, load_data, load_split, read_table
+from fusion.fusers import MeanFuser
+from fusion.fusers.linear import DEFAULT_TRAINING as LINEAR_TRAINING
+from fusion.heads import HeadConfig, head_config
+from fusion.members.hf_source import ModelRef
+from fusion.members.sklearn_member import SklearnEstimator
 from fusion.recipe import (
     PIPELINES,
     Recipe,
     RecipeError,
+    component_fields,
+    config_fields,
     load_recipe,
     member_fields,
     parse_override,
     parse_recipe,
     recipe_kinds,
-    signature_fields,
     value_type,
 )
+from fusion.recipe.document import parse_yaml
+from fusion.recipe.schema import read_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -63,11 +76,12 @@ def parse(text: str, tmp_path: Path, **paths) -> Recipe:
 def test_a_good_recipe_builds_every_object(tmp_path, sentiment_dir, bert_encoder_dir):
     recipe = parse(GOOD, tmp_path, data=sentiment_dir, encoder=bert_encoder_dir)
     encoder, tfidf = recipe.build_members()
-    assert isinstance(encoder, HFEncoder) and isinstance(encoder.head, MLPHead) and encoder.head.hidden == 16
-    assert encoder.train_config == TrainConfig(max_epochs=3)
-    assert tfidf.estimator.steps[0][1].ngram_range == (1, 2)  # the YAML list became the tuple scikit-learn wants
+    assert isinstance(encoder, HFEncoder) and isinstance(encoder.config.head, MLPHead.Config)
+    assert encoder.config.head.hidden == 16
+    assert encoder.config.train_config == TrainConfig(max_epochs=3)
+    assert tfidf.config.estimator.steps[0][1].ngram_range == (1, 2)  # the YAML list became the tuple scikit-learn wants
     mean, linear = recipe.build_fusers()
-    assert (mean.name, linear.name, linear.per_class) == ("mean", "linear", True)
+    assert (mean.kind, linear.kind, linear.config.per_class) == ("mean", "linear", True)
     assert recipe.build_ensemble([encoder, tfidf]).cv == 2
     assert recipe.data == DataSpec(path=str(sentiment_dir), limit=40)
     assert recipe.output == tmp_path / "out"  # relative to the recipe's directory
@@ -113,7 +127,7 @@ BAD_RECIPES = [
     ("train-config-key", BASE["data"] + ENCODER + "    train_config:\n      max_epoch: 3\n", 7,
      [r"unknown TrainConfig key\(s\) \['max_epoch'\]", "max_epochs"]),
     ("constructor-choice", BASE["data"] + ENCODER + "    pooling: maxx\n", 6,
-     ["unknown pooling 'maxx'", r"\['cls', 'last', 'mean'\]"]),
+     [r"members\[0\]: HFEncoder.Config.pooling must be one of \['cls', 'last', 'mean'\]; got 'maxx'"]),
     ("ensemble-choice", BASE["data"] + BASE["members"] + "ensemble:\n  fuser_data: sometimes\n", 7,
      ["fuser_data must be one of", "'auto', 'train', 'validation'"]),
     ("fuser-param-type", BASE["data"] + BASE["members"] + "fusers:\n  - name: linear\n    params: {{per_class: 3}}\n",
@@ -137,6 +151,19 @@ BAD_RECIPES = [
      ["not valid YAML: mapping values are not allowed here"]),
     ("torch-kind", BASE["data"] + "members:\n  - kind: torch\n", 4,
      ["unknown member kind 'torch' .*needs Python objects", "accepted: hf_classifier, hf_encoder, sklearn"]),
+    ("fuser-constraint", BASE["data"] + BASE["members"] + "fusers:\n  - name: stacking\n    params: {{meta: forest}}\n",
+     8, [r"fusers\[0\].params: StackingFuser.Config.meta must be 'logreg', 'mlp' or a scikit-learn classifier; "
+         "got 'forest'"]),
+    ("fuser-train-config-key", BASE["data"] + BASE["members"] + "fusers:\n  - name: linear\n    params:\n"
+     "      train_config: {{max_epoch: 3}}\n", 9, [r"unknown TrainConfig key\(s\) \['max_epoch'\]", "max_epochs"]),
+    ("head-constraint", BASE["data"] + ENCODER + "    head: {{name: mlp, params: {{hidden: 0}}}}\n", 6,
+     [r"members\[0\].head.params: MLPHead.Config.hidden must be an integer >= 1; got 0"]),
+    ("head-needs-python", BASE["data"] + ENCODER + "    head: {{name: custom, params: {{module: x}}}}\n", 6,
+     [r"members\[0\].head.params.module takes a Python Module object, which a recipe cannot give"]),
+    ("train-config-constraint", BASE["data"] + ENCODER + "    train_config:\n      max_epochs: 0\n", 7,
+     [r"TrainConfig.max_epochs must be an integer >= 1; got 0"]),
+    ("object-field", BASE["data"] + "members:\n  - kind: sklearn\n    pipeline: tfidf_nb\n    estimator: x\n", 6,
+     [r"unknown key 'estimator' in members\[0\] \(sklearn\); accepted: kind, label_map, name, pipeline"]),
 ]
 
 
@@ -163,21 +190,70 @@ def test_no_validation_split_needs_a_fraction(tmp_path, toy_topics):
 # --- the schema is derived, not written twice ---------------------------------------------------------------
 
 
-def test_member_sections_follow_constructor_signatures():
-    for kind in recipe_kinds():
+def test_member_sections_follow_config_fields():
+    for kind in MEMBERS:
         cls = MEMBERS.get(kind)
-        params = set(inspect.signature(cls).parameters)
+        params = {f.name for f in dataclasses.fields(cls.Config)}
         keys = {field.param for field in member_fields(cls).values()} - {"kind"}
-        assert keys == params, kind
-    assert "pipeline" in member_fields(MEMBERS.get("sklearn"))  # the estimator parameter, named in YAML
+        assert keys == params == set(inspect.signature(cls).parameters), kind
+    assert member_fields(MEMBERS.get("sklearn"))["pipeline"].param == "estimator"  # its recipe key, from the field
     assert "torch" in MEMBERS and "torch" not in recipe_kinds()  # needs an nn.Module: Python only
 
 
 @pytest.mark.parametrize("registry", [HEADS, FUSERS, PIPELINES], ids=["heads", "fusers", "pipelines"])
-def test_component_params_follow_signatures(registry):
+def test_component_params_follow_config_fields_or_signatures(registry):
     for name in registry:
         target = registry.get(name)
-        assert set(signature_fields(target)) == set(inspect.signature(target).parameters), name
+        params = {f.param for f in component_fields(target).values()}
+        assert params == set(inspect.signature(target).parameters), name
+        if hasattr(target, "Config"):
+            assert params == {f.name for f in dataclasses.fields(target.Config)}, name
+
+
+@dataclass(frozen=True)
+class GaterConfig(Config):
+    """A component kind the schema has never heard of: every field is converted by its type, not its name."""
+
+    checkpoint: ModelRef
+    scorer: HeadConfig = coerced(head_config, "linear")
+    schedule: TrainConfig | None = None
+    classifier: SklearnEstimator = object_field(describe=repr, copy=lambda e: e, load_hint="pass it again",
+                                                default=None, metadata={RECIPE_KEY: "pipeline"})
+    module: torch.nn.Module | None = object_field(describe=repr, copy=lambda m: m, load_hint="pass it again",
+                                                  default=None)
+    quiet: bool = setting(False)
+
+
+def test_a_new_component_kind_needs_no_schema_code(tmp_path, bert_encoder_dir):
+    fields = config_fields(GaterConfig)
+    assert set(fields) == {"checkpoint", "scorer", "schedule", "pipeline", "module", "quiet"}
+    assert fields["checkpoint"].required and not fields["scorer"].required
+    text = (f"checkpoint: {bert_encoder_dir}\nscorer: {{name: mlp, params: {{hidden: 8}}}}\n"
+            "schedule: {max_epochs: 2}\npipeline: tfidf_nb\nquiet: true\n")
+    doc = parse_yaml(text, "gater.yaml", tmp_path)
+    config = GaterConfig(**read_mapping(doc, (), doc.data, fields, "gater"))
+    assert config.checkpoint == str(bert_encoder_dir) and config.scorer == MLPHead.Config(hidden=8)
+    assert config.schedule == TrainConfig(max_epochs=2) and config.quiet
+    assert hasattr(config.classifier, "predict_proba")  # the named pipeline, built
+    doc = parse_yaml("checkpoint: x\nmodule: linear\n", "gater.yaml", tmp_path)
+    with pytest.raises(RecipeError, match=r"line 2: module takes a Python Module object, which a recipe cannot give"):
+        read_mapping(doc, (), doc.data, fields, "gater")
+    doc = parse_yaml("checkpoint: x\nscorer: mpl\n", "gater.yaml", tmp_path)
+    with pytest.raises(RecipeError, match=r"line 2: scorer: unknown head 'mpl'; .*Did you mean 'mlp'"):
+        read_mapping(doc, (), doc.data, fields, "gater")
+
+
+def test_fusers_are_built_through_their_config(tmp_path, sentiment_dir):
+    text = (BASE["data"] + BASE["members"] + "fusers:\n  - mean\n  - name: linear\n    params: {{train_config: "
+            "{{max_epochs: 5}}}}\n  - name: stacking\n    params:\n      meta: {{sklearn: "
+            "sklearn.linear_model.LogisticRegression, params: {{C: 0.5}}}}\n")
+    recipe = parse(text, tmp_path, data=sentiment_dir)
+    mean, linear, stacking = recipe.build_fusers()
+    assert recipe.fuser_labels == ["mean", "linear", "stacking"] and mean.config == MeanFuser.Config()
+    assert linear.config.train_config == LINEAR_TRAINING.replace(max_epochs=5)  # merged over the fuser's default
+    assert stacking.config.meta["sklearn"].endswith("LogisticRegression") and stacking.config.meta["params"]["C"] == 0.5
+    quiet = recipe.build_fusers(show_progress=False)[1]
+    assert not quiet.config.train_config.show_progress and quiet.fingerprint == linear.fingerprint
 
 
 @pytest.mark.parametrize(
@@ -237,7 +313,7 @@ def test_package_models_resolve_through_get_model_path_and_stay_portable(tmp_pat
     ensemble.fit(toy_sentiment["train"], toy_sentiment["validation"])
     ensemble.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "fusion_config.json").read_text())
-    assert config["members"][0]["model"] == "package:fake_model_pkg"  # not the install path: portable
+    assert config["members"][0]["config"]["model"] == "package:fake_model_pkg"  # not the install path: portable
     reloaded = Ensemble.from_pretrained(tmp_path / "saved")
     np.testing.assert_array_equal(reloaded.predict_proba(toy_sentiment["validation"]),
                                   ensemble.predict_proba(toy_sentiment["validation"]))
@@ -249,7 +325,7 @@ def test_overrides_are_validated_and_named_in_errors(tmp_path, sentiment_dir, be
     text = GOOD.format(data=sentiment_dir, encoder=bert_encoder_dir)
     recipe = parse_recipe(text, "recipe.yaml", tmp_path, [parse_override("members.0.pooling=cls"),
                                                           parse_override("ensemble.cv=3")], limit=7, output="elsewhere")
-    assert recipe.build_members()[0].pooling == "cls" and recipe.build_ensemble(recipe.build_members()).cv == 3
+    assert recipe.build_members()[0].config.pooling == "cls" and recipe.build_ensemble(recipe.build_members()).cv == 3
     assert recipe.data.limit == 7 and recipe.output == Path.cwd() / "elsewhere"  # command-line paths: from cwd
     with pytest.raises(RecipeError, match=r"recipe.yaml \(--set members.0.poolng\): unknown key 'poolng'.*'pooling'"):
         parse_recipe(text, "recipe.yaml", tmp_path, {"members.0.poolng": "cls"})
@@ -279,7 +355,7 @@ def test_shipped_recipes_validate(sentiment_dir, bert_encoder_dir):
     assert load_recipe(RECIPES / "sst2_minilm.yaml", models).data.path == str(RECIPES / "data" / "sst2_sample")
     hub = load_recipe(RECIPES / "hub_classifiers.yaml")  # hub ids are only checked when the build starts
     assert [m.source.model for m in hub.build_members()][0] == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
-    assert [m.label_map for m in hub.build_members()][1] == {"LABEL_0": "negative", "LABEL_1": "positive"}
+    assert [m.config.label_map for m in hub.build_members()][1] == {"LABEL_0": "negative", "LABEL_1": "positive"}
 
 
 def test_trec_recipe_carves_validation_with_a_fixed_seed(bert_encoder_dir):

@@ -33,9 +33,9 @@ def test_torch_members_learn_fuse_and_reload(tmp_path):
     assert ens.fuser_data_ == "train"
     assert ens.metrics_["scores"]["a"]["accuracy"] > 0.85 and ens.metrics_["scores"]["fuser:linear"]["accuracy"] > 0.85
     ens.save_pretrained(tmp_path / "e")
-    with pytest.raises(ConfigError, match=r"modules=\{'a': module\}"):
+    with pytest.raises(ConfigError, match=r'objects=\{"a": \{"module": module\}\}'):
         Ensemble.from_pretrained(tmp_path / "e")
-    same = Ensemble.from_pretrained(tmp_path / "e", modules={"a": net(), "b": nn.Linear(4, 3)})
+    same = Ensemble.from_pretrained(tmp_path / "e", objects={"a": {"module": net()}, "b": {"module": nn.Linear(4, 3)}})
     assert np.array_equal(same.predict_proba(validation), ens.predict_proba(validation))
 
 
@@ -45,7 +45,7 @@ def test_fit_is_reproducible_and_does_not_depend_on_the_modules_initial_weights(
     for seed in (1, 2):
         torch.manual_seed(seed)  # different initial weights in the module handed over
         member = TorchMember(net(), train_config=CONFIG).fit(data, ["r", "g", "b"], OutputCache())
-        states.append(member.module.state_dict())
+        states.append(member.module_.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 

@@ -3,6 +3,7 @@ pooling and the engine's batching helpers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -28,7 +29,7 @@ from fusion.errors import (
     UnknownNameError,
 )
 from fusion.evaluation.metrics import accuracy, log_loss
-from fusion.heads import HEADS, Head, LinearHead, MLPHead
+from fusion.heads import HEADS, CustomHead, Head, LinearHead, MLPHead, head_config
 from fusion.io import (
     atomic_directory,
     atomic_save_tensors,
@@ -345,7 +346,7 @@ def test_registry_refuses_a_duplicate_name_and_suggests_close_ones():
     @things.register("alpha")
     class Alpha: ...
 
-    assert things.get("alpha") is Alpha and Alpha.name == "alpha" and "alpha" in things
+    assert things.get("alpha") is Alpha and Alpha.kind == "alpha" and "alpha" in things
     with pytest.raises(ConfigError, match="'alpha' is already registered by .*Alpha"):
 
         @things.register("alpha")
@@ -365,17 +366,28 @@ def test_heads_build_and_round_trip_through_their_config(head):
     head.build(5, 3)
     assert head(torch.zeros(4, 5)).shape == (4, 3)
     config = head.to_config()
-    rebuilt = Head.from_config(config)
+    rebuilt = Head.from_head_config(head_config(json.loads(json.dumps(config)))).build(5, 3)
     assert type(rebuilt) is type(head) and rebuilt.to_config() == config
     shapes = {k: v.shape for k, v in head.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
-    assert not head.unbuilt_copy().is_built and head.unbuilt_copy().hparams() == head.hparams()
+    assert not head.clone().is_built and head.clone().config == head.config
 
 
 @pytest.mark.parametrize("name", HEADS.names())
 def test_unbuilt_head_refuses_forward(name):
+    arguments = {"module": torch.nn.Linear(5, 2)} if name == "custom" else {}
     with pytest.raises(ConfigError, match=r"not built yet: call build\(in_features, n_classes\)"):
-        HEADS.get(name)()(torch.zeros(2, 5))
+        HEADS.get(name)(**arguments)(torch.zeros(2, 5))
+
+
+def test_custom_head_trains_a_copy_and_needs_its_module():
+    module = torch.nn.Linear(5, 2)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    head = CustomHead(module=module).build(5, 2)
+    assert all(p is not q for p, q in zip(head.parameters(), module.parameters(), strict=True))
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(ConfigError, match="head 'custom' needs a module: pass the torch.nn.Module itself"):
+        head_config("custom")
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def _named_fusers(fusers: Fuser | Sequence[Fuser] | Mapping[str, Fuser] | None) 
         fusers = [fusers]
     named = dict(fusers) if isinstance(fusers, Mapping) else {}
     for fuser in [] if isinstance(fusers, Mapping) else fusers:
-        name = fuser.name if fuser.name not in named else f"{fuser.name}-{len(named)}"
+        name = fuser.kind if fuser.kind not in named else f"{fuser.kind}-{len(named)}"
         named[name] = fuser
     unfitted = [name for name, f in named.items() if not f.is_fitted]
     if unfitted:
@@ -74,12 +74,15 @@ def permutation_importance(fuser: Fuser, outputs: MemberOutputs, labels: Sequenc
     return rises / rises.sum() if rises.sum() > 0 else rises
 
 
-def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser], labels: np.ndarray) -> tuple[dict, ...]:
+def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser], labels: np.ndarray,
+                   fused: Mapping[str, np.ndarray]) -> tuple[dict, ...]:
     proba, seconds, weights, methods = {}, {}, {}, {}
     for name, fuser in fusers.items():
         start = time.perf_counter()
         proba[name] = fuser.predict_proba(outputs)
         seconds[name] = time.perf_counter() - start
+        if name in fused:  # out-of-fold predictions on the rows the fuser learnt from
+            proba[name] = fused[name]
         shares, methods[name] = fuser.member_weights(), "weights"
         if shares is None:
             shares, methods[name] = permutation_importance(fuser, outputs, labels), "permutation"
@@ -93,16 +96,19 @@ def evaluate(
     data: Any,
     *,
     labels: Sequence[str] | None = None,
+    fused: Mapping[str, np.ndarray] | None = None,
     **report_options: Any,
 ) -> Report:
     """Score members and fitted fusers on labelled data: metrics, uncertainty, diversity, cost.
 
     Args:
         source: an ``Ensemble``, a list of fitted members, or precomputed ``MemberOutputs``.
-        fusers: fitted fusers to compare (a fuser, a list, or ``{name: fuser}``); with an Ensemble, its own
-            fuser is included.
+        fusers: fitted fusers to score (a fuser, a list, or ``{name: fuser}``); ``Ensemble.evaluate`` passes
+            its own fuser and the other candidates.
         data: labelled rows (anything ``Ensemble.fit`` accepts); with ``MemberOutputs``, the label ids.
         labels: label names (taken from the ensemble when ``source`` is one).
+        fused: precomputed fused probabilities by fuser name that replace ``predict_proba`` on these rows
+            (out-of-fold predictions on the rows a fuser learnt from).
         **report_options: passed to ``fusion.evaluation.build_report`` (``n_bootstrap``, ``seed``, ``title``,
             ``split``, ``notes``).
 
@@ -118,14 +124,15 @@ def evaluate(
             raise ConfigError("evaluate(MemberOutputs, ...) needs labels=[label names].")
         outputs, y, seconds = source, np.asarray(data), {}
     else:
-        ensemble = source if isinstance(source, Ensemble) else Ensemble(list(source), labels=labels)
-        if isinstance(source, Ensemble) and ensemble.fuser.is_fitted:
-            named = {ensemble.fuser.name: ensemble.fuser, **named}
+        ensemble = source if isinstance(source, Ensemble) else Ensemble(list(source))._set_fitted(
+            list(source), None, list(labels or []))
+        if isinstance(source, Ensemble) and source.fuser_ is not None and source.fuser_ not in named.values():
+            named = {source._fuser_label(): source.fuser_, **named}
         rows = data if isinstance(data, TextData) else ensemble._data(data, "evaluation", require_labels=True)
-        outputs, y, labels = ensemble.member_outputs(rows), rows.labels, ensemble.labels
-        seconds = {m.name: s for m in ensemble.members
-                   if (s := ensemble.cache.seconds(m.fingerprint(), rows.fingerprint)) is not None}
+        outputs, y, labels = ensemble.member_outputs(rows), rows.labels, ensemble.labels_
+        seconds = {m.name: s for m in ensemble.members_
+                   if (s := ensemble.cache.seconds(m.fingerprint, rows.fingerprint)) is not None}
     member_proba = {name: outputs.probabilities()[:, i].double().numpy() for i, name in enumerate(outputs.member_names)}
-    fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y))
+    fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
                         member_weights=weights, weights_method=methods, **report_options)

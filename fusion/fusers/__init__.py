@@ -1,10 +1,18 @@
-"""Fusers: one small class per way of combining member outputs, registered by name in ``FUSERS``."""
+"""Fusers: one small component per way of combining member outputs, registered by kind in ``FUSERS``."""
 
-from .base import FUSERS, Fuser, MemberOutputs, as_member_outputs
+from .base import (
+    FUSERS,
+    FixedWeightsFuser,
+    Fuser,
+    FuserConfig,
+    MemberOutputs,
+    as_member_outputs,
+    check_weights,
+)
 from .linear import LinearFuser
 from .mean import MeanFuser
 from .stacking import StackingFuser
 from .vote import VoteFuser
 
-__all__ = ["FUSERS", "Fuser", "MemberOutputs", "as_member_outputs", "LinearFuser", "MeanFuser", "StackingFuser",
-           "VoteFuser"]
+__all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
+           "check_weights", "LinearFuser", "MeanFuser", "StackingFuser", "VoteFuser"]

@@ -1,17 +1,26 @@
-"""What every fuser shares: the input container, the registry, fit/predict checks and persistence."""
+"""What every fuser shares: its config base, the input container, the registry, fit/predict checks and
+persistence.
+
+A fuser is a :class:`~fusion.config.Component`: a frozen, typed config per kind (``LinearFuser.Config``) whose
+fields are the constructor's parameters, plus the state it learns in ``fit`` (tensors, through
+``state_dict()``). ``fuser.kind`` is the registered kind (``"linear"``); fusers have no instance name.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..config import Component, Config, coerced, coercion, is_number, optional
 from ..errors import ConfigError, MemberOutputError, NotFittedError, PersistenceError
+from ..io import sha256_tensors
 from ..registry import Registry
+from ..train_config import TrainConfig
 
 FUSERS: Registry[Fuser] = Registry("fuser")
 
@@ -73,61 +82,113 @@ def as_member_outputs(outputs: MemberOutputs | torch.Tensor | np.ndarray) -> Mem
     return outputs if isinstance(outputs, MemberOutputs) else MemberOutputs(torch.as_tensor(np.asarray(outputs)))
 
 
-class Fuser:
-    """Base class: hyper-parameters in ``__init__`` (stored under the same names), learned state in ``_``.
+# --- configs ---------------------------------------------------------------------------------------------------
 
-    Subclasses register with ``@FUSERS.register("name")`` and implement ``_fit`` and ``_predict_proba``;
-    learned tensors go in ``state_dict()`` so that ``save_pretrained`` can write them as safetensors.
+
+@dataclass(frozen=True)
+class FuserConfig(Config):
+    """Base of every fuser's config: each kind nests its own ``class Config(FuserConfig)``."""
+
+
+def training_field(default: TrainConfig) -> Any:
+    """A ``train_config`` field: a ``TrainConfig`` as given, a partial dict merged over ``default``, or None
+    for ``default``; always stored as the full ``TrainConfig``.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Demo(Config):
+        ...     train_config: TrainConfig = training_field(TrainConfig(max_epochs=7))
+        >>> Demo(train_config={"seed": 3}).train_config.max_epochs
+        7
     """
 
-    name: ClassVar[str]
+    def convert(value: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
+        if value is None or isinstance(value, TrainConfig):
+            return default if value is None else value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"train_config must be a TrainConfig, a dict of its fields or None; got "
+                              f"{type(value).__name__}.")
+        return TrainConfig.from_dict({**default.to_dict(), **value})
+
+    return coerced(convert, default)
+
+
+# --- the fuser -------------------------------------------------------------------------------------------------
+
+
+class Fuser(Component):
+    """Base class: the config holds the hyper-parameters, fitted attributes end in ``_``.
+
+    Subclasses nest ``class Config(FuserConfig)``, register with ``@FUSERS.register("kind")`` and implement
+    ``_fit`` and ``_predict_proba``; learned tensors go in ``_state()`` so that ``state_dict()`` can be
+    written as safetensors. ``Fuser(**fields)`` and ``Fuser(config)`` both build one.
+    """
+
+    Config: ClassVar[type[FuserConfig]] = FuserConfig
     uses_embeddings: ClassVar[bool] = False
 
-    # --- hyper-parameters ---------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, read back from attributes of the same names."""
-        return {p: getattr(self, p) for p in inspect.signature(type(self).__init__).parameters if p != "self"}
-
-    def to_config(self) -> dict[str, Any]:
-        """``{"name": ..., "params": {...}}``; ``from_config`` rebuilds an equal, unfitted fuser."""
-        return {"name": self.name, "params": self.get_params()}
-
+    # --- config ---------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Fuser:
-        fuser_cls = FUSERS.get(config.get("name", "<missing>"))
-        params = dict(config.get("params", {}))
-        allowed = set(inspect.signature(fuser_cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ConfigError(f"fuser {fuser_cls.name!r} has no parameters {unknown}; valid ones: {sorted(allowed)}.")
-        return fuser_cls(**params)
+    def from_config(cls, config: Mapping[str, Any]) -> Fuser:
+        """An unfitted fuser from ``to_config()`` output, looked up by kind in ``FUSERS``.
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+        Args:
+            config: ``{"kind": ..., **fields}``; the format-1 form ``{"name": ..., "params": {...}}`` (what a
+                ``fusion_config.json`` of format version 1 holds) is accepted too.
 
-    # --- learning -----------------------------------------------------------------------------------
+        Returns:
+            A new, unfitted fuser of that kind.
+
+        Raises:
+            UnknownNameError: an unknown kind (listing the registered ones, with a did-you-mean).
+            ConfigError: no kind, an unknown field, or an invalid value.
+
+        Example:
+            >>> Fuser.from_config({"kind": "linear", "per_class": True}).config.per_class
+            True
+        """
+        data = _current_form(config)
+        kind = data.pop("kind", None)
+        if kind is None:
+            raise ConfigError(f"a fuser config needs a 'kind' (one of {', '.join(FUSERS.names())}); got the keys "
+                              f"{sorted(map(str, data))}.")
+        fuser_cls = FUSERS.get(kind)
+        if not issubclass(fuser_cls, cls):
+            raise ConfigError(f"{cls.__name__}.from_config got kind {kind!r}, a {fuser_cls.__name__}; call "
+                              "Fuser.from_config for any kind.")
+        return fuser_cls(fuser_cls.config_from_dict(_coerced_first(fuser_cls.Config, data)))
+
+    # --- learning -------------------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "n_classes_")
 
     def fit(self, outputs: MemberOutputs | torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray) -> Fuser:
-        """Learn from member outputs on labelled rows."""
+        """Learn from member outputs on labelled rows (in place); sets the fitted ``fingerprint``.
+
+        Raises:
+            MemberOutputError: labels that are not one class id per row.
+        """
         outputs = as_member_outputs(outputs)
+        labels = self._check_labels(outputs, labels)
+        self._fit(outputs, labels)
+        self.n_members_, self.n_classes_ = outputs.n_members, outputs.n_classes  # fitted only once _fit succeeded
+        self._set_fitted_fingerprint(self.state_hash())
+        return self
+
+    def _check_labels(self, outputs: MemberOutputs, labels: Sequence[int] | np.ndarray) -> torch.Tensor:
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         if labels.ndim != 1:
             raise MemberOutputError(
-                f"{self.name}: labels must be a 1-D sequence of class ids (one per row); got shape {tuple(labels.shape)}."
+                f"{self.kind}: labels must be a 1-D sequence of class ids (one per row); got shape {tuple(labels.shape)}."
             )
         if labels.shape != (outputs.n_rows,):
-            raise MemberOutputError(f"{self.name}: {outputs.n_rows} rows of member outputs but {labels.shape[0]} labels.")
+            raise MemberOutputError(f"{self.kind}: {outputs.n_rows} rows of member outputs but {labels.shape[0]} labels.")
         if outputs.n_rows == 0:
-            raise MemberOutputError(f"{self.name}: cannot fit on zero rows.")
+            raise MemberOutputError(f"{self.kind}: cannot fit on zero rows.")
         if labels.min() < 0 or labels.max() >= outputs.n_classes:
-            raise MemberOutputError(f"{self.name}: labels must be ids in 0..{outputs.n_classes - 1}.")
-        self.n_members_, self.n_classes_ = outputs.n_members, outputs.n_classes
-        self._fit(outputs, labels)
-        return self
+            raise MemberOutputError(f"{self.kind}: labels must be ids in 0..{outputs.n_classes - 1}.")
+        return labels
 
     def _check_input(self, outputs: MemberOutputs | torch.Tensor | np.ndarray) -> MemberOutputs:
         if not self.is_fitted:
@@ -135,7 +196,7 @@ class Fuser:
         outputs = as_member_outputs(outputs)
         if (outputs.n_members, outputs.n_classes) != (self.n_members_, self.n_classes_):
             raise MemberOutputError(
-                f"{self.name} was fitted on {self.n_members_} members x {self.n_classes_} classes, "
+                f"{self.kind} was fitted on {self.n_members_} members x {self.n_classes_} classes, "
                 f"but got {outputs.n_members} x {outputs.n_classes}."
             )
         return outputs
@@ -159,24 +220,37 @@ class Fuser:
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         raise NotImplementedError
 
-    # --- persistence --------------------------------------------------------------------------------
+    # --- learned state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Learned state as tensors (sizes included), for safetensors."""
+        """Learned state as tensors (sizes included), for safetensors.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
         if not self.is_fitted:
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; nothing to save.")
         return {"n_members_": torch.tensor(self.n_members_), "n_classes_": torch.tensor(self.n_classes_),
                 **self._state()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Fuser:
-        """Restore what ``state_dict`` returned."""
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Fuser:
+        """Restore what ``state_dict`` returned (in place); sets the fitted ``fingerprint``.
+
+        Raises:
+            PersistenceError: the state lacks a tensor or has other shapes (another fuser's state).
+        """
         try:
             self.n_members_, self.n_classes_ = int(state["n_members_"]), int(state["n_classes_"])
             self._load_state({k: v for k, v in state.items() if k not in ("n_members_", "n_classes_")})
         except KeyError as err:
-            raise PersistenceError(f"{self.name} state lacks tensor {err}; the file belongs to another fuser.") from err
+            raise PersistenceError(f"{self.kind} state lacks tensor {err}; the file belongs to another fuser.") from err
         except RuntimeError as err:  # torch's strict load_state_dict: wrong names or shapes
-            raise PersistenceError(f"{self.name} state does not match this fuser: {err}") from err
+            raise PersistenceError(f"{self.kind} state does not match this fuser: {err}") from err
+        self._set_fitted_fingerprint(self.state_hash())
         return self
+
+    def state_hash(self) -> str:
+        """Hash of the learned state (computed once per fit or load, for the ``fingerprint``)."""
+        return sha256_tensors(self.state_dict())
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -185,15 +259,61 @@ class Fuser:
         pass
 
 
+def _current_form(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"kind": ..., **fields}``; a format-1 ``{"name": ..., "params": {...}}`` is mapped to it."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a fuser config is a dict {{'kind': ..., **fields}}; got {type(config).__name__}.")
+    if "name" in config and "kind" not in config:
+        return {"kind": config["name"], **(config.get("params") or {})}
+    return dict(config)
+
+
+def _coerced_first(config: type[FuserConfig], data: dict[str, Any]) -> dict[str, Any]:
+    """Saved dicts of coerced fields converted by the field itself (a partial ``train_config`` merges over the
+    kind's default), before ``from_dict`` decodes the rest."""
+    convert = {f.name: coercion(f) for f in dataclasses.fields(config)}
+    return {k: convert[k](v) if isinstance(v, Mapping) and convert.get(k) else v for k, v in data.items()}
+
+
+# --- fixed per-member weights ----------------------------------------------------------------------------------
+
+WEIGHTS_TEXT = "None, or a list of non-negative numbers (one per member) with a positive sum"
+
+
+def valid_weights(weights: Any) -> bool:
+    """A non-empty list (or tuple) of finite non-negative numbers with a positive sum."""
+    return (isinstance(weights, (list, tuple)) and all(is_number(w) and w >= 0 for w in weights)
+            and sum(weights) > 0)
+
+
+def _weights_list(value: Any) -> Any:
+    """Arrays and tuples of weights become a list (others are left for the constraint to refuse)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class WeightsConfig(FuserConfig):
+    """Config of the fusers whose only parameter is fixed per-member weights (mean, vote).
+
+    Attributes:
+        weights: one non-negative weight per member (normalised to sum to one); None for equal weights.
+    """
+
+    weights: list[float] | None = coerced(_weights_list, None)
+
+    constraints: ClassVar = {"weights": (optional(valid_weights), WEIGHTS_TEXT)}
+
+
 class FixedWeightsFuser(Fuser):
     """Shared by fusers whose only state is fixed per-member weights (mean, vote): nothing is learned but
-    their validation against the number of members, at ``fit``."""
+    their check against the number of members, at ``fit``."""
 
-    def __init__(self, weights: Sequence[float] | None = None) -> None:
-        self.weights = list(weights) if weights is not None else None
+    Config: ClassVar[type[WeightsConfig]] = WeightsConfig
 
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
-        self.weights_ = check_weights(self.name, self.weights, outputs.n_members)
+        self.weights_ = check_weights(self.kind, self.config.weights, outputs.n_members)
 
     def member_weights(self) -> np.ndarray:
         return self.weights_.numpy()
@@ -206,13 +326,21 @@ class FixedWeightsFuser(Fuser):
 
 
 def check_weights(name: str, weights: Sequence[float] | None, n_members: int) -> torch.Tensor:
-    """Validate fixed per-member weights (None: uniform)."""
+    """Validate fixed per-member weights (None: uniform) and normalise them to sum to one.
+
+    Raises:
+        ConfigError: not ``n_members`` non-negative finite numbers with a positive sum.
+
+    Example:
+        >>> check_weights("mean", [3, 1], 2).tolist()
+        [0.75, 0.25]
+    """
     if weights is None:
         return torch.full((n_members,), 1.0 / n_members)
-    tensor = torch.as_tensor(list(weights), dtype=torch.float32)
-    if tensor.shape != (n_members,) or not torch.isfinite(tensor).all() or (tensor < 0).any() or tensor.sum() <= 0:
+    if not valid_weights(weights) or len(weights) != n_members:
         raise ConfigError(
             f"{name}: weights must be {n_members} non-negative numbers (one per member) with a positive sum; "
             f"got {list(weights)}."
         )
+    tensor = torch.as_tensor(list(weights), dtype=torch.float32)
     return tensor / tensor.sum()

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..training import TensorRows, TrainConfig, train
-from .base import FUSERS, Fuser, MemberOutputs
+from ..config import is_bool, one_of
+from ..losses import per_example_cross_entropy
+from ..train_config import TrainConfig
+from ..training import TensorRows, train
+from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field
 
 CONSTRAINTS = ("simplex", "unconstrained")
 # A few parameters and a smooth loss over all rows: quasi-Newton steps reach the optimum in a handful of
 # epochs (each one L-BFGS step), where AdamW took hundreds and stopped short of it.
 DEFAULT_TRAINING = TrainConfig(optimizer="lbfgs", learning_rate=1.0, max_epochs=100, batch_size=None, patience=2,
                                min_delta=1e-7, show_progress=False)
+_BOOL = (is_bool, "True or False")
+
+
+LOG_TEMPERATURE_BOUND = 5.0
 
 
 class LinearCombiner(nn.Module):
@@ -32,8 +38,13 @@ class LinearCombiner(nn.Module):
         self.log_temperature = nn.Parameter(torch.zeros(n_members, 1), requires_grad=temperature)
         self.bias = nn.Parameter(torch.zeros(n_classes), requires_grad=constraint == "unconstrained")
 
+    def temperature(self) -> torch.Tensor:
+        """Per-member temperatures, kept within [e^-5, e^5]: a member whose scores are nearly constant would
+        otherwise drive its temperature to 0 and the line search into inf/NaN."""
+        return self.log_temperature.clamp(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND).exp()
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:  # [N, M, C] -> [N, C] log-probabilities
-        member_logp = (logits / self.log_temperature.exp()).log_softmax(-1)
+        member_logp = (logits / self.temperature()).log_softmax(-1)
         if self.constraint == "simplex":
             log_w = self.weight.log_softmax(0)  # mixture weights over members (per class if per_class)
             mixed = torch.logsumexp(member_logp + log_w, dim=1)
@@ -41,8 +52,8 @@ class LinearCombiner(nn.Module):
         return ((member_logp * self.weight).sum(1) + self.bias).log_softmax(-1)
 
 
-def _nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.nll_loss(model(batch["logits"]), batch["labels"], reduction="none")
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return per_example_cross_entropy(model(batch["logits"]), batch["labels"], log_probabilities=True)
 
 
 @FUSERS.register("linear")
@@ -60,7 +71,8 @@ class LinearFuser(Fuser):
         constraint: ``"simplex"`` or ``"unconstrained"``.
         per_class: one weight per (member, class) instead of per member.
         temperature: learn a temperature per member (else all are 1).
-        train_config: training settings, as a ``TrainConfig`` or its dict.
+        train_config: training settings: a ``TrainConfig``, or a dict of some of its fields merged over
+            ``DEFAULT_TRAINING``.
 
     Example:
         >>> import torch
@@ -69,21 +81,24 @@ class LinearFuser(Fuser):
         0
     """
 
-    def __init__(self, constraint: str = "simplex", per_class: bool = False, temperature: bool = True,
-                 train_config: TrainConfig | dict[str, Any] | None = None) -> None:
-        if constraint not in CONSTRAINTS:
-            raise ConfigError(f"LinearFuser constraint must be one of {CONSTRAINTS}, got {constraint!r}.")
-        self.constraint, self.per_class, self.temperature = constraint, bool(per_class), bool(temperature)
-        self.train_config = train_config.to_dict() if isinstance(train_config, TrainConfig) else train_config
-        self._config = TrainConfig.from_dict({**DEFAULT_TRAINING.to_dict(), **(self.train_config or {})})
+    @dataclass(frozen=True)
+    class Config(FuserConfig):
+        constraint: str = "simplex"
+        per_class: bool = False
+        temperature: bool = True
+        train_config: TrainConfig = training_field(DEFAULT_TRAINING)
+
+        constraints: ClassVar = {"constraint": (one_of(*CONSTRAINTS), f"one of {CONSTRAINTS}"),
+                                 "per_class": _BOOL, "temperature": _BOOL}
 
     def _model(self, n_members: int, n_classes: int) -> LinearCombiner:
-        return LinearCombiner(n_members, n_classes, self.constraint, self.per_class, self.temperature)
+        c = self.config
+        return LinearCombiner(n_members, n_classes, c.constraint, c.per_class, c.temperature)
 
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
         model = self._model(outputs.n_members, outputs.n_classes)
-        self.training_ = train(model, _nll, TensorRows(logits=outputs.logits, labels=labels), self._config,
-                               desc="linear fuser")
+        self.training_ = train(model, _loss, TensorRows(logits=outputs.logits, labels=labels),
+                               self.config.train_config, desc="linear fuser")
         self.model_ = model.eval()
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
@@ -92,12 +107,12 @@ class LinearFuser(Fuser):
 
     def member_weights(self) -> np.ndarray:
         weight = self.model_.weight.detach()
-        weight = weight.softmax(0) if self.constraint == "simplex" else weight
+        weight = weight.softmax(0) if self.config.constraint == "simplex" else weight
         return weight.mean(1).numpy()
 
     def temperatures(self) -> np.ndarray:
         """Learned temperature of each member."""
-        return self.model_.log_temperature.detach().exp().squeeze(1).numpy()
+        return self.model_.temperature().detach().squeeze(1).numpy()
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.model_.state_dict().items()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import FUSERS, FixedWeightsFuser, MemberOutputs
+from .base import FUSERS, FixedWeightsFuser, MemberOutputs, WeightsConfig
 
 
 @FUSERS.register("mean")
@@ -20,6 +22,10 @@ class MeanFuser(FixedWeightsFuser):
         >>> MeanFuser().fit(scores, [0]).predict_proba(scores).round(2).tolist()
         [[0.6, 0.4]]
     """
+
+    @dataclass(frozen=True)
+    class Config(WeightsConfig):
+        """MeanFuser's config: the fixed member weights."""
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         return torch.einsum("nmc,m->nc", outputs.probabilities(), self.weights_)

@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import joblib
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.base import clone
 
+from ..config import at_least, coerced, digest, in_range, is_bool, one_of
 from ..data import holdout_split
 from ..errors import ConfigError, MemberOutputError
 from ..heads import Head, LinearHead, MLPHead
-from ..training import TensorRows, TrainConfig, seeded, train
-from .base import FUSERS, Fuser, MemberOutputs
+from ..io import sha256_tensors
+from ..losses import per_example_cross_entropy
+from ..train_config import TrainConfig
+from ..training import TensorRows, seeded, train
+from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field
 
 FEATURES = ("proba", "log_proba", "logits")
+TORCH_METAS = ("logreg", "mlp")
+META_TEXT = "'logreg', 'mlp' or a scikit-learn classifier"
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-2, max_epochs=300, batch_size=512, weight_decay=1e-2, patience=15,
                                show_progress=False)
+_BOOL = (is_bool, "True or False")
+_SKOPS = "estimator_skops"  # the state tensor holding a scikit-learn meta-learner's skops bytes
 
 
 def _sklearn_spec(estimator: Any) -> dict[str, Any]:
+    """``{"sklearn": "module.Class", "params": {...}}`` of an unfitted scikit-learn classifier (JSON as saved)."""
     cls = type(estimator)
     if not cls.__module__.startswith("sklearn."):
-        raise ConfigError(f"StackingFuser meta must be 'logreg', 'mlp' or a scikit-learn classifier, got {cls.__name__}.")
+        raise ConfigError(f"StackingFuser.Config.meta must be {META_TEXT}; got a {cls.__module__}.{cls.__qualname__}.")
     params = estimator.get_params(deep=False)
     int_keyed = sorted(k for k, v in params.items() if isinstance(v, dict) and any(not isinstance(x, str) for x in v))
     if int_keyed:  # JSON would turn {0: 2.0} into {"0": 2.0}, and the reloaded estimator would differ
@@ -38,15 +48,31 @@ def _sklearn_spec(estimator: Any) -> dict[str, Any]:
     return {"sklearn": f"{cls.__module__}.{cls.__qualname__}", "params": params}
 
 
-def _sklearn_from_spec(spec: dict[str, Any]) -> Any:
-    module, _, name = spec["sklearn"].rpartition(".")
+def _sklearn_from_spec(spec: Mapping[str, Any]) -> Any:
+    """A new, unfitted estimator from ``_sklearn_spec`` output (scikit-learn classes only)."""
+    path, params = spec.get("sklearn"), spec.get("params", {})
+    if not isinstance(path, str) or not isinstance(params, Mapping):
+        raise ConfigError(f"StackingFuser meta spec must be {{'sklearn': 'sklearn.module.Class', 'params': {{...}}}}; "
+                          f"got {dict(spec)!r}.")
+    module, _, name = path.rpartition(".")
     if not module.startswith("sklearn."):
-        raise ConfigError(f"StackingFuser meta {spec['sklearn']!r}: only scikit-learn classes can be rebuilt.")
-    return getattr(importlib.import_module(module), name)(**spec["params"])
+        raise ConfigError(f"StackingFuser meta {path!r}: only scikit-learn classes can be rebuilt.")
+    try:
+        return getattr(importlib.import_module(module), name)(**params)
+    except (ImportError, AttributeError, TypeError) as err:
+        raise ConfigError(f"StackingFuser meta {path!r} cannot be rebuilt ({err}); check the class name and its "
+                          "parameters against the installed scikit-learn.") from err
 
 
-def _meta_loss(head: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.cross_entropy(head(batch["x"]), batch["y"], reduction="none")
+def _meta(value: Any) -> str | dict[str, Any]:
+    """``"logreg"`` / ``"mlp"`` as given; a scikit-learn classifier (or its spec) as its JSON spec."""
+    if isinstance(value, str):
+        return value
+    return _sklearn_spec(_sklearn_from_spec(value) if isinstance(value, Mapping) else value)
+
+
+def _loss(head: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return per_example_cross_entropy(head(batch["x"]), batch["y"])
 
 
 @FUSERS.register("stacking")
@@ -59,13 +85,15 @@ class StackingFuser(Fuser):
 
     Args:
         meta: ``"logreg"`` (torch logistic regression), ``"mlp"``, or an unfitted scikit-learn classifier with
-            ``predict_proba`` (JSON-serialisable parameters), e.g. ``LogisticRegression(C=0.5)``.
+            ``predict_proba`` (JSON-serialisable parameters), e.g. ``LogisticRegression(C=0.5)``; the config
+            stores it as ``{"sklearn": "module.Class", "params": {...}}`` and each fit builds a new one from that.
         features: member outputs as ``"proba"``, ``"log_proba"`` or raw ``"logits"``.
         passthrough: also feed the members' pooled embeddings.
-        hidden: hidden width for ``meta="mlp"``.
+        hidden: hidden width for ``meta="mlp"`` (>= 1).
         standardize: scale features to zero mean and unit variance (statistics from the training rows).
-        validation_fraction: share of rows held out for early stopping of torch meta-learners.
-        train_config: torch training settings, as a ``TrainConfig`` or its dict.
+        validation_fraction: share of rows held out for early stopping of torch meta-learners, in [0, 1).
+        train_config: torch training settings: a ``TrainConfig``, or a dict of some of its fields merged over
+            ``DEFAULT_TRAINING``.
 
     Example:
         >>> import torch
@@ -74,36 +102,41 @@ class StackingFuser(Fuser):
         True
     """
 
-    def __init__(self, meta: str | Any = "logreg", features: str = "log_proba", passthrough: bool = False,
-                 hidden: int = 64, standardize: bool = True, validation_fraction: float = 0.1,
-                 train_config: TrainConfig | dict[str, Any] | None = None) -> None:
-        if isinstance(meta, dict):
-            meta = _sklearn_from_spec(meta)
-        if isinstance(meta, str) and meta not in ("logreg", "mlp"):
-            raise ConfigError(f"StackingFuser meta must be 'logreg', 'mlp' or a scikit-learn classifier, got {meta!r}.")
-        if features not in FEATURES:
-            raise ConfigError(f"StackingFuser features must be one of {FEATURES}, got {features!r}.")
-        self.meta_spec = meta if isinstance(meta, str) else _sklearn_spec(meta)
-        self._sklearn_meta = None if isinstance(meta, str) else meta
-        self.features, self.passthrough, self.hidden = features, bool(passthrough), int(hidden)
-        self.standardize, self.validation_fraction = bool(standardize), float(validation_fraction)
-        self.train_config = train_config.to_dict() if isinstance(train_config, TrainConfig) else train_config
-        self._config = TrainConfig.from_dict({**DEFAULT_TRAINING.to_dict(), **(self.train_config or {})})
+    @dataclass(frozen=True)
+    class Config(FuserConfig):
+        meta: str | dict[str, Any] = coerced(_meta, "logreg")
+        features: str = "log_proba"
+        passthrough: bool = False
+        hidden: int = 64
+        standardize: bool = True
+        validation_fraction: float = 0.1
+        train_config: TrainConfig = training_field(DEFAULT_TRAINING)
 
-    @property
-    def meta(self) -> str | dict[str, Any]:
-        """``"logreg"``, ``"mlp"``, or the JSON spec of a scikit-learn meta-learner (what ``to_config`` stores)."""
-        return self.meta_spec
+        constraints: ClassVar = {
+            "meta": (lambda v: isinstance(v, dict) or v in TORCH_METAS, META_TEXT),
+            "features": (one_of(*FEATURES), f"one of {FEATURES}"),
+            "passthrough": _BOOL, "standardize": _BOOL,
+            "hidden": (at_least(1, integer=True), "an integer >= 1"),
+            "validation_fraction": (in_range(0.0, 1.0), "a number in [0, 1)"),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.estimator_: Any = None  # a fitted scikit-learn meta-learner
 
     @property
     def uses_embeddings(self) -> bool:  # type: ignore[override]
-        return self.passthrough
+        return self.config.passthrough
+
+    @property
+    def _sklearn(self) -> bool:
+        return isinstance(self.config.meta, dict)
 
     def _raw_features(self, outputs: MemberOutputs) -> torch.Tensor:
         scores = {"proba": outputs.probabilities(), "log_proba": outputs.logits.log_softmax(-1),
-                  "logits": outputs.logits}[self.features]
+                  "logits": outputs.logits}[self.config.features]
         parts = [scores.reshape(outputs.n_rows, -1)]
-        if self.passthrough:
+        if self.config.passthrough:
             embeddings = [e for e in outputs.embeddings if e is not None]
             if not embeddings:
                 raise MemberOutputError("StackingFuser(passthrough=True) needs members with embeddings (HFEncoder).")
@@ -117,27 +150,29 @@ class StackingFuser(Fuser):
         return (x - self.mean_) / self.std_
 
     def _new_head(self) -> Head:
-        return LinearHead() if self.meta_spec == "logreg" else MLPHead(hidden=self.hidden, dropout=0.1)
+        return LinearHead() if self.config.meta == "logreg" else MLPHead(hidden=self.config.hidden, dropout=0.1)
 
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
         x = self._raw_features(outputs)
-        self.mean_ = x.mean(0) if self.standardize else torch.zeros(x.shape[1])
-        self.std_ = x.std(0).clamp(min=1e-6) if self.standardize and len(x) > 1 else torch.ones(x.shape[1])
+        standardize = self.config.standardize
+        self.mean_ = x.mean(0) if standardize else torch.zeros(x.shape[1])
+        self.std_ = x.std(0).clamp(min=1e-6) if standardize and len(x) > 1 else torch.ones(x.shape[1])
         x = (x - self.mean_) / self.std_
-        if self._sklearn_meta is not None:
-            self.estimator_ = clone(self._sklearn_meta).fit(x.numpy(), labels.numpy())
+        if self._sklearn:
+            self.estimator_ = _sklearn_from_spec(self.config.meta).fit(x.numpy(), labels.numpy())
             return
-        with seeded(self._config.seed):
+        config = self.config.train_config
+        with seeded(config.seed):
             head = self._new_head().build(x.shape[1], outputs.n_classes)
-        fit_rows, hold_rows = holdout_split(len(x), self.validation_fraction, self._config.seed)
+        fit_rows, hold_rows = holdout_split(len(x), self.config.validation_fraction, config.seed)
         val = TensorRows(x=x[hold_rows], y=labels[hold_rows]) if hold_rows is not None else None
-        self.training_ = train(head, _meta_loss, TensorRows(x=x[fit_rows], y=labels[fit_rows]), self._config, val,
+        self.training_ = train(head, _loss, TensorRows(x=x[fit_rows], y=labels[fit_rows]), config, val,
                                desc="stacking fuser")
         self.head_ = head.eval()
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         x = self._features(outputs)
-        if self._sklearn_meta is not None:
+        if self._sklearn:
             proba = np.zeros((len(x), self.n_classes_))
             proba[:, self.estimator_.classes_] = self.estimator_.predict_proba(x.numpy())
             return torch.from_numpy(proba)
@@ -146,21 +181,29 @@ class StackingFuser(Fuser):
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {"mean_": self.mean_, "std_": self.std_}
-        if self._sklearn_meta is not None:
+        if self._sklearn:
             import skops.io
 
-            state["estimator_skops"] = torch.frombuffer(bytearray(skops.io.dumps(self.estimator_)), dtype=torch.uint8)
+            state[_SKOPS] = torch.frombuffer(bytearray(skops.io.dumps(self.estimator_)), dtype=torch.uint8)
         else:
             state.update({f"head.{k}": v.detach() for k, v in self.head_.state_dict().items()})
         return state
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.mean_, self.std_ = state["mean_"], state["std_"]
-        if self._sklearn_meta is not None:
+        if self._sklearn:
             from ..members.sklearn_member import load_skops_bytes
 
-            self.estimator_ = load_skops_bytes(state["estimator_skops"].numpy().tobytes(), "stacking meta-learner")
+            self.estimator_ = load_skops_bytes(state[_SKOPS].numpy().tobytes(), "stacking meta-learner")
             return
         self.head_ = self._new_head().build(self.mean_.shape[0], self.n_classes_)
         self.head_.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         self.head_.eval()
+
+    def state_hash(self) -> str:
+        """The tensors' hash; a scikit-learn meta-learner is hashed as an object (its skops bytes carry memory
+        ids and timestamps), so identical fits share a fingerprint."""
+        if not self._sklearn:
+            return super().state_hash()
+        tensors = {k: v for k, v in self.state_dict().items() if k != _SKOPS}
+        return digest(sha256_tensors(tensors), joblib.hash(self.estimator_))

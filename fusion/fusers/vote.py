@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import FUSERS, FixedWeightsFuser, MemberOutputs
+from .base import FUSERS, FixedWeightsFuser, MemberOutputs, WeightsConfig
 
 
 @FUSERS.register("vote")
@@ -26,6 +28,10 @@ class VoteFuser(FixedWeightsFuser):
         >>> VoteFuser().fit(scores, [0]).predict(scores).tolist()  # class 0 has the higher mean probability
         [0]
     """
+
+    @dataclass(frozen=True)
+    class Config(WeightsConfig):
+        """VoteFuser's config: the fixed vote weights."""
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         votes = F.one_hot(outputs.logits.argmax(-1), outputs.n_classes).float()

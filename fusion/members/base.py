@@ -1,89 +1,219 @@
-"""The small protocol every member follows, and the registry of member kinds."""
+"""The member contract: a config (what the member is), learned state (what it learned), and outputs.
+
+A member is a :class:`~fusion.config.Component`. Its config's fields are its constructor's parameters; what it
+learns in ``fit`` (label names, head weights, a fine-tuned backbone, a fitted estimator) is learned state,
+saved by ``save`` and restored by ``load``. The ensemble fits clones of the members it is given, so the
+user's member objects stay specifications.
+"""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from ..cache import OutputCache, Outputs
+from ..config import Check, Component, Config, LoadOptions, coerced, digest, in_range, setting
 from ..data import TextData
+from ..errors import ConfigError, NotFittedError, PersistenceError
+from ..io import atomic_save_tensors, load_tensors, sha256_tensors
 from ..registry import Registry
+from ..train_config import TrainConfig
 
-MEMBERS: Registry[Member] = Registry("member kind", attribute="kind")
+MEMBERS: Registry[Member] = Registry("member kind")
+
+STATE_FILE = "state.safetensors"
+FRACTION: Check = (in_range(0.0, 1.0), "a number in [0, 1)")  # validation_fraction
 
 
-class Member(abc.ABC):
-    """A model that turns texts into class scores (and optionally embeddings).
+def train_config_field(default: TrainConfig | None) -> Any:
+    """A ``train_config`` field: a ``TrainConfig``, its dict, or None for ``default``."""
+    return coerced(lambda v: default if v is None else v if isinstance(v, TrainConfig) else TrainConfig.from_dict(v),
+                   default)
+
+
+def label_map_field() -> Any:
+    """A ``label_map`` field: renames the member's own labels (keys: its label names or ids); None for none."""
+    return coerced(lambda v: dict(v) if v else None, None)
+
+
+def with_progress(config: TrainConfig, show_progress: bool) -> TrainConfig:
+    """``config`` with its progress bar off when the member's is off."""
+    return config.replace(show_progress=config.show_progress and show_progress)
+
+
+@dataclass(frozen=True)
+class MemberConfig(Config):
+    """Base of every member's config: the instance ``name`` (keyword-only; it never changes the outputs, so
+    it is not part of the fingerprint). A member kind fills in a default name in ``default_name``."""
+
+    name: str | None = setting(None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name:
+            object.__setattr__(self, "name", self.default_name())
+
+    def default_name(self) -> str:
+        return type(self).kind or "member"
+
+
+class Member(Component, abc.ABC):
+    """A model that turns inputs into class scores (and optionally embeddings).
 
     Outputs are a dict: ``"logits"`` ``[rows, classes]`` in the member's own label order (see
     ``output_labels``; for probabilistic members these are log-probabilities) and, where the member has
-    them, ``"embeddings"`` ``[rows, dim]``. The Ensemble caches them and aligns labels by name.
+    them, ``"embeddings"`` ``[rows, dim]``. The Ensemble caches them under ``fingerprint`` and aligns labels by
+    name.
 
-    Subclasses register with ``@MEMBERS.register("kind")`` and implement the abstract methods.
+    Subclasses declare ``Config`` (a ``MemberConfig``), register with ``@MEMBERS.register("kind")`` and
+    implement ``compute`` and ``output_labels``; trainable ones implement ``_fit`` and ``state_dict``.
     """
 
-    kind: ClassVar[str]
+    Config: ClassVar[type[MemberConfig]] = MemberConfig
 
-    def __init__(self, name: str | None) -> None:
-        self.name = name or ""
-        self.fitted_on_: str | None = None  # label fingerprint of the data this member was fitted on by fusion
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.labels_: list[str] | None = None  # the ensemble's label names, once fitted by fusion
+        self.fitted_on_: str | None = None  # label fingerprint of the data it was fitted on
 
-    # --- what the member is -------------------------------------------------------------------------
+    # --- what the member is -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name or ""
+
     @property
     def trainable(self) -> bool:
         """True when the member learns something from the ensemble's training data."""
         return False
 
     @property
+    def expensive_to_fit(self) -> bool:
+        """True when fitting costs model runs (fine-tuning): the ensemble then fits it once, not per fold."""
+        return False
+
+    @property
     def is_fitted(self) -> bool:
         """True when outputs can be computed."""
-        return True
+        return not self.trainable or self.labels_ is not None
 
     @abc.abstractmethod
     def output_labels(self, ensemble_labels: list[str] | None) -> list[str] | None:
         """Names of the output columns, in order (None if unknown until fitted)."""
 
-    @abc.abstractmethod
-    def fingerprint(self) -> str:
-        """A hash that changes whenever the member's outputs could change (weights, settings, head)."""
+    def describe(self) -> str:
+        """One line for model cards and logs."""
+        return f"{self.kind} {self.name}"
 
-    # --- what the member does -----------------------------------------------------------------------
+    # --- what the member does -----------------------------------------------------------------------------
     def fit(self, train: TextData, label_names: list[str], cache: OutputCache) -> Member:
-        """Learn from ``train`` (labels are ids into ``label_names``); frozen members do nothing."""
+        """Learn from ``train`` (labels are ids into ``label_names``); frozen members learn nothing.
+
+        Fits this object in place: the Ensemble calls it on a ``clone()``, never on the user's member.
+        """
+        if not self.trainable:
+            return self
+        self._fit(train, list(label_names), cache)
+        self.labels_, self.fitted_on_ = list(label_names), train.label_fingerprint
+        self._set_fitted_fingerprint(self.state_hash())
         return self
+
+    def _fit(self, train: TextData, label_names: list[str], cache: OutputCache) -> None:
+        """Learn the state (subclasses that train)."""
 
     @abc.abstractmethod
     def compute(self, data: TextData, cache: OutputCache) -> Outputs:
         """Run the model(s) over ``data``; may use ``cache`` for intermediate results (embeddings)."""
 
-    def unfitted_copy(self) -> Member:
-        """A copy that has not learned anything yet (for cross-fitting)."""
-        return self
-
     def torch_modules(self) -> list[torch.nn.Module]:
         """The torch modules that run in ``compute`` (loaded ones only); used to count model runs."""
         return []
 
-    # --- persistence --------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def to_config(self) -> dict[str, Any]:
-        """JSON-able description: kind, name, source, settings, checksums of referenced weights."""
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"member {self.name!r} is not fitted; call Ensemble.fit (or fit a clone) first.")
 
-    def save(self, directory: Path) -> None:
-        """Write the member's own learned files (heads, fine-tuned weights, estimators) into ``directory``.
+    # --- learned state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Learned tensors (head or module weights), saved as safetensors."""
+        return {}
 
-        Members that learn nothing (a frozen HFClassifier is saved by reference) write nothing.
-        """
-        return None
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def state_hash(self) -> str:
+        """Hash of the learned state (computed once per fit or load, for the fingerprint)."""
+        return digest(self.labels_, sha256_tensors(self.state_dict()))
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Learned state that is not tensors (JSON), saved beside the config."""
+        return {"labels": self.labels_, "fitted_on": self.fitted_on_, "fingerprint": self.fingerprint,
+                "shapes": {k: list(v.shape) for k, v in self.state_dict().items()}}
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the learned tensors (``state.safetensors``) and files into ``directory``; returns
+        ``fitted_state()`` for the ensemble's config."""
+        self._require_fitted()
+        state = self.state_dict()
+        if state:
+            atomic_save_tensors(directory / STATE_FILE, state)
+        self._save_files(directory)
+        return self.fitted_state()
+
+    def _save_files(self, directory: Path) -> None:
+        """Learned state that is not tensors (a skops estimator, a fine-tuned backbone)."""
 
     @classmethod
-    @abc.abstractmethod
-    def from_config(cls, config: dict[str, Any], directory: Path, **options: Any) -> Member:
-        """Rebuild a saved member; ``directory`` holds what ``save`` wrote."""
+    def load(cls, config: Mapping[str, Any], fitted: Mapping[str, Any], directory: Path,
+             options: LoadOptions | None = None) -> Member:
+        """Rebuild a saved member from its config, its ``fitted_state()`` and the files in ``directory``."""
+        options = options or LoadOptions()
+        restored = cls._objects_from_files(directory, fitted, options)
+        member = cls(cls._saved_config(config, restored, options))
+        member.labels_, member.fitted_on_ = fitted.get("labels"), fitted.get("fitted_on")
+        member._load_files(directory, fitted, options, restored)
+        member._load_tensors(directory, fitted)
+        if fitted.get("fingerprint"):  # recorded when it was fitted; its files were verified by checksum
+            member._fingerprint = fitted["fingerprint"]
+        return member
 
-    def describe(self) -> str:
-        """One line for model cards and logs."""
-        return f"{self.kind} {self.name}"
+    @classmethod
+    def _saved_config(cls, config: Mapping[str, Any], restored: Mapping[str, Any], options: LoadOptions
+                      ) -> MemberConfig:
+        """The typed config, with object fields from ``options`` or else from the saved files (``restored``)."""
+        name = str(config.get("name", ""))
+        if restored:  # objects a saved file rebuilds (a scikit-learn estimator), unless the caller passes them
+            options = dataclasses.replace(options, objects={**options.objects,
+                                                            name: {**restored, **options.objects_for(name)}})
+        try:
+            return cls.config_from_dict(config, options, name)
+        except ConfigError as err:  # name the member, in the message and in the load hint
+            raise ConfigError(f"member {name!r}: " + str(err).replace('"MEMBER"', json.dumps(name))) from None
+
+    def _load_tensors(self, directory: Path, fitted: Mapping[str, Any]) -> None:
+        """Load ``state.safetensors`` (names and shapes checked against ``fitted``) into the member."""
+        shapes = {k: tuple(v) for k, v in (fitted.get("shapes") or {}).items()}
+        if not shapes:
+            return
+        state = load_tensors(directory / STATE_FILE, f"member {self.name!r}", expected_shapes=shapes)
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:  # torch's strict load: the module passed again has other layers
+            raise PersistenceError(f"member {self.name!r}: the saved weights do not fit its module: {err}. "
+                                   "Pass the same module class and sizes that were saved.") from err
+
+    @classmethod
+    def _objects_from_files(cls, directory: Path, fitted: Mapping[str, Any], options: LoadOptions) -> dict[str, Any]:
+        """Objects the saved files hold, read once, by config field name: the defaults of those object fields
+        (the caller's ``options.objects`` come first), and given to ``_load_files``."""
+        return {}
+
+    def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
+                    restored: Mapping[str, Any]) -> None:
+        """Restore learned state that is not tensors, and prepare ``load_state_dict`` (build a head)."""

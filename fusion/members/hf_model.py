@@ -1,0 +1,95 @@
+"""What every Hugging Face member shares: where its files come from and how inference runs (declared once)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import LoadOptions, at_least, digest, is_bool, optional, setting
+from ..engine import resolve_dtype
+from ..errors import ConfigError
+from .base import Member, MemberConfig
+from .hf_source import HFSource, ModelRef, model_ref, model_short_name
+
+_POSITIVE = (optional(at_least(1, integer=True)), "None or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class HFModelConfig(MemberConfig):
+    """Settings of every Hugging Face member.
+
+    Attributes:
+        model: a model directory, a hub id, or ``package:MODULE`` (a model shipped in an installed package).
+        revision: hub revision (branch, tag or commit).
+        max_length: truncation in tokens (default: the model's limit).
+        batch_size: at most this many rows per inference batch (default: only the token budget limits it).
+        max_tokens: padded tokens per inference batch (default: from free GPU memory; 2,048 on CPU).
+        dtype: weights' dtype for inference: "auto" (bfloat16 on GPUs that support it, float32 on CPU),
+            "float32", "bfloat16" or "float16".
+        device: where to run (default CUDA when present).
+        trust_remote_code: allow custom modelling code from the repository (off by default).
+        show_progress: progress bar during inference.
+    """
+
+    model: ModelRef
+    # The model's files are covered by the source's fingerprint, so where they lie does not count.
+    revision: str | None = setting(None)
+    max_length: int | None = None
+    batch_size: int | None = setting(None)
+    max_tokens: int | None = setting(None)
+    dtype: str = "auto"
+    device: str | None = setting(None)
+    trust_remote_code: bool = False
+    show_progress: bool = setting(True)
+
+    constraints: ClassVar = {"max_length": _POSITIVE, "batch_size": _POSITIVE, "max_tokens": _POSITIVE,
+                             "trust_remote_code": (is_bool, "True or False"), "show_progress": (is_bool, "True or False")}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", model_ref(self.model))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        try:
+            resolve_dtype(self.dtype, torch.device("cpu"))  # an unknown dtype fails here, not at the first run
+        except (ConfigError, ValueError, TypeError) as err:
+            raise ConfigError(f"{type(self).__qualname__}.dtype: {err}") from None
+
+    def default_name(self) -> str:
+        return model_short_name(self.model)
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().fingerprint_dict().items() if k != "model"}
+
+
+class HFMember(Member):
+    """Base of the Hugging Face members: the source of their files (hashed once, shared by clones)."""
+
+    Config: ClassVar[type[HFModelConfig]] = HFModelConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = HFSource(self.config.model, self.config.revision)
+
+    def _clone_into(self, twin: HFMember) -> None:
+        twin.source = self.source  # shares the hashed checksums
+
+    def _unfitted_fingerprint(self) -> str:
+        return digest(self.kind, self.config.fingerprint, self.source.fingerprint)
+
+    def inference_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``fusion.engine.run_model`` from the config."""
+        c = self.config
+        return {"batch_size": c.batch_size, "max_tokens": c.max_tokens, "max_length": c.max_length,
+                "device": c.device, "dtype": c.dtype, "show_progress": c.show_progress}
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {**super().fitted_state(), "source": self.source.fitted_state()}
+
+    def _verify_source(self, fitted: Mapping[str, Any], options: LoadOptions) -> None:
+        recorded = (fitted.get("source") or {}).get("weights_sha256")
+        if options.verify_members and recorded is not None:
+            self.source.verify(recorded, self.name)

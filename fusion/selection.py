@@ -1,0 +1,75 @@
+"""Fitting several candidate fusers on the same member outputs and keeping the best, honestly.
+
+Each candidate is scored on out-of-fold fused predictions (K folds over the rows fusers learn from), never
+on rows it was fitted on, then refitted on all of them. The winner has the best cross-validated accuracy
+(ties: lower log-loss, then the first listed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .crossfit import out_of_fold_fused
+from .evaluation.metrics import summary
+from .fusers import FUSERS, Fuser, MemberOutputs
+
+__all__ = ["Candidate", "as_fusers", "candidate_labels", "fit_candidates", "best_candidate"]
+
+
+@dataclass
+class Candidate:
+    """One fitted candidate fuser.
+
+    Attributes:
+        label: its name in tables (the kind, with ``-2``, ``-3`` for repeats).
+        fuser: fitted on all the rows fusers learn from.
+        cv_proba: out-of-fold fused probabilities on those rows (None when not computed).
+        cv_scores: accuracy and log-loss of ``cv_proba``.
+        seconds: time to cross-fit and fit it.
+    """
+
+    label: str
+    fuser: Fuser
+    cv_proba: np.ndarray | None
+    cv_scores: dict[str, float] | None
+    seconds: float
+
+
+def as_fusers(fuser: Fuser | str | Sequence[Fuser | str] | None) -> list[Fuser]:
+    """Specs as a list: a fuser, a registered kind, or a list of them (default: the mean)."""
+    items = [fuser] if isinstance(fuser, (Fuser, str)) or fuser is None else list(fuser)
+    return [FUSERS.get(f)() if isinstance(f, str) else f if f is not None else FUSERS.get("mean")() for f in items]
+
+
+def candidate_labels(fusers: Sequence[Fuser]) -> list[str]:
+    """Unique table names: the kind, then ``kind-2``, ``kind-3`` for repeats."""
+    seen: dict[str, int] = {}
+    labels = []
+    for fuser in fusers:
+        seen[fuser.kind] = seen.get(fuser.kind, 0) + 1
+        labels.append(fuser.kind if seen[fuser.kind] == 1 else f"{fuser.kind}-{seen[fuser.kind]}")
+    return labels
+
+
+def fit_candidates(fusers: Sequence[Fuser], outputs: MemberOutputs, labels: np.ndarray, *, cv: int, seed: int,
+                   cross_validate: bool) -> list[Candidate]:
+    """Fit a clone of every spec on all rows; with ``cross_validate``, also its out-of-fold predictions."""
+    candidates = []
+    for label, spec in zip(candidate_labels(fusers), fusers, strict=True):
+        start = time.perf_counter()
+        proba = out_of_fold_fused(spec, outputs, labels, cv, seed) if cross_validate else None
+        fitted = spec.clone().fit(outputs, labels)
+        scores = summary(proba, labels) if proba is not None else None
+        candidates.append(Candidate(label, fitted, proba, scores, time.perf_counter() - start))
+    return candidates
+
+
+def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
+    """Highest cross-validated accuracy, then lowest log-loss, then the first listed."""
+    if len(candidates) == 1 or candidates[0].cv_scores is None:
+        return candidates[0]
+    return max(candidates, key=lambda c: (c.cv_scores["accuracy"], -c.cv_scores["log_loss"]))

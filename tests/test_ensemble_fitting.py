@@ -1,0 +1,197 @@
+"""How Ensemble.fit treats what it is given: specs stay untouched, clones are fitted, outputs are cached across
+processes, fusers are chosen honestly, expensive members are fitted once, and the report is lazy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tfidf_member
+
+from fusion import Ensemble, HFClassifier, HFEncoder, LinearFuser, MeanFuser, MLPHead, TrainConfig, VoteFuser
+from fusion.crossfit import out_of_fold_fused
+from fusion.evaluation.metrics import summary
+from fusion.members.hf_encoder import HFEncoder as Encoder
+
+QUIET = {"show_progress": False}
+FAST_HEAD = TrainConfig(learning_rate=1e-2, max_epochs=5, batch_size=32, patience=None, show_progress=False)
+
+
+def _encoder(directory, head, pooling="mean", name=None, **options):
+    return HFEncoder(directory, head=head, pooling=pooling, train_config=FAST_HEAD, name=name, **QUIET, **options)
+
+
+def test_fit_trains_clones_and_leaves_the_specs_untouched(bert_encoder_dir, toy_sentiment):
+    head = torch.nn.Linear(32, 2)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    specs = [_encoder(bert_encoder_dir, head, name="custom"), tfidf_member()]
+    fuser = LinearFuser()
+    ens = Ensemble(specs, fuser=fuser, labels=["negative", "positive"], cv=2).fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert all(not m.is_fitted for m in specs) and not fuser.is_fitted
+    assert all(a is not b for a, b in zip(ens.members_, specs, strict=True)) and ens.fuser_ is not fuser
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items()), "the user's head module was trained"
+    assert list(ens.classes_) == ["negative", "positive"]
+    assert ens.members == specs and ens.fuser is fuser
+
+
+def test_fitting_the_same_spec_twice_gives_independent_ensembles(bert_encoder_dir, toy_sentiment):
+    specs = [_encoder(bert_encoder_dir, MLPHead(hidden=8), name="enc")]
+    first = Ensemble(specs).fit(toy_sentiment["train"])
+    second = Ensemble(specs).fit(toy_sentiment["train"])
+    texts = ["a wonderful film", "a dull plot"]
+    expected = second.predict_proba(texts)
+    with torch.no_grad():
+        for p in first.members_[0].head_.parameters():
+            p.add_(1.0)
+    assert first.members_[0].head_ is not second.members_[0].head_
+    assert np.array_equal(second.predict_proba(texts), expected)
+
+
+def test_one_head_object_in_two_encoders_gives_two_independent_heads(bert_encoder_dir, toy_sentiment):
+    head = MLPHead(hidden=8)
+    members = [_encoder(bert_encoder_dir, head, "mean", "mean"), _encoder(bert_encoder_dir, head, "cls", "cls")]
+    ens = Ensemble(members).fit(toy_sentiment["train"])
+    mean_head, cls_head = (m.head_ for m in ens.members_)
+    assert mean_head is not cls_head and mean_head is not head
+    assert not all(torch.equal(a, b) for a, b in zip(mean_head.state_dict().values(), cls_head.state_dict().values(),
+                                                     strict=True))
+
+
+SECOND_PROCESS = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import transformers
+    from helpers import tfidf_member
+    from tiny_models import make_toy_sentiment
+    from fusion import Ensemble, HFClassifier, HFEncoder, MLPHead, TrainConfig
+
+    calls = {{"n": 0}}
+    for cls in (transformers.BertModel, transformers.BertForSequenceClassification):
+        original = cls.forward
+        def counted(self, *args, _original=original, **kwargs):
+            calls["n"] += 1
+            return _original(self, *args, **kwargs)
+        cls.forward = counted
+    head = TrainConfig(learning_rate=1e-2, max_epochs=3, batch_size=32, patience=None, show_progress=False)
+    members = [HFClassifier({classifier!r}, show_progress=False),
+               HFEncoder({encoder!r}, head=MLPHead(hidden=8), train_config=head, show_progress=False),
+               HFEncoder({encoder!r}, pooling="cls", train_config=head, show_progress=False), tfidf_member()]
+    ens = Ensemble(members, fuser=["mean", "linear"], cv=2)
+    ens.fit(make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
+    proba = ens.predict_proba(["a great film", "a dull plot"]).tolist()
+    print(json.dumps({{"forward_calls": calls["n"], "misses": ens.cache.misses, "proba": proba}}))
+""")
+
+
+@pytest.mark.slow
+def test_a_second_process_over_the_same_models_and_data_runs_no_model(bert_classifier_dir, bert_encoder_dir,
+                                                                        tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSION_CACHE", str(tmp_path / "cache"))
+    script = tmp_path / "run.py"
+    script.write_text(SECOND_PROCESS.format(tests=str(Path(__file__).parent), classifier=str(bert_classifier_dir),
+                                            encoder=str(bert_encoder_dir)))
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    assert first["forward_calls"] > 0
+    assert second["forward_calls"] == 0, "the second process ran a model although every output was cached on disk"
+    assert second["misses"] == 0
+    assert np.allclose(first["proba"], second["proba"])
+
+
+def test_two_poolings_of_one_checkpoint_run_the_backbone_once(bert_encoder_dir, toy_sentiment, monkeypatch):
+    calls = []
+    original = Encoder._load
+
+    def loaded(self):
+        backbone, tokenizer = original(self)
+        if not getattr(backbone, "_counted", False):
+            backbone.register_forward_hook(lambda *a: calls.append(1))
+            backbone._counted = True
+        return backbone, tokenizer
+
+    monkeypatch.setattr(Encoder, "_load", loaded)
+    members = [_encoder(bert_encoder_dir, "linear", "mean", "a"), _encoder(bert_encoder_dir, MLPHead(hidden=8), "cls", "b")]
+    Ensemble(members, cache_dir="memory").fit(toy_sentiment["train"])
+    single = len(calls)
+    calls.clear()
+    Ensemble(members[:1], cache_dir="memory").fit(toy_sentiment["train"])
+    assert single == len(calls) > 0, "the second pooling ran the backbone again"
+
+
+def test_several_fusers_are_chosen_by_cross_validated_accuracy(bert_classifier_dir, toy_sentiment):
+    members = [HFClassifier(bert_classifier_dir, name="bert", **QUIET), tfidf_member()]
+    ens = Ensemble(members, fuser=[MeanFuser(), "vote", LinearFuser()], cv=3)
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    selection = ens.selection_
+    assert set(selection["scores"]) == {"mean", "vote", "linear"} and selection["rows"] == "train"
+    best = max(selection["scores"], key=lambda k: (selection["scores"][k]["accuracy"], -selection["scores"][k]["log_loss"]))
+    assert selection["chosen"] == best and ens.fuser_ is ens.candidates_[best]
+    train = ens._data(toy_sentiment["train"], "train", require_labels=True)
+    outputs = ens.member_outputs(train)  # tfidf is trained here: compare on its out-of-fold outputs instead
+    assert outputs.n_members == 2
+    report = ens.report_
+    assert {m.name for m in report.models if m.kind == "fuser"} == {"mean", "vote", "linear"}
+    assert any("cross-validated" in note for note in report.notes)
+
+
+def test_expensive_members_are_fitted_once_and_the_fuser_is_cross_fitted_on_validation(bert_encoder_dir, toy_sentiment,
+                                                                                         monkeypatch):
+    fits = []
+    original = Encoder._finetune
+    monkeypatch.setattr(Encoder, "_finetune", lambda self, *a: (fits.append(1), original(self, *a))[1])
+    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
+    members = [HFEncoder(bert_encoder_dir, finetune=True, train_config=finetune, name="ft", **QUIET), tfidf_member()]
+    ens = Ensemble(members, fuser=LinearFuser(), cv=4).fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert len(fits) == 1, "the fine-tuned member was fitted more than once"
+    assert ens.fuser_data_ == "validation"
+    assert "prefit" in ens.member_fitting_["ft"]
+    validation = ens._data(toy_sentiment["validation"], "validation", require_labels=True)
+    outputs = ens.member_outputs(validation)
+    honest = summary(out_of_fold_fused(LinearFuser(), outputs, validation.labels, 4, 0), validation.labels)
+    assert ens.score(validation)["fuser:linear"] == pytest.approx(honest)
+    in_sample = summary(ens.fuser_.predict_proba(outputs), validation.labels)
+    assert ens.metrics_["scores"]["fuser:linear"] != in_sample or honest == in_sample
+    assert any("out-of-fold" in note for note in ens.report_.notes)
+
+
+def test_integer_labels_without_names_use_the_ids(toy_sentiment):
+    data = {"text": toy_sentiment["train"]["text"], "label": [int(x) for x in toy_sentiment["train"]["label"]]}
+    ens = Ensemble([tfidf_member()], fuser=VoteFuser()).fit(data)
+    assert list(ens.classes_) == ["0", "1"]
+    assert set(ens.predict(["a great film"])) <= {"0", "1"}
+    assert "ids are used as names" in ens.label_note_
+
+
+def test_fit_builds_no_report_until_asked(toy_sentiment, monkeypatch):
+    import fusion.evaluation.evaluate as evaluation
+
+    built = []
+    original = evaluation.build_report
+    monkeypatch.setattr(evaluation, "build_report", lambda *a, **k: (built.append(1), original(*a, **k))[1])
+    ens = Ensemble([tfidf_member()]).fit(toy_sentiment["train"], toy_sentiment["validation"])
+    assert built == []
+    assert ens.report_ is ens.report_ and len(built) == 1
+
+
+def test_saved_config_is_the_ensemble_config(bert_classifier_dir, toy_sentiment, tmp_path):
+    from fusion.persistence import CONFIG_NAME, EnsembleConfig
+
+    ens = Ensemble([HFClassifier(bert_classifier_dir, **QUIET), tfidf_member()], fuser=["mean", "linear"], cv=2)
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"]).save_pretrained(tmp_path / "e")
+    raw = json.loads((tmp_path / "e" / CONFIG_NAME).read_text())
+    config = EnsembleConfig.read(tmp_path / "e")
+    assert config.to_dict() == raw
+    assert [m.kind_name for m in config.members] == ["hf_classifier", "sklearn"]
+    assert config.selection["chosen"] == ens.selection_["chosen"]
+    card = (tmp_path / "e" / "README.md").read_text()
+    assert config.fuser.kind_name in card and "Chosen among candidates" in card
