@@ -37,7 +37,7 @@ class Corpus:
 def load_corpus(directory: Path) -> Corpus:
     """``train`` and ``validation`` of a dataset directory, read as fusion reads it (``fusion.dataio``), with
     integer labels in the order of ``labels.json``."""
-    from fusion.dataio import DataSpec, load_data
+    from fusion.datafiles import DataSpec, load_data
 
     splits = load_data(DataSpec(path=directory))
     names = splits.labels or sorted({str(v) for v in splits.train["label"]})

@@ -79,7 +79,7 @@ def fusion_run(encoder: Encoder, corpus: Corpus, train: Split, settings: Setting
     """``HFEncoder(finetune=True, head=LinearHead())`` fitted for one epoch on every row (no hold-out), with
     the member's default fine-tuning recipe (``FINETUNE_TRAINING``) at this batch size and learning rate."""
     from fusion import HFEncoder, LinearHead
-    from fusion.data import as_text_data
+    from fusion.inputs import as_text_data
     from fusion.members.hf_encoder import FINETUNE_TRAINING
 
     def run() -> Any:
@@ -96,7 +96,7 @@ def fusion_run(encoder: Encoder, corpus: Corpus, train: Split, settings: Setting
 
 def fusion_accuracy(member: Any, corpus: Corpus, validation: Split) -> float:
     """Validation accuracy of a fine-tuned member."""
-    from fusion.data import as_text_data
+    from fusion.inputs import as_text_data
 
     logits = member.compute(as_text_data(validation.as_dict(), label_names=corpus.label_names), fresh_cache())
     return float((logits["logits"].argmax(1).numpy() == np.asarray(validation.labels)).mean())

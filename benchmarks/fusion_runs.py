@@ -36,7 +36,7 @@ def member_runner(path: Path, texts: Sequence[str], device: torch.device) -> tup
     """``HFEncoder(...).embeddings(as_text_data(texts), cache)``: raw text to cached outputs, with a fresh
     memory-only cache each time; the backbone is loaded before timing by a warm-up call on a few rows."""
     from fusion import HFEncoder
-    from fusion.data import as_text_data
+    from fusion.inputs import as_text_data
 
     member = HFEncoder(path, pooling="mean", max_length=MAX_LENGTH, device=str(device), show_progress=False)
     member.embeddings(as_text_data(list(texts[:8])), fresh_cache())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from fusion.cache import OutputCache
+    from fusion.cache.store import OutputCache
 
 
 @dataclass(frozen=True)

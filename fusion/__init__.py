@@ -6,8 +6,8 @@ Example:
     >>> Ensemble(members, fuser=LinearFuser()).fit(train, validation).save_pretrained("out/ensemble")  # doctest: +SKIP
 """
 
-from .cache import OutputCache
-from .ensemble import Ensemble
+from .cache.store import OutputCache
+from .ensemble.ensemble import Ensemble
 from .errors import (
     ChecksumError,
     ConfigError,
@@ -23,8 +23,8 @@ from .errors import (
 from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
-from .heads import HEADS, Head, LinearHead, MLPHead
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
+from .members.heads import HEADS, Head, LinearHead, MLPHead
 from .train_config import TrainConfig
 
 __version__ = "0.1.0"

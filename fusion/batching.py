@@ -22,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .cache import TOKENS_VARIANT, OutputCache
+from .cache.store import TOKENS_VARIANT, OutputCache
 from .errors import ConfigError
 
 Batch = dict[str, torch.Tensor]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .dataio import DataSpec, load_data, load_split, read_table
+from .datafiles import DataSpec, load_data, load_split, read_table
 from .errors import ChecksumError, ConfigError, DataError, FusionError, PersistenceError
 from .io import atomic_file, atomic_write_text
 
@@ -84,7 +84,7 @@ def _members_first(scores: dict[str, dict[str, float]], members: list[str]) -> l
 
 def _saved_ensemble_holding(path: Path) -> Path | None:
     """The saved ensemble folder that ``path`` is (or lies inside), if any."""
-    from .persistence import CONFIG_NAME
+    from .ensemble.persistence import CONFIG_NAME
 
     path = path.resolve()
     return next((d for d in (path, *path.parents) if (d / CONFIG_NAME).is_file()), None)
@@ -160,7 +160,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
 
 
 def _load_ensemble(directory: str, quiet: bool, cache_dir: str | None = None):
-    from .ensemble import Ensemble
+    from .ensemble.ensemble import Ensemble
 
     return Ensemble.from_pretrained(directory, show_progress=not quiet, cache_dir=cache_dir)
 
@@ -314,8 +314,8 @@ def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .modelcard import fuser_call, fuser_data_note
-    from .persistence import EnsembleConfig
+    from .ensemble.modelcard import fuser_call, fuser_data_note
+    from .ensemble.persistence import EnsembleConfig
 
     directory = Path(args.dir)
     config = EnsembleConfig.read(directory)

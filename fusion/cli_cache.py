@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from .cache_admin import CacheSummary, cache_summary, clear_cache, format_age, format_size, parse_duration
+from .cache.admin import CacheSummary, cache_summary, clear_cache, format_age, format_size, parse_duration
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

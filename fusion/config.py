@@ -322,11 +322,11 @@ def _objects(cls: type[Config], fields: Mapping[str, dataclasses.Field], objects
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What ``from_pretrained`` passes to every component's ``from_config``.
+    """What ``from_pretrained`` passes to every component it rebuilds (``Member.load``, ``Fuser.from_config``).
 
     Attributes:
-        objects: Python objects that saved configs cannot rebuild, by component name then field name,
-            e.g. ``{"cnn": {"module": SmallCNN()}, "minilm": {"head": MyHead()}}``.
+        objects: Python objects that saved configs cannot rebuild, by component name (a member's name, or
+            ``"fuser"``) then field name, e.g. ``{"cnn": {"module": SmallCNN()}, "minilm": {"head": MyHead()}}``.
         trusted_types: extra types to trust in skops files (scikit-learn estimators).
         verify_members: check referenced model weights against the sha256 recorded at save time.
         show_progress: progress bars of the loaded components.
@@ -348,7 +348,8 @@ class Component:
     """A frozen config plus learned state; the constructor's parameters are the config's fields.
 
     ``Component(**fields)`` or ``Component(config)`` builds one; ``clone()`` a fresh, unfitted one from the
-    same config; ``to_config()`` / ``from_config()`` round-trip through JSON. Learned tensors come out of
+    same config; ``to_config()`` and the kind's loader (``Member.load``, ``Fuser.from_config``, both through
+    ``config_from_dict``) round-trip through JSON. Learned tensors come out of
     ``state_dict()``. The ``fingerprint`` is computed once (from the config when unfitted, from config and
     learned state once fitted or loaded, see ``_set_fitted_fingerprint``) and never re-hashed per lookup.
 

@@ -26,7 +26,7 @@ from .batching import (
     prefetched,
     tokenize,
 )
-from .cache import OutputCache
+from .cache.store import OutputCache
 from .errors import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)

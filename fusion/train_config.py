@@ -62,7 +62,7 @@ class TrainConfig(Config):
         group_by_length: For rows with lengths: micro-batches of similar length (less padding), still
             shuffled every epoch (see ``fusion.batching.grouped_micro_batches``). No effect on a full batch
             (``batch_size=None`` and no ``max_tokens``).
-        compile: ``torch.compile`` the model (through Accelerate's dynamo backend "inductor").
+        compile: ``torch.compile`` the model (the training wrapper around it; default backend "inductor").
         optimizer: ``"adamw"`` (mini-batches), or ``"lbfgs"`` for small full-batch problems (fusers): each
             epoch is one L-BFGS step (up to 20 iterations, strong Wolfe line search, step size
             ``learning_rate``, 1.0 is the usual choice); needs ``batch_size=None`` and no weight decay,

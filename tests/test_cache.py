@@ -16,8 +16,8 @@ from safetensors import safe_open
 
 import fusion.batching
 from fusion.batching import cached_tokenize
-from fusion.cache import OutputCache, default_cache_dir
-from fusion.cache_admin import cache_summary, clear_cache, format_size, parse_duration
+from fusion.cache.admin import cache_summary, clear_cache, format_size, parse_duration
+from fusion.cache.store import OutputCache, default_cache_dir
 from fusion.cli import main
 from fusion.errors import ConfigError
 
@@ -121,7 +121,7 @@ def test_corrupted_file_in_the_default_cache_is_recomputed(_private_output_cache
     (path,) = entry_files(_private_output_cache)
     path.write_bytes(b"\x00" * 40)
     compute, cache = Compute(), OutputCache()
-    with caplog.at_level(logging.WARNING, logger="fusion.cache"):
+    with caplog.at_level(logging.WARNING, logger="fusion.cache.store"):
         cache.get_or_compute(MEMBER, DATA, compute)
     assert compute.calls == 1 and "unreadable" in caplog.text
     assert OutputCache().get(MEMBER, DATA) is not None, "the recomputed entry replaced the damaged file"
@@ -131,9 +131,9 @@ def test_a_failed_write_keeps_the_entry_in_memory_and_the_run_going(monkeypatch,
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("fusion.cache.atomic_save_tensors", full_disk)
+    monkeypatch.setattr("fusion.cache.store.atomic_save_tensors", full_disk)
     cache, compute = OutputCache(), Compute()
-    with caplog.at_level(logging.WARNING, logger="fusion.cache"):
+    with caplog.at_level(logging.WARNING, logger="fusion.cache.store"):
         cache.get_or_compute(MEMBER, DATA, compute)
     assert "could not write" in caplog.text and cache.get(MEMBER, DATA) is not None
 
@@ -180,7 +180,7 @@ def test_a_second_process_computes_nothing(_private_output_cache):
         "import sys, types\n"
         f"sys.modules['fusion'] = package = types.ModuleType('fusion'); package.__path__ = [{FUSION_DIR!r}]\n"
         "import torch\n"
-        "from fusion.cache import OutputCache\n"
+        "from fusion.cache.store import OutputCache\n"
         "cache = OutputCache()\n"
         f"cache.get_or_compute({MEMBER!r}, {DATA!r}, lambda: {{'logits': torch.ones(2, 3)}}, label='script member')\n"
         "print(cache.misses, cache.hits)\n"

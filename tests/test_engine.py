@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from fusion import ResourceError
 from fusion.batching import Tokenized, cached_tokenize, length_sorted_batches, tokenize
-from fusion.cache import OutputCache
+from fusion.cache.store import OutputCache
 from fusion.engine import resolve_dtype, run_model
 
 WORDS = ["good", "bad", "film", "plot", "great", "awful", "music", "acting", "fine", "dull"]

@@ -23,8 +23,8 @@ from fusion import (
     StackingFuser,
     VoteFuser,
 )
-from fusion.crossfit import out_of_fold_outputs
-from fusion.data import as_text_data
+from fusion.ensemble.crossfit import out_of_fold_outputs
+from fusion.inputs import as_text_data
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sent
 def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
     import time
 
-    from fusion.cache import OutputCache
+    from fusion.cache.store import OutputCache
 
     cache = OutputCache(tmp_path)
 

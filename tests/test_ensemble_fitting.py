@@ -15,7 +15,7 @@ import torch
 from helpers import tfidf_member
 
 from fusion import Ensemble, HFClassifier, HFEncoder, LinearFuser, MeanFuser, MLPHead, TrainConfig, VoteFuser
-from fusion.crossfit import out_of_fold_fused
+from fusion.ensemble.crossfit import out_of_fold_fused
 from fusion.evaluation.metrics import summary
 from fusion.members.hf_encoder import HFEncoder as Encoder
 
@@ -184,7 +184,7 @@ def test_fit_builds_no_report_until_asked(toy_sentiment, monkeypatch):
 
 
 def test_saved_config_is_the_ensemble_config(bert_classifier_dir, toy_sentiment, tmp_path):
-    from fusion.persistence import CONFIG_NAME, EnsembleConfig
+    from fusion.ensemble.persistence import CONFIG_NAME, EnsembleConfig
 
     ens = Ensemble([HFClassifier(bert_classifier_dir, **QUIET), tfidf_member()], fuser=["mean", "linear"], cv=2)
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"]).save_pretrained(tmp_path / "e")

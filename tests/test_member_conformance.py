@@ -30,12 +30,12 @@ from tiny_models import make_toy_sentiment, save_bert_classifier, save_bert_enco
 from torch import nn
 
 import fusion.io
-from fusion.cache import OutputCache
+from fusion.cache.store import OutputCache
 from fusion.config import Config, LoadOptions, is_setting, object_spec
-from fusion.data import TextData, as_text_data
 from fusion.errors import ChecksumError, ConfigError, NotFittedError
-from fusion.heads import Head, LinearHead, MLPHead
+from fusion.inputs import TextData, as_text_data
 from fusion.members import MEMBERS, HFClassifier, HFEncoder, Member, TorchMember
+from fusion.members.heads import Head, LinearHead, MLPHead
 from fusion.members.sklearn_member import estimator_hash
 from fusion.train_config import TrainConfig
 

@@ -20,8 +20,8 @@ from fusion import (
     NotFittedError,
     TrainConfig,
 )
-from fusion.cache import OutputCache
-from fusion.data import TextData, as_text_data
+from fusion.cache.store import OutputCache
+from fusion.inputs import TextData, as_text_data
 
 TEXTS = ["a good film", "bad", "the plot was great but the acting was awful and the music loud", "fine"]
 

@@ -22,10 +22,10 @@ from helpers import write_csv
 
 from fusion import FUSERS, HEADS, MEMBERS, ConfigError, DataError, Ensemble, HFEncoder, MLPHead, TrainConfig
 from fusion.config import RECIPE_KEY, Config, coerced, object_field, setting
-from fusion.dataio import DataSpec, load_data, load_split, read_table
+from fusion.datafiles import DataSpec, load_data, load_split, read_table
 from fusion.fusers import MeanFuser
 from fusion.fusers.linear import DEFAULT_TRAINING as LINEAR_TRAINING
-from fusion.heads import HeadConfig, head_config
+from fusion.members.heads import HeadConfig, head_config
 from fusion.members.hf_source import ModelRef
 from fusion.members.sklearn_member import SklearnEstimator
 from fusion.recipe import (

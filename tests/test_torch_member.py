@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fusion import ConfigError, DataError, Ensemble, LinearFuser, TorchMember, TrainConfig
-from fusion.cache import OutputCache
-from fusion.data import as_text_data
+from fusion.cache.store import OutputCache
+from fusion.inputs import as_text_data
 
 CONFIG = TrainConfig(learning_rate=1e-2, max_epochs=30, batch_size=32, show_progress=False)
 

@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from fusion.batching import Tokenized, TokenRows, length_sorted_batches
-from fusion.cache import OutputCache
-from fusion.data import TextData, as_text_data
+from fusion.cache.store import OutputCache
 from fusion.engine import max_input_length
 from fusion.errors import (
     ChecksumError,
@@ -29,7 +28,7 @@ from fusion.errors import (
     UnknownNameError,
 )
 from fusion.evaluation.metrics import accuracy, log_loss
-from fusion.heads import HEADS, CustomHead, Head, LinearHead, MLPHead, head_config
+from fusion.inputs import TextData, as_text_data
 from fusion.io import (
     atomic_directory,
     atomic_save_tensors,
@@ -40,7 +39,8 @@ from fusion.io import (
     sha256_tensors,
 )
 from fusion.labels import alignment, apply_label_map
-from fusion.pooling import cls_pool, get_pooling, last_pool, mean_pool
+from fusion.members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead, head_config
+from fusion.members.pooling import cls_pool, get_pooling, last_pool, mean_pool
 from fusion.registry import Registry
 
 # ---------------------------------------------------------------- labels

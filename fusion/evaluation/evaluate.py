@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..data import TextData
 from ..errors import ConfigError, NotFittedError
 from ..fusers import Fuser, MemberOutputs
+from ..inputs import TextData
 from .compute import build_report
 from .metrics import log_loss
 
 if TYPE_CHECKING:
-    from ..ensemble import Ensemble
+    from ..ensemble.ensemble import Ensemble
     from ..members.base import Member
     from .report import Report
 
@@ -116,7 +116,7 @@ def evaluate(
         >>> report = evaluate(ensemble, [LinearFuser().fit(...)], validation)  # doctest: +SKIP
         >>> report.save("out/report")  # doctest: +SKIP
     """
-    from ..ensemble import Ensemble  # the ensemble module imports this one
+    from ..ensemble.ensemble import Ensemble  # the ensemble module imports this one
 
     named = _named_fusers(fusers)
     if isinstance(source, MemberOutputs):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..config import Component, Config, coerced, coercion, is_number, optional
+from ..config import Component, Config, LoadOptions, coerced, coercion, is_number, optional
 from ..errors import ConfigError, MemberOutputError, NotFittedError, PersistenceError
 from ..io import sha256_tensors
 from ..registry import Registry
@@ -129,12 +129,13 @@ class Fuser(Component):
 
     # --- config ---------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Fuser:
+    def from_config(cls, config: Mapping[str, Any], options: LoadOptions | None = None) -> Fuser:
         """An unfitted fuser from ``to_config()`` output, looked up by kind in ``FUSERS``.
 
         Args:
             config: ``{"kind": ..., **fields}``; the format-1 form ``{"name": ..., "params": {...}}`` (what a
                 ``fusion_config.json`` of format version 1 holds) is accepted too.
+            options: load options; ``options.objects["fuser"]`` gives objects a config cannot rebuild.
 
         Returns:
             A new, unfitted fuser of that kind.
@@ -156,7 +157,7 @@ class Fuser(Component):
         if not issubclass(fuser_cls, cls):
             raise ConfigError(f"{cls.__name__}.from_config got kind {kind!r}, a {fuser_cls.__name__}; call "
                               "Fuser.from_config for any kind.")
-        return fuser_cls(fuser_cls.config_from_dict(_coerced_first(fuser_cls.Config, data)))
+        return fuser_cls(fuser_cls.config_from_dict(_coerced_first(fuser_cls.Config, data), options, name="fuser"))
 
     # --- learning -------------------------------------------------------------------------------------
     @property

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from ..config import at_least, coerced, digest, in_range, is_bool, one_of
-from ..data import holdout_split
 from ..errors import ConfigError, MemberOutputError
-from ..heads import Head, LinearHead, MLPHead
+from ..inputs import holdout_split
 from ..io import sha256_tensors
 from ..losses import per_example_cross_entropy
+from ..members.heads import Head, LinearHead, MLPHead
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field

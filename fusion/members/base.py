@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
 from ..config import Check, Component, Config, LoadOptions, coerced, digest, in_range, setting
-from ..data import TextData
 from ..errors import ConfigError, NotFittedError, PersistenceError
+from ..inputs import TextData
 from ..io import atomic_save_tensors, load_tensors, sha256_tensors
 from ..registry import Registry
 from ..train_config import TrainConfig

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ..cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
 from ..config import LoadOptions
-from ..data import TextData
 from ..engine import run_model
+from ..inputs import TextData
 from ..labels import apply_label_map
 from .base import MEMBERS, label_map_field
 from .hf_model import HFMember, HFModelConfig

@@ -13,19 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import TokenRows, cached_tokenize, pad_token_id
-from ..cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
 from ..config import LoadOptions, coerced, digest, is_bool, one_of
-from ..data import TextData, holdout_split
 from ..engine import max_input_length, run_model
-from ..heads import Head, HeadConfig, head_config
+from ..inputs import TextData, holdout_split
 from ..io import sha256_tensors
 from ..losses import per_example_cross_entropy
-from ..pooling import POOLINGS, get_pooling
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, train_config_field, with_progress
+from .heads import Head, HeadConfig, head_config
 from .hf_model import HFMember, HFModelConfig
 from .hf_source import HFSource, model_short_name
+from .pooling import POOLINGS, get_pooling
 
 HEAD_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=200, batch_size=128, weight_decay=1e-4, patience=8)
 # The usual fine-tuning recipe (linear warm-up over 6% of the run, then linear decay to zero), with

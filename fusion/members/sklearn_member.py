@@ -14,10 +14,10 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError as SklearnNotFitted
 from sklearn.utils.validation import check_is_fitted
 
-from ..cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
 from ..config import RECIPE_KEY, LoadOptions, digest, object_field
-from ..data import TextData
 from ..errors import ConfigError, PersistenceError
+from ..inputs import TextData
 from ..io import atomic_file
 from ..labels import apply_label_map
 from .base import MEMBERS, Member, MemberConfig, label_map_field

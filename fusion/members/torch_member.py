@@ -9,15 +9,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
 from ..config import at_least, is_bool, object_field, setting
-from ..data import TextData, holdout_split
 from ..errors import ConfigError, DataError
-from ..heads import describe_module, reinitialized_copy
+from ..inputs import TextData, holdout_split
 from ..losses import per_example_cross_entropy
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, Member, MemberConfig, train_config_field, with_progress
+from .heads import describe_module, reinitialized_copy
 
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=100, batch_size=128, weight_decay=1e-4, patience=8)
 

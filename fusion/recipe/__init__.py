@@ -3,7 +3,7 @@
 The schema is not written out here a second time: a member section has the fields of its kind's config
 (``MEMBERS``, chosen by ``kind``), a head those of its config (``HeadConfig`` kinds), a fuser those of its
 config (``FUSERS``, built through it), a scikit-learn pipeline the parameters of its factory in ``PIPELINES``,
-the ``data`` section ``fusion.dataio.DataSpec``'s and the ``ensemble`` section ``Ensemble``'s own keyword
+the ``data`` section ``fusion.datafiles.DataSpec``'s and the ``ensemble`` section ``Ensemble``'s own keyword
 arguments. Value types come from the annotations, required keys from fields without defaults. The few types
 a YAML file spells differently are converted by TYPE (``fusion.recipe.schema.type_rule``), never by name: a
 ``ModelRef`` is resolved, a nested config of a kind is a named component, another nested config

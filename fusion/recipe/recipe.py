@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import yaml
 
-from ..dataio import DataSpec
-from ..ensemble import Ensemble
+from ..datafiles import DataSpec
+from ..ensemble.ensemble import Ensemble
 from ..errors import FusionError
 from ..fusers import FUSERS, Fuser
 from ..members.base import MEMBERS, Member

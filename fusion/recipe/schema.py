@@ -321,7 +321,7 @@ class ConfigKinds:
     """The configs of one family, by kind (``HeadConfig`` -> linear, mlp, ...), looked up like a ``Registry``.
 
     Example:
-        >>> from fusion.heads import HeadConfig
+        >>> from fusion.members.heads import HeadConfig
         >>> ConfigKinds(HeadConfig).get("mlp")().hidden
         256
     """

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import ConfigError
-from .io import atomic_save_tensors
+from ..errors import ConfigError
+from ..io import atomic_save_tensors
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from .cache import default_cache_dir
-from .errors import ConfigError
+from ..errors import ConfigError
+from .store import default_cache_dir
 
 ENTRY_GLOB = "*.safetensors"
 STAGING_GLOB = ".*.safetensors.tmp-*"  # io.atomic_file's temporary names

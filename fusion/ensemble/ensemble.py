@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .cache import OutputCache, Outputs
+from ..cache.store import OutputCache, Outputs
+from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError
+from ..evaluation import metrics
+from ..fusers import Fuser, MemberOutputs
+from ..inputs import TextData, as_text_data, column_values, dataset_label_names
+from ..labels import alignment
+from ..members.base import Member
 from .crossfit import out_of_fold_outputs
-from .data import TextData, as_text_data, column_values, dataset_label_names
-from .errors import ConfigError, DataError, MemberOutputError, NotFittedError
-from .evaluation import metrics
-from .fusers import Fuser, MemberOutputs
-from .labels import alignment
-from .members.base import Member
 from .selection import Candidate, as_fusers, best_candidate, fit_candidates
 
 if TYPE_CHECKING:
-    from .evaluation import Report
+    from ..evaluation import Report
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class Ensemble:
         Example:
             >>> ens.evaluate(validation).save("out/report")  # report.html, report.md, report.json  # doctest: +SKIP
         """
-        from .evaluation.evaluate import evaluate
+        from ..evaluation.evaluate import evaluate
 
         rows = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
         named = {self._fuser_label(): self._fitted_fuser(), **self._others(fusers)}

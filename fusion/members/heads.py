@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .config import Component, Config, at_least, in_range, object_field
-from .errors import ConfigError
-from .registry import Registry
+from ..config import Component, Config, at_least, in_range, object_field
+from ..errors import ConfigError
+from ..registry import Registry
 
 HEADS: Registry[Head] = Registry("head")
 

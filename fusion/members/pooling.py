@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Pooling = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from .cache import OutputCache, Outputs
-from .data import TextData
-from .fusers import Fuser, MemberOutputs
-from .members.base import Member
+from ..cache.store import OutputCache, Outputs
+from ..fusers import Fuser, MemberOutputs
+from ..inputs import TextData
+from ..members.base import Member
 
 logger = logging.getLogger(__name__)
 

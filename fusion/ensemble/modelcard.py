@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from .evaluation.metrics import ACCURACY, LOG_LOSS
+from ..evaluation.metrics import ACCURACY, LOG_LOSS
 
 if TYPE_CHECKING:
-    from .evaluation import Report
+    from ..evaluation import Report
     from .persistence import EnsembleConfig
 
 

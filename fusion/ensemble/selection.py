@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation.metrics import summary
+from ..fusers import FUSERS, Fuser, MemberOutputs
 from .crossfit import out_of_fold_fused
-from .evaluation.metrics import summary
-from .fusers import FUSERS, Fuser, MemberOutputs
 
 __all__ = ["Candidate", "as_fusers", "candidate_labels", "fit_candidates", "best_candidate"]
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, LoadOptions
-from .errors import ConfigError, PersistenceError, did_you_mean
-from .fusers import FUSERS, Fuser
-from .io import (
+from ..config import Config, LoadOptions
+from ..errors import ConfigError, PersistenceError, did_you_mean
+from ..fusers import FUSERS, Fuser
+from ..io import (
     atomic_directory,
     atomic_save_tensors,
     load_tensors,
@@ -35,7 +35,7 @@ from .io import (
     verify_checksum,
     write_json,
 )
-from .members.base import MEMBERS, Member
+from ..members.base import MEMBERS, Member
 
 if TYPE_CHECKING:
     from .ensemble import Ensemble
@@ -220,8 +220,8 @@ def _load_member(saved: SavedMember, directory: Path, options: LoadOptions) -> M
     return member
 
 
-def _load_fuser(saved: SavedFuser, directory: Path, n_members: int, n_labels: int) -> Fuser:
-    fuser = FUSERS.get(saved.kind_name).from_config({"kind": saved.kind_name, **saved.config})
+def _load_fuser(saved: SavedFuser, directory: Path, n_members: int, n_labels: int, options: LoadOptions) -> Fuser:
+    fuser = FUSERS.get(saved.kind_name).from_config({"kind": saved.kind_name, **saved.config}, options)
     shapes = {k: tuple(v) for k, v in saved.state_shapes.items()}
     fuser.load_state_dict(load_tensors(directory / FUSER_FILE, "fuser state", expected_shapes=shapes))
     if fuser.n_members_ != n_members or fuser.n_classes_ != n_labels:
@@ -238,7 +238,7 @@ def load_ensemble(cls: type[Ensemble], directory: Path, options: LoadOptions,
     config = EnsembleConfig.read(directory)
     _verify_files(directory, config.files)
     members = [_load_member(m, directory, options) for m in config.members]
-    fuser = _load_fuser(config.fuser, directory, len(members), len(config.labels))
+    fuser = _load_fuser(config.fuser, directory, len(members), len(config.labels), options)
     ensemble = cls(members, fuser, labels=config.labels, text_column=config.text_column,
                    label_column=config.label_column, cache_dir=cache_dir, fuser_data=config.fuser_data,
                    cv=config.cv, seed=config.seed)
@@ -247,7 +247,7 @@ def load_ensemble(cls: type[Ensemble], directory: Path, options: LoadOptions,
     ensemble.selection_, ensemble.label_note_ = config.selection, config.label_note
     ensemble.member_fitting_ = dict(config.member_fitting)
     if (directory / REPORT_DIR / "report.json").is_file():  # verified above with every other file
-        from .evaluation import Report
+        from ..evaluation import Report
 
         ensemble.report_ = Report.load(directory / REPORT_DIR / "report.json")
     return ensemble

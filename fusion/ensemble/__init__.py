@@ -1,0 +1,7 @@
+"""The ensemble: fit clones of member and fuser specs (``ensemble``), cross-fit (``crossfit``), choose among
+candidate fusers (``selection``), save and load (``persistence``, ``modelcard``)."""
+
+from .ensemble import Ensemble, make_cache
+from .persistence import EnsembleConfig
+
+__all__ = ["Ensemble", "EnsembleConfig", "make_cache"]
