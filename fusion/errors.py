@@ -19,6 +19,7 @@ __all__ = [
     "PersistenceError",
     "ChecksumError",
     "ResourceError",
+    "closest",
     "did_you_mean",
 ]
 
@@ -66,12 +67,25 @@ class ChecksumError(PersistenceError):
     """A file's sha256 differs from the one recorded when the ensemble was saved."""
 
 
-def did_you_mean(name: object, choices: Iterable[str]) -> str:
-    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``name``, or an empty string.
+def closest(name: object, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``name`` (difflib's ratio), or None when none is close.
+
+    Example:
+        >>> closest("linaer", ["linear", "mean"])
+        'linear'
+    """
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: object, choices: Iterable[str], template: str = " Did you mean {!r}?", none: str = "") -> str:
+    """``template`` filled with the closest of ``choices`` to ``name``, or ``none`` when nothing is close.
 
     Example:
         >>> did_you_mean("linaer", ["linear", "mean"])
         " Did you mean 'linear'?"
+        >>> did_you_mean("x", ["linear"], "; did you mean {!r}?", ".")
+        '.'
     """
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    match = closest(name, choices)
+    return template.format(match) if match is not None else none

@@ -162,6 +162,7 @@ def test_expensive_members_are_fitted_once_and_the_fuser_is_cross_fitted_on_vali
     in_sample = summary(ens.fuser_.predict_proba(outputs), validation.labels)
     assert ens.metrics_["scores"]["fuser:linear"] != in_sample or honest == in_sample
     assert any("out-of-fold" in note for note in ens.report_.notes)
+    assert any("ft: fitted once on train (prefit)" in note for note in ens.report_.notes)
 
 
 def test_integer_labels_without_names_use_the_ids(toy_sentiment):

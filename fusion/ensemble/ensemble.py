@@ -305,6 +305,9 @@ class Ensemble:
                          "cross-fitting of each fuser over these rows), so they are not in-sample.")
         if self.selection_:
             notes.append(_selection_note(self.selection_))
+        if self.member_fitting_:
+            notes.append("How members were fitted: " + "; ".join(f"{name}: {rule}" for name, rule in
+                                                                self.member_fitting_.items()) + ".")
         return notes
 
     def _is_fuser_rows(self, data: TextData) -> bool:

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, did_you_mean
 from .checks import check_labels, check_proba
 from .ranking import macro_auroc
 
@@ -244,9 +243,8 @@ def unregister_metric(name: str) -> Metric:
     if name in RANKING:
         raise ConfigError(f"metric {name!r} cannot be removed: reports rank models by {' and '.join(RANKING)}.")
     if name not in METRICS:
-        close = difflib.get_close_matches(str(name), METRICS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownNameError(f"unknown metric {name!r}; the table holds {', '.join(METRICS)}.{hint}")
+        raise UnknownNameError(f"unknown metric {name!r}; the table holds {', '.join(METRICS)}."
+                               + did_you_mean(name, METRICS))
     return METRICS.pop(name)
 
 

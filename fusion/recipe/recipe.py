@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -14,7 +13,7 @@ import yaml
 
 from ..datafiles import DataSpec
 from ..ensemble.ensemble import Ensemble
-from ..errors import FusionError
+from ..errors import FusionError, did_you_mean
 from ..fusers import FUSERS, Fuser
 from ..members.base import MEMBERS, Member
 from ..train_config import TrainConfig
@@ -63,10 +62,9 @@ def read_member(doc: Document, path: KeyPath, value: Any, show_progress: bool = 
                               f"settings; got {describe(value)}.")
     kind = value["kind"]
     if kind not in kinds:
-        close = difflib.get_close_matches(str(kind), kinds, n=1)
         why = " (its constructor needs Python objects; build it in Python)" if isinstance(kind, str) and kind in MEMBERS else ""
         raise doc.error(path + ("kind",), f"{fmt(path + ('kind',))}: unknown member kind {kind!r}{why}; accepted: "
-                                          f"{', '.join(kinds)}" + (f"; did you mean {close[0]!r}?" if close else "."))
+                                          f"{', '.join(kinds)}" + did_you_mean(kind, kinds, "; did you mean {!r}?", "."))
     cls = MEMBERS.get(kind)
     kwargs = read_mapping(doc, path, value, member_fields(cls), f"{fmt(path)} ({kind})")
     del kwargs["kind"]

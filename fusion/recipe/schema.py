@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import inspect
 import os
 import re
@@ -224,8 +223,7 @@ def component_fields(target: Any) -> dict[str, Field]:
 
 def unknown_key(key: Any, what: str, accepted: Iterable[str]) -> str:
     accepted = sorted(accepted)
-    close = difflib.get_close_matches(str(key), accepted, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else "."
+    hint = did_you_mean(key, accepted, "; did you mean {!r}?", ".")
     return f"unknown key {key!r} in {what}; accepted: {', '.join(accepted)}{hint}"
 
 
