@@ -8,16 +8,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import fusion.batching
+import fusion.cache.store
 from fusion.batching import cached_tokenize
 from fusion.cache.admin import cache_summary, clear_cache, format_size, parse_duration
-from fusion.cache.store import OutputCache, default_cache_dir
+from fusion.cache.store import EntryCost, OutputCache, default_cache_dir, entry_name
 from fusion.cli import main
 from fusion.errors import ConfigError
 
@@ -87,6 +91,58 @@ def test_default_cache_persists_and_a_second_cache_object_reads_it_back(_private
     assert compute.calls == 0 and (second.hits, second.misses) == (1, 0)
     assert out["logits"].tolist() == Compute()()["logits"].tolist()
     assert second.seconds(MEMBER, DATA) == first.seconds(MEMBER, DATA)
+
+
+class Clock:
+    """A stand-in for the cache's ``time``: it only moves when a computation says it took ``seconds``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def step(self, seconds: float, reuse: list | tuple = (),
+             cache: OutputCache | None = None) -> Callable[[], dict[str, torch.Tensor]]:
+        """A compute function that takes ``seconds`` of its own, after fetching ``reuse`` (key, compute) pairs."""
+        def compute() -> dict[str, torch.Tensor]:
+            for (member, data, variant), inner in reuse:
+                cache.get_or_compute(member, data, inner, variant)
+            self.now += seconds
+            return Compute()()
+        return compute
+
+
+TOKENS, POOLED = ("t0" * 32, DATA, "tokens-max8"), ("b0" * 32, DATA, "pooled")
+MEAN_HEAD, CLS_HEAD = (MEMBER, DATA, "outputs"), ("c1" * 32, DATA, "outputs")
+
+
+def test_cost_keeps_own_seconds_apart_from_every_reused_entry_flattened(_private_output_cache, monkeypatch):
+    """Two heads on one backbone pass (which reused a tokenisation): each lists both entries it shares, at their
+    own seconds, so together they count the backbone and the tokenisation once; a second cache reads it back."""
+    clock = Clock()
+    monkeypatch.setattr(fusion.cache.store, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    cache = OutputCache()
+    backbone = clock.step(8.0, [(TOKENS, clock.step(1.0))], cache)
+    cache.get_or_compute(*MEAN_HEAD[:2], clock.step(0.5, [(POOLED, backbone)], cache))  # all computed inside
+    cache.get_or_compute(*CLS_HEAD[:2], clock.step(0.25, [(POOLED, backbone)], cache))  # the pass is cached
+    shared = {entry_name(*POOLED): 8.0, entry_name(*TOKENS): 1.0}
+    assert cache.cost(*POOLED) == EntryCost(8.0, {entry_name(*TOKENS): 1.0})
+    assert cache.cost(*MEAN_HEAD) == EntryCost(0.5, shared) and cache.seconds(*MEAN_HEAD) == 9.5
+    assert cache.cost(*CLS_HEAD) == EntryCost(0.25, shared) and cache.seconds(*CLS_HEAD) == 9.25
+    assert EntryCost.joint([cache.cost(*MEAN_HEAD), cache.cost(*CLS_HEAD)]).total == 9.75  # not 18.75
+    second = OutputCache()  # as a new process would make it
+    assert second.cost(*MEAN_HEAD) is None and second.get(*MEAN_HEAD) is not None
+    assert second.cost(*MEAN_HEAD) == EntryCost(0.5, shared) and second.seconds(*MEAN_HEAD) == 9.5
+
+
+def test_an_entry_written_without_the_cost_split_shares_nothing(_private_output_cache):
+    path = _private_output_cache / MEMBER[:24] / f"outputs-{DATA[:24]}.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file(Compute()(), str(path), metadata={"member": MEMBER, "data": DATA, "variant": "outputs", "seconds": "2.5"})
+    cache = OutputCache()
+    assert cache.get(MEMBER, DATA) is not None
+    assert cache.cost(MEMBER, DATA) == EntryCost(2.5, {}) and cache.seconds(MEMBER, DATA) == 2.5
 
 
 def test_memory_only_cache_writes_no_file_and_is_bounded(_private_output_cache):

@@ -15,6 +15,7 @@ import pytest
 import sklearn.metrics
 import torch
 
+from fusion.cache.store import EntryCost
 from fusion.errors import ConfigError, DataError, MemberOutputError, PersistenceError
 from fusion.evaluation import (
     Report,
@@ -287,6 +288,38 @@ def test_a_fusers_full_cost_includes_running_every_member(report):
     assert report.full_seconds_per_1k("weighted") == pytest.approx(members_per_1k + 0.002 * 1000 / 300)
     row = next(line for line in report.to_markdown().splitlines() if "| fuser |" in line and line.startswith("| weighted"))
     assert row.endswith(f"| {members_per_1k + 0.002 * 1000 / 300:.3f} |")  # not the bare combining time
+
+
+def test_a_pass_two_members_share_is_counted_once_for_fusers_and_subsets():
+    """m0 and m1 are two heads on one 0.6 s backbone pass; m2 shares nothing (a plain number: all its own)."""
+    members, fusers, labels, _ = synthetic()  # 300 rows: seconds * 10 / 3 per 1,000 rows
+    seconds = {"m0": EntryCost(0.03, {"backbone": 0.6}), "m1": EntryCost(0.3, {"backbone": 0.6}), "m2": 0.09,
+               "mean": 0.003}
+    report = build_report(members, fusers, labels, ["a", "b", "c"], seconds=seconds, n_bootstrap=0)
+    assert [report.model(m).seconds_per_1k for m in ("m0", "m1", "m2")] == pytest.approx([2.1, 3.0, 0.3])  # standalone
+    cost = {tuple(p["members"]): p["seconds_per_1k"] for p in report.cost_accuracy}
+    assert cost[("m0", "m1")] == pytest.approx(3.1)  # (0.03 + 0.3 + 0.6) * 10 / 3, not 2.1 + 3.0
+    assert cost[("m0", "m2")] == pytest.approx(2.4) and cost[("m0", "m1", "m2")] == pytest.approx(3.4)
+    assert report.full_seconds_per_1k("mean") == pytest.approx(3.41)  # every member once, plus combining
+    assert report.full_seconds_per_1k("weighted") == pytest.approx(3.4)  # no time of its own given
+    assert Report.from_dict(report.to_dict()).full_seconds_per_1k("mean") == pytest.approx(3.41)
+    row = next(line for line in report.to_markdown().splitlines() if line.startswith("| mean | fuser |"))
+    assert row.endswith("| 3.410 |")
+
+
+def test_a_fuser_of_two_heads_on_one_checkpoint_runs_the_backbone_once(bert_encoder_dir, toy_sentiment):
+    from fusion import Ensemble, HFEncoder, MeanFuser, MLPHead, TrainConfig
+
+    fast = TrainConfig(learning_rate=1e-2, max_epochs=5, batch_size=32, patience=None, show_progress=False)
+    heads = [("mean", torch.nn.Linear(32, 2)), ("cls", MLPHead(hidden=8))]
+    members = [HFEncoder(bert_encoder_dir, head=head, pooling=pooling, name=f"{pooling}-head", train_config=fast,
+                         show_progress=False) for pooling, head in heads]
+    ens = Ensemble(members, fuser=MeanFuser(), labels=["negative", "positive"], cv=2).fit(toy_sentiment["train"])
+    report = ens.evaluate(toy_sentiment["validation"], n_bootstrap=0)
+    alone = report.model("mean-head").seconds_per_1k + report.model("cls-head").seconds_per_1k
+    assert report.full_seconds_per_1k("mean") < alone, "the shared backbone pass was counted once per member"
+    assert report.cost_accuracy[-1]["members"] == ["mean-head", "cls-head"]
+    assert report.cost_accuracy[-1]["seconds_per_1k"] < alone
 
 
 def test_permutation_importance_gives_nothing_to_a_member_whose_rows_are_all_alike():

@@ -2,6 +2,6 @@
 housekeeping behind ``fusion cache info|clear`` (``admin``)."""
 
 from .admin import cache_summary, clear_cache
-from .store import OutputCache, Outputs, default_cache_dir
+from .store import EntryCost, OutputCache, Outputs, default_cache_dir
 
-__all__ = ["OutputCache", "Outputs", "default_cache_dir", "cache_summary", "clear_cache"]
+__all__ = ["EntryCost", "OutputCache", "Outputs", "default_cache_dir", "cache_summary", "clear_cache"]

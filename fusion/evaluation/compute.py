@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..cache.store import EntryCost
 from .checks import (
     check_label_names,
     check_labels,
@@ -21,7 +22,7 @@ from .checks import (
     check_weight_methods,
     check_weights,
 )
-from .cost import EXHAUSTIVE_LIMIT, cost_accuracy
+from .cost import EXHAUSTIVE_LIMIT, as_cost, cost_accuracy
 from .diversity import member_diversity
 from .metrics import (
     ACCURACY,
@@ -46,7 +47,7 @@ def build_report(
     labels: np.ndarray,
     label_names: list[str],
     *,
-    seconds: Mapping[str, float] | None = None,
+    seconds: Mapping[str, float | EntryCost] | None = None,
     member_weights: Mapping[str, Mapping[str, float]] | None = None,
     weights_method: Mapping[str, str] | None = None,
     n_bootstrap: int = 1000,
@@ -63,7 +64,10 @@ def build_report(
         labels: ``[rows]`` integer class ids.
         label_names: one name per class, in label order.
         seconds: model name -> wall seconds it took on these rows (members: running the model; fusers:
-            combining cached outputs); a model left out gets ``seconds_per_1k = None``.
+            combining cached outputs); a model left out gets ``seconds_per_1k = None``. A member's may be an
+            ``EntryCost`` (``OutputCache.cost``): its own seconds and the cached passes it shares with other
+            members (one backbone pass under two heads), counted once for a fuser and for each subset in
+            ``cost_accuracy``; a plain number is all the model's own.
         member_weights: fuser name -> {member name: weight or importance}.
         weights_method: fuser name -> ``"weights"`` (the fuser's own, the default) or ``"permutation"``
             (permutation importance shares, see ``fusion.permutation_importance``).
@@ -95,7 +99,8 @@ def build_report(
     check_model_names(member_proba, fuser_proba)
     members = {n: check_proba(p, len(labels), f"member {n!r}", len(label_names)) for n, p in member_proba.items()}
     fusers = {n: check_proba(p, len(labels), f"fuser {n!r}", len(label_names)) for n, p in fuser_proba.items()}
-    per_1k = {n: s * 1000.0 / len(labels) for n, s in check_seconds(seconds, [*members, *fusers]).items()}
+    costs = _costs_per_1k(seconds, [*members, *fusers], len(labels))
+    per_1k = {n: c.total for n, c in costs.items()}
     weights = check_weights(member_weights, list(fusers), list(members))
     methods = check_weight_methods(weights_method, weights)
     n_bootstrap = check_n_bootstrap(n_bootstrap)
@@ -114,9 +119,18 @@ def build_report(
         notes=[str(n) for n in notes or []] + _automatic_notes(diversity, len(members), n_bootstrap),
         bootstrap={"resamples": n_bootstrap, "seed": int(seed), "level": CI_LEVEL}, ece_bins=ECE_BINS,
         metric_info={m.name: m.info() for m in metrics}, models=models, best_member=best_member,
-        best_fuser=best_fuser, tests=tests, diversity=diversity, weights=weights, weights_method=methods, cost_accuracy=cost_accuracy(members, labels, {n: per_1k.get(n) for n in members}),
+        best_fuser=best_fuser, tests=tests, diversity=diversity, weights=weights, weights_method=methods,
+        cost_accuracy=cost_accuracy(members, labels, {n: costs.get(n) for n in members}),
         confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
     )
+
+
+def _costs_per_1k(seconds: Mapping[str, float | EntryCost] | None, known: list[str],
+                  rows: int) -> dict[str, EntryCost]:
+    """Each timed model's cost per 1,000 rows, every part of it converted (totals checked like plain seconds)."""
+    costs = {name: as_cost(value) for name, value in (seconds or {}).items()}
+    check_seconds({name: cost.total for name, cost in costs.items()}, known)
+    return {name: cost.map(lambda s: s * 1000.0 / rows) for name, cost in costs.items()}
 
 
 def _model_result(

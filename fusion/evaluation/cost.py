@@ -1,7 +1,9 @@
 """Accuracy against inference cost: which subsets of members buy which accuracy at which price.
 
 Each subset is scored by the accuracy of its soft vote (the mean of its members' probabilities, argmax) and
-costs the sum of its members' seconds per 1,000 rows. With up to ``EXHAUSTIVE_LIMIT`` members every non-empty
+costs its members' seconds per 1,000 rows: each member's own, plus each cached pass they share (one encoder
+backbone under several heads, see :class:`fusion.cache.store.EntryCost`) once; a plain number is a member's
+own cost, shared with no other. With up to ``EXHAUSTIVE_LIMIT`` members every non-empty
 subset is scored (2^M - 1); beyond that, each single member plus the subsets met by greedy forward selection
 (add, at each step, the member that raises accuracy most; ties go to the cheaper one). A subset is on the
 Pareto front when no other subset of known cost is at least as cheap and at least as accurate, and strictly
@@ -16,9 +18,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 
 import numpy as np
+
+from ..cache.store import EntryCost
 
 EXHAUSTIVE_LIMIT = 8
 
@@ -27,12 +32,18 @@ def _vote_accuracy(stack: np.ndarray, subset: tuple[int, ...], labels: np.ndarra
     return float((stack[list(subset)].mean(0).argmax(1) == labels).mean())
 
 
-def _cost(subset: tuple[int, ...], costs: list[float | None]) -> float | None:
+def as_cost(value: float | EntryCost) -> EntryCost:
+    """A model's cost as an :class:`EntryCost`: a plain number is all its own, shared with no other model."""
+    return value if isinstance(value, EntryCost) else EntryCost(float(value))
+
+
+def _cost(subset: tuple[int, ...], costs: list[EntryCost | None]) -> float | None:
+    """Running the members of ``subset`` together (a pass several share counted once); None if one is unknown."""
     picked = [costs[i] for i in subset]
-    return None if any(c is None for c in picked) else float(sum(picked))
+    return None if any(c is None for c in picked) else float(EntryCost.joint(picked).total)
 
 
-def _greedy_subsets(stack: np.ndarray, labels: np.ndarray, costs: list[float | None]) -> list[tuple[int, ...]]:
+def _greedy_subsets(stack: np.ndarray, labels: np.ndarray, costs: list[EntryCost | None]) -> list[tuple[int, ...]]:
     n_members = len(stack)
     subsets: list[tuple[int, ...]] = [(i,) for i in range(n_members)]
     chosen: list[int] = []
@@ -62,9 +73,14 @@ def pareto_front(points: list[tuple[float | None, float]]) -> list[bool]:
 
 
 def cost_accuracy(
-    member_proba: dict[str, np.ndarray], labels: np.ndarray, seconds_per_1k: dict[str, float | None]
+    member_proba: dict[str, np.ndarray], labels: np.ndarray,
+    seconds_per_1k: Mapping[str, float | EntryCost | None],
 ) -> list[dict]:
-    """Subsets of members with soft-vote accuracy, summed cost and Pareto flag.
+    """Subsets of members with soft-vote accuracy, joint cost and Pareto flag.
+
+    Args:
+        seconds_per_1k: member -> its cost per 1,000 rows: an :class:`EntryCost` (shared passes apart) or a
+            number (all its own); a member left out or None has an unknown cost.
 
     Returns:
         ``[{"members": [...], "accuracy", "seconds_per_1k" (None if a member's cost is unknown), "pareto"}]``,
@@ -72,7 +88,7 @@ def cost_accuracy(
     """
     names = list(member_proba)
     stack = np.stack([member_proba[n] for n in names])
-    costs = [seconds_per_1k.get(n) for n in names]
+    costs = [None if (c := seconds_per_1k.get(n)) is None else as_cost(c) for n in names]
     if len(names) <= EXHAUSTIVE_LIMIT:
         subsets = [s for k in range(1, len(names) + 1) for s in combinations(range(len(names)), k)]
     else:

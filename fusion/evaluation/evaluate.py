@@ -2,7 +2,8 @@
 
 This is the glue between models and :func:`fusion.evaluation.build_report`: it runs the members (through the
 ensemble's output cache), the fusers, and their member weights (``permutation_importance`` for fusers
-without weights of their own), then hands the probabilities to ``build_report``.
+without weights of their own), then hands the probabilities to ``build_report``, with each member's recorded
+cost (``OutputCache.cost``: a backbone pass several members share is counted once for them together).
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def evaluate(
             named = {source._fuser_label(): source.fuser_, **named}
         rows = data if isinstance(data, TextData) else ensemble._data(data, "evaluation", require_labels=True)
         outputs, y, labels = ensemble.member_outputs(rows), rows.labels, ensemble.labels_
-        seconds = {m.name: s for m in ensemble.members_
-                   if (s := ensemble.cache.seconds(m.fingerprint, rows.fingerprint)) is not None}
+        seconds = {m.name: c for m in ensemble.members_  # own and shared apart: shared passes count once
+                   if (c := ensemble.cache.cost(m.fingerprint, rows.fingerprint)) is not None}
     member_proba = {name: outputs.probabilities()[:, i].double().numpy() for i, name in enumerate(outputs.member_names)}
     fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},

@@ -22,8 +22,9 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
       AUROC over the classes among the labels, binary AUROC for two classes; null with one class only).
     - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval over the resamples
       where the metric is defined; empty without resamples, and no key for a metric defined on none.
-    - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model, a
-      fuser's is combining cached member outputs (add its members' for the fuser's full cost).
+    - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model on its
+      own (a cached backbone pass it shares with other members included), a fuser's is combining cached
+      member outputs (add the ``cost_accuracy`` subset of all members for the fuser's full cost).
     - ``per_class`` (object): label -> ``{"precision", "recall", "f1": float, "support": int}`` (0.0 where
       undefined).
     - ``reliability`` (object): per confidence bin, ``count`` (list[int]), ``confidence`` and ``accuracy``
@@ -41,7 +42,8 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
   (mean, vote, linear), otherwise permutation importance as shares summing to 1 (see ``weights_method``).
 - ``weights_method`` (object): fuser -> ``"weights"`` or ``"permutation"``.
 - ``cost_accuracy`` (list[object]): subsets of members: ``members`` (list[str]), ``accuracy`` (soft vote of
-  the subset), ``seconds_per_1k`` (sum over its members, or null if one is unknown), ``pareto`` (bool).
+  the subset), ``seconds_per_1k`` (its members' own seconds plus each cached pass they share counted once,
+  e.g. one backbone pass under two heads; null if one is unknown), ``pareto`` (bool).
 - ``confusion`` (object): ``model`` (str: the best fuser, else the best member) and ``matrix``
   (list[list[int]]: row = true label, column = predicted label).
 
@@ -140,12 +142,22 @@ class Report:
 
     def full_seconds_per_1k(self, name: str) -> float | None:
         """What predicting with ``name`` costs per 1,000 rows: a member's own time; a fuser's combining time plus
-        every member's (None where one is unknown)."""
+        running every member (:meth:`members_seconds_per_1k`; None where a member's is unknown)."""
         model = self.model(name)
         if model.kind == "member":
             return model.seconds_per_1k
+        members = self.members_seconds_per_1k()
+        return None if members is None else members + (model.seconds_per_1k or 0.0)
+
+    def members_seconds_per_1k(self) -> float | None:
+        """What running every member once costs per 1,000 rows: the ``cost_accuracy`` subset of all members
+        (cached passes they share counted once), else (a report without it) the sum of the members' own."""
+        names = [m.name for m in self.members]
+        everyone = next((p for p in self.cost_accuracy if p["members"] == names), None)
+        if everyone is not None:
+            return everyone["seconds_per_1k"]
         costs = [m.seconds_per_1k for m in self.members]
-        return None if None in costs else sum(costs) + (model.seconds_per_1k or 0.0)
+        return None if None in costs else sum(costs)
 
     # --- JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

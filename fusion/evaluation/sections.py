@@ -197,9 +197,10 @@ def _cost_section(report: Report) -> Section:
 
         return cost_png(points, fusers)
 
-    text = (f"Soft vote (mean probability) of {len(points)} subsets of members; cost is the sum of their seconds "
-            "per 1,000 rows. The table lists the Pareto front (no subset is both cheaper and more accurate); fusers "
-            "(stars) cost all members plus their own combining time. All subsets are in report.json.")
+    text = (f"Soft vote (mean probability) of {len(points)} subsets of members; cost is their seconds per 1,000 "
+            "rows, a cached pass they share (one backbone under several heads) counted once. The table lists the "
+            "Pareto front (no subset is both cheaper and more accurate); fusers (stars) cost all members plus their "
+            "own combining time. All subsets are in report.json.")
     return Section("cost", "Accuracy against inference cost", text, [table], plot, "accuracy against cost")
 
 
@@ -215,8 +216,8 @@ def sections(report: Report) -> list[Section]:
     intervals = (f"95% percentile bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows "
                  f"(seed {report.bootstrap['seed']}) in brackets. " if report.bootstrap["resamples"] else "")
     metrics = Section("metrics", "Metrics", f"{intervals}{metric_notes(report.metric_info)} Seconds per 1,000 rows: "
-                      "a fuser's include running all its members.", [metric_table(report)],
-                      metric_plot, "accuracy with intervals")
+                      "a fuser's include running all its members, a cached pass they share counted once.",
+                      [metric_table(report)], metric_plot, "accuracy with intervals")
     return [metrics, _tests_section(report), _reliability_section(report), _confusion_section(report),
             _per_class_section(report), _disagreement_section(report), _weights_section(report),
             _cost_section(report)]
