@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .report import Report
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1240px;
        padding: 0 1rem; color: #212529; line-height: 1.45; }
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #dee2e6; padding-bottom: 0.2rem; margin-top: 2.2rem; }
 .meta { color: #495057; margin-top: 0; } .notes { background: #fff9db; border-left: 4px solid #fab005;
