@@ -41,7 +41,6 @@ import platform  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -50,9 +49,10 @@ from collections import Counter  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from .environment import cpu_model, git_revision, package_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "recipes" / "data" / "sst2_sample"
@@ -366,36 +366,6 @@ def member_phase_table(results: Sequence[dict[str, Any]], smoke: bool) -> list[s
     ]
 
 
-def version(package: str) -> str:
-    """An installed distribution's version, or "not installed"."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what ``platform`` says)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    """The short commit of the code measured, noting uncommitted changes under fusion/."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusion"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + (" + uncommitted changes under fusion/" if dirty else "")
-
-
 def section_header(args: argparse.Namespace, argv: Sequence[str], seconds: float, load: float) -> list[str]:
     """Heading, date, the exact command, machine, versions and the load average (1 min) at start and end."""
     import torch
@@ -412,7 +382,7 @@ def section_header(args: argparse.Namespace, argv: Sequence[str], seconds: float
         f"- code: fusion {fusion.__version__} at git {git_revision()} ({Path(fusion.__file__).parent})",
         f"- machine: {cpu_model()}, nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{version('transformers')}, accelerate {version('accelerate')}",
+        f"{package_version('transformers')}, accelerate {package_version('accelerate')}",
         f"- load average (1 min) at start / end: {load:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
         "(the machine may be shared: other work inflates timings)",
     ]

@@ -6,14 +6,12 @@ import datetime
 import os
 import platform
 import shlex
-import subprocess
 from collections.abc import Sequence
-from importlib import metadata
-from pathlib import Path
 
 import torch
 
 from . import finetune, inference, refit
+from .environment import cpu_model, git_revision, package_version
 from .results import Row, finetune_table, inference_table, refit_table, scaling_table
 from .settings import Settings
 from .targets import targets_table
@@ -25,32 +23,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model with its core and thread counts."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"CPU: {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusion"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"git {head}" + (" + uncommitted changes under fusion/" if dirty else "")
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def header(settings: Settings, argv: Sequence[str], seconds: float, load: tuple[float, float]) -> str:
@@ -63,8 +36,8 @@ def header(settings: Settings, argv: Sequence[str], seconds: float, load: tuple[
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- device: {device_name(settings.device)}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{_version('transformers')}, accelerate {_version('accelerate')}, datasets {_version('datasets')}, "
-        f"fusion {fusion.__version__} ({_git_revision()})",
+        f"{package_version('transformers')}, accelerate {package_version('accelerate')}, datasets {package_version('datasets')}, "
+        f"fusion {fusion.__version__} (git {git_revision('unknown revision')})",
         f"- command: `python -m benchmarks.run {shlex.join(argv)}`",
         f"- data: {settings.data}; repetitions per workload: {settings.repeats} (medians quoted; ratios are "
         "measured side by side in this run); total wall time "
