@@ -205,9 +205,14 @@ class Ensemble:
 
     # --- fitting ------------------------------------------------------------------------------------------
     def _resolve_fuser_data(self, has_validation: bool) -> str:
+        expensive = [m.name for m in self.members if m.trainable and m.expensive_to_fit]
         if self.fuser_data == "auto":
-            if has_validation and any(m.trainable and m.expensive_to_fit for m in self.members):
+            if has_validation and expensive:
                 return "validation"
+            if expensive:
+                logger.warning("members %s are expensive to fit and no validation split was given, so they are "
+                               "cross-fitted (fitted %d times); pass fit(train, validation) to fit them once",
+                               expensive, self.cv + 1)
             return "train" if any(m.trainable for m in self.members) or not has_validation else "validation"
         if self.fuser_data == "validation" and not has_validation:
             raise ConfigError("fuser_data='validation' needs a validation split: call fit(train, validation).")
@@ -255,6 +260,7 @@ class Ensemble:
         Raises:
             DataError / LabelMismatchError / MemberOutputError: bad data, labels or member outputs.
         """
+        self.label_note_ = None
         labels = self._label_names(train)
         if self.labels_ != labels:
             self._members_key = None
