@@ -178,3 +178,26 @@ def check_state(
             f"{what} does not match the saved configuration: {'; '.join(p for p in parts if p)}. "
             "The weights belong to another configuration; save the ensemble again."
         )
+
+
+def pack_directory(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every file below ``directory`` as a uint8 tensor named by its relative path, for one safetensors entry.
+
+    Example:
+        >>> packed = pack_directory(tmp / "member")  # {"state.safetensors": tensor([...], dtype=torch.uint8)}  # doctest: +SKIP
+    """
+    root = Path(directory)
+    return {path.relative_to(root).as_posix(): torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def unpack_directory(packed: Mapping[str, torch.Tensor], directory: str | os.PathLike) -> Path:
+    """Write what :func:`pack_directory` packed back as files below ``directory``; refuses paths that leave it."""
+    root = Path(directory).resolve()
+    for name, tensor in packed.items():
+        target = (root / name).resolve()
+        if root not in target.parents:
+            raise PersistenceError(f"packed file name {name!r} points outside {root}; the entry is not fusion's.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(tensor.contiguous().numpy().tobytes())
+    return root

@@ -14,7 +14,17 @@ import pytest
 import torch
 from helpers import tfidf_member
 
-from fusion import Ensemble, HFClassifier, HFEncoder, LinearFuser, MeanFuser, MLPHead, TrainConfig, VoteFuser
+from fusion import (
+    Ensemble,
+    HFClassifier,
+    HFEncoder,
+    LinearFuser,
+    MeanFuser,
+    MLPHead,
+    SklearnMember,
+    TrainConfig,
+    VoteFuser,
+)
 from fusion.ensemble.crossfit import out_of_fold_fused
 from fusion.evaluation.metrics import summary
 from fusion.members.hf_encoder import HFEncoder as Encoder
@@ -79,9 +89,11 @@ SECOND_PROCESS = textwrap.dedent("""
             return _original(self, *args, **kwargs)
         cls.forward = counted
     head = TrainConfig(learning_rate=1e-2, max_epochs=3, batch_size=32, patience=None, show_progress=False)
+    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
     members = [HFClassifier({classifier!r}, show_progress=False),
                HFEncoder({encoder!r}, head=MLPHead(hidden=8), train_config=head, show_progress=False),
-               HFEncoder({encoder!r}, pooling="cls", train_config=head, show_progress=False), tfidf_member()]
+               HFEncoder({encoder!r}, pooling="cls", train_config=head, show_progress=False), tfidf_member(),
+               HFEncoder({encoder!r}, finetune=True, train_config=finetune, name="ft", show_progress=False)]
     ens = Ensemble(members, fuser=["mean", "linear"], cv=2)
     ens.fit(make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
     proba = ens.predict_proba(["a great film", "a dull plot"]).tolist()
@@ -106,6 +118,38 @@ def test_a_second_process_over_the_same_models_and_data_runs_no_model(bert_class
     assert second["forward_calls"] == 0, "the second process ran a model although every output was cached on disk"
     assert second["misses"] == 0
     assert np.allclose(first["proba"], second["proba"])
+
+
+def test_a_fit_from_an_earlier_run_is_restored_from_the_cache(bert_encoder_dir, toy_sentiment, tmp_path, monkeypatch,
+                                                               caplog):
+    fits = []
+    for cls in (Encoder, SklearnMember):
+        monkeypatch.setattr(cls, "_fit", lambda self, *a, _original=cls._fit: (fits.append(self.name),
+                                                                                _original(self, *a))[1])
+    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
+
+    def fitted(cache_dir) -> Ensemble:  # new member objects each time, as a second process would build them
+        members = [HFEncoder(bert_encoder_dir, finetune=True, train_config=finetune, name="ft", **QUIET),
+                   tfidf_member()]
+        return Ensemble(members, labels=["negative", "positive"], cache_dir=cache_dir).fit(
+            toy_sentiment["train"], toy_sentiment["validation"])
+
+    texts = toy_sentiment["validation"]["text"]
+    first = fitted(tmp_path / "cache")
+    assert sorted(fits) == ["ft", "tfidf"]
+    fits.clear()
+    second = fitted(tmp_path / "cache")
+    assert fits == [], "a member was fitted again although its fit was cached"
+    assert np.array_equal(second.predict_proba(texts), first.predict_proba(texts))
+    assert [m.fingerprint for m in second.members_] == [m.fingerprint for m in first.members_]
+    for entry in (tmp_path / "cache").glob("*/fitted-*.safetensors"):
+        entry.write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING"):
+        fitted(tmp_path / "cache")
+    assert sorted(fits) == ["ft", "tfidf"], "an unreadable cached fit must be fitted again, not trusted"
+    fits.clear()
+    fitted("memory")
+    assert sorted(fits) == ["ft", "tfidf"]
 
 
 def test_two_poolings_of_one_checkpoint_run_the_backbone_once(bert_encoder_dir, toy_sentiment, monkeypatch):

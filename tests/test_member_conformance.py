@@ -399,6 +399,17 @@ def test_save_then_load_reproduces_the_outputs_exactly(case, models, tmp_path):
     assert_same_outputs(outputs(loaded, data), outputs(member, data))
 
 
+@pytest.mark.parametrize("case", TRAINABLE)
+def test_restoring_a_saved_fit_onto_a_clone_of_the_spec_reproduces_the_outputs(case, models, tmp_path):
+    spec, member = fitted(case, models)
+    data, labels = CASES[case].rows()
+    fitted_state = json.loads(json.dumps(member.save(tmp_path)))
+    restored = spec.clone().restore(fitted_state, tmp_path)
+    assert restored.is_fitted and restored.fingerprint == member.fingerprint and not spec.is_fitted
+    assert restored.config == spec.config and restored.output_labels(labels) == member.output_labels(labels)
+    assert_same_outputs(outputs(restored, data), outputs(member, data))
+
+
 # ---------------------------------------------------------------- fingerprints
 
 

@@ -41,6 +41,7 @@ Outputs = dict[str, torch.Tensor]
 Key = tuple[str, str, str]
 
 TOKENS_VARIANT = "tokens"  # variants starting with this hold tokenisations (see batching.cached_tokenize)
+FITTED_VARIANT = "fitted"  # a member fitted on some rows, packed (its saved files); kept on disk only
 _SAFE_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
@@ -216,12 +217,15 @@ class OutputCache:
         self.max_memory_entries = max_memory_entries
         self._memory = _LRU(max_memory_entries)
         self._token_memory = _LRU(max_token_entries)
+        self._fitted_memory = _LRU(0)  # fitted members are restored from their files once; never held here
         self._costs: dict[Key, EntryCost] = {}
         self._frames: list[_Frame] = []  # the computations in progress, innermost last
         self.hits = 0
         self.misses = 0
 
     def _pool(self, variant: str) -> _LRU:
+        if variant.startswith(FITTED_VARIANT):
+            return self._fitted_memory
         return self._token_memory if variant.startswith(TOKENS_VARIANT) else self._memory
 
     def _path(self, member_fp: str, data_fp: str, variant: str) -> Path:

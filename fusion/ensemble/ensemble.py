@@ -25,6 +25,7 @@ from ..inputs import TextData, as_text_data, column_values, dataset_label_names
 from ..labels import alignment
 from ..members.base import Member
 from .crossfit import out_of_fold_outputs
+from .fitting import fitted_member
 from .selection import Candidate, as_fusers, best_candidate, fit_candidates
 
 if TYPE_CHECKING:
@@ -219,17 +220,13 @@ class Ensemble:
         return self.fuser_data
 
     def _fit_members(self, train: TextData) -> list[Member]:
-        """Fitted clones of the specs, reusing the previous fit's when the specs and data are the same."""
+        """Fitted clones of the specs: the previous fit's when the specs and data are the same, else each
+        trainable spec fitted, or its fit from an earlier run restored from the cache (``fitting.py``)."""
         key = (tuple(m.fingerprint for m in self.members), train.label_fingerprint, tuple(self.labels_))
         if self._members_key == key and self.members_ is not None:
             return self.members_
-        fitted = []
-        for spec in self.members:
-            member = spec.clone()
-            if member.trainable:
-                logger.info("fitting member %s", member.name)
-                member.fit(train, self.labels_, self.cache)
-            fitted.append(member)
+        fitted = [fitted_member(spec, train, self.labels_, self.cache) if spec.trainable else spec.clone()
+                  for spec in self.members]
         self._members_key = key
         return fitted
 

@@ -176,12 +176,22 @@ class Member(Component, abc.ABC):
         options = options or LoadOptions()
         restored = cls._objects_from_files(directory, fitted, options)
         member = cls(cls._saved_config(config, restored, options))
-        member.labels_, member.fitted_on_ = fitted.get("labels"), fitted.get("fitted_on")
-        member._load_files(directory, fitted, options, restored)
-        member._load_tensors(directory, fitted)
+        return member._restore(fitted, directory, options, restored)
+
+    def restore(self, fitted: Mapping[str, Any], directory: Path, options: LoadOptions | None = None) -> Member:
+        """Put what ``save`` wrote (``directory``, with ``fitted_state()`` as ``fitted``) into this unfitted
+        member, a clone of the spec that was fitted (how an ensemble reuses a fit from an earlier run)."""
+        options = options or LoadOptions()
+        return self._restore(fitted, directory, options, type(self)._objects_from_files(directory, fitted, options))
+
+    def _restore(self, fitted: Mapping[str, Any], directory: Path, options: LoadOptions,
+                 restored: Mapping[str, Any]) -> Member:
+        self.labels_, self.fitted_on_ = fitted.get("labels"), fitted.get("fitted_on")
+        self._load_files(directory, fitted, options, restored)
+        self._load_tensors(directory, fitted)
         if fitted.get("fingerprint"):  # recorded when it was fitted; its files were verified by checksum
-            member._fingerprint = fitted["fingerprint"]
-        return member
+            self._fingerprint = fitted["fingerprint"]
+        return self
 
     @classmethod
     def _saved_config(cls, config: Mapping[str, Any], restored: Mapping[str, Any], options: LoadOptions
