@@ -7,7 +7,8 @@ Example:
 """
 
 from .cache.store import OutputCache
-from .ensemble.ensemble import Ensemble
+from .config import Component, Config, LoadOptions
+from .ensemble import Ensemble, EnsembleConfig
 from .errors import (
     ChecksumError,
     ConfigError,
@@ -24,15 +25,15 @@ from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
-from .members.heads import HEADS, Head, LinearHead, MLPHead
+from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
 from .train_config import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ensemble", "OutputCache", "TrainConfig", "evaluate", "Report", "build_report", "permutation_importance",
+    "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
-    "Head", "HEADS", "LinearHead", "MLPHead",
+    "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
