@@ -31,6 +31,7 @@ from fusion.fusers import (
 )
 from fusion.fusers.linear import DEFAULT_TRAINING as LINEAR_TRAINING
 from fusion.fusers.stacking import DEFAULT_TRAINING as STACKING_TRAINING
+from fusion.fusers.stacking import SKLEARN_METAS
 from fusion.train_config import TrainConfig
 
 
@@ -396,6 +397,83 @@ def test_stacking_sklearn_meta_gives_zero_probability_to_classes_absent_from_tra
     assert proba.shape == (outputs.n_rows, 3) and (proba[:, 2] == 0).all()
 
 
+def test_stacking_meta_spec_naming_an_sklearn_function_is_refused_without_calling_it(tmp_path):
+    marker = tmp_path / "marker"
+    config = {"kind": "stacking", "meta": {"sklearn": "sklearn.datasets.dump_svmlight_file",
+                                           "params": {"X": [[1.0]], "y": [0], "f": str(marker)}}}
+    with pytest.raises(ConfigError, match=r"'sklearn\.datasets\.dump_svmlight_file' is not an allowed meta-learner.*"
+                                          r"LogisticRegression.*build the StackingFuser in Python"):
+        Fuser.from_config(config)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("path", [
+    "sklearn.pipeline.Pipeline",  # a class, but not allow-listed (it takes other estimators)
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.linear_model.RidgeClassifier",  # a classifier without predict_proba
+    "sklearn.utils._testing.LogisticRegression",  # an allowed name under another module
+    "sklearn.linear_model.LogisticRegression.fit",
+    "os.system",
+])
+def test_stacking_meta_spec_outside_the_allow_list_is_refused(path):
+    with pytest.raises(ConfigError, match=rf"{re.escape(repr(path))} is not an allowed meta-learner.*"
+                                          r"sklearn\.ensemble\.RandomForestClassifier"):
+        Fuser.from_config({"kind": "stacking", "meta": {"sklearn": path, "params": {}}})
+
+
+def test_stacking_sklearn_meta_object_outside_the_allow_list_is_refused():
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import Pipeline
+
+    with pytest.raises(ConfigError, match=r"is not an allowed meta-learner.*passed in Python is saved as such a spec"):
+        StackingFuser(meta=Pipeline([("lr", LogisticRegression())]))
+    with pytest.raises(ConfigError, match=r"RidgeClassifier'? is not an allowed meta-learner"):
+        StackingFuser(meta=RidgeClassifier())
+
+
+def test_stacking_sklearn_meta_params_must_be_plain_json():
+    nested = {"sklearn": "sklearn.linear_model.LogisticRegression", "params": {}}
+    with pytest.raises(ConfigError, match="nested estimator spec"):
+        StackingFuser(meta={"sklearn": "sklearn.ensemble.GradientBoostingClassifier", "params": {"init": nested}})
+    with pytest.raises(ConfigError, match="plain JSON"):
+        StackingFuser(meta={"sklearn": "sklearn.linear_model.LogisticRegression", "params": {"C": object()}})
+
+
+def test_stacking_svc_meta_needs_probability():
+    from sklearn.svm import SVC
+
+    with pytest.raises(ConfigError, match="probability=True"):
+        StackingFuser(meta=SVC())
+    assert StackingFuser(meta=SVC(probability=True)).config.meta["sklearn"] == "sklearn.svm.SVC"
+
+
+def test_stacking_every_allow_listed_meta_rebuilds_and_round_trips():
+    for path in SKLEARN_METAS:
+        params = {"probability": True} if path.endswith(".SVC") else {}
+        config = StackingFuser(meta={"sklearn": path, "params": params}).to_config()
+        assert config["meta"]["sklearn"] == path
+        assert Fuser.from_config(json.loads(json.dumps(config))).to_config() == config
+
+
+def test_stacking_saved_logreg_config_loads_fits_and_round_trips(tmp_path):
+    fuser = StackingFuser(meta=LogisticRegression(C=0.5, max_iter=200)).fit(*DATA[3])
+    saved = json.loads(json.dumps(fuser.to_config()))
+    assert saved["meta"]["sklearn"] == "sklearn.linear_model.LogisticRegression"
+    loaded = Fuser.from_config(saved)
+    assert loaded.to_config() == saved and loaded.fingerprint == StackingFuser(**{
+        k: v for k, v in saved.items() if k != "kind"}).fingerprint
+    refit = loaded.fit(*DATA[3])
+    assert isinstance(refit.estimator_, LogisticRegression) and refit.estimator_.C == 0.5
+    torch.testing.assert_close(refit.predict_proba(DATA[3][0]), fuser.predict_proba(DATA[3][0]))
+
+
+def test_stacking_meta_spec_written_with_the_defining_module_still_loads():
+    private = f"{LogisticRegression.__module__}.LogisticRegression"  # what earlier versions saved
+    fuser = Fuser.from_config({"kind": "stacking", "meta": {"sklearn": private, "params": {"C": 0.25}}})
+    assert fuser.config.meta == {"sklearn": "sklearn.linear_model.LogisticRegression",
+                                 "params": LogisticRegression(C=0.25).get_params(deep=False)}
+
+
 # ---------------------------------------------------------------- bad input, as a table
 
 SMALL = MemberOutputs(torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(5)))
@@ -437,11 +515,14 @@ BAD_INPUT = [
                  r"^StackingFuser.Config.meta must be .*scikit-learn classifier; got a builtins.object",
                  id="stacking-meta-not-sklearn"),
     pytest.param(lambda: StackingFuser(meta={"sklearn": "os.system", "params": {}}), ConfigError,
-                 "only scikit-learn classes", id="stacking-meta-spec-not-sklearn"),
+                 "'os.system' is not an allowed meta-learner", id="stacking-meta-spec-not-sklearn"),
     pytest.param(lambda: StackingFuser(meta={"params": {}}), ConfigError, r"meta spec must be \{'sklearn'",
                  id="stacking-meta-spec-without-class"),
     pytest.param(lambda: StackingFuser(meta={"sklearn": "sklearn.linear_model.NoSuchModel"}), ConfigError,
-                 "cannot be rebuilt", id="stacking-meta-spec-unknown-class"),
+                 "not an allowed meta-learner", id="stacking-meta-spec-unknown-class"),
+    pytest.param(lambda: StackingFuser(meta={"sklearn": "sklearn.linear_model.LogisticRegression",
+                                             "params": {"bogus": 1}}), ConfigError,
+                 "cannot be rebuilt", id="stacking-meta-spec-unknown-parameter"),
     pytest.param(lambda: StackingFuser(meta="mlp", hidden=0), ConfigError,
                  r"^StackingFuser.Config.hidden must be an integer >= 1; got 0", id="stacking-hidden"),
     pytest.param(lambda: StackingFuser(validation_fraction=1.0), ConfigError,

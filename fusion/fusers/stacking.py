@@ -1,8 +1,10 @@
-"""StackingFuser: a meta-learner on member outputs (torch logistic regression / MLP, or any sklearn classifier)."""
+"""StackingFuser: a meta-learner on member outputs (torch logistic regression / MLP, or an allow-listed sklearn
+classifier)."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,11 +33,83 @@ _BOOL = (is_bool, "True or False")
 _SKOPS = "estimator_skops"  # the state tensor holding a scikit-learn meta-learner's skops bytes
 
 
+# The only scikit-learn classes a meta spec may name (public dotted names). A spec is rebuilt by calling the
+# class with the config's parameters, so a config someone else saved must not name anything else: no function,
+# no meta-estimator taking another estimator, nothing outside this list. Each has ``predict_proba``.
+SKLEARN_METAS = (
+    "sklearn.discriminant_analysis.LinearDiscriminantAnalysis",
+    "sklearn.ensemble.ExtraTreesClassifier",
+    "sklearn.ensemble.GradientBoostingClassifier",
+    "sklearn.ensemble.HistGradientBoostingClassifier",
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.naive_bayes.GaussianNB",
+    "sklearn.neighbors.KNeighborsClassifier",
+    "sklearn.neural_network.MLPClassifier",
+    "sklearn.svm.SVC",
+)
+_ALLOWED_TEXT = ", ".join(SKLEARN_METAS)
+_FIX = (f"the allowed scikit-learn classifiers are: {_ALLOWED_TEXT}. Use one of these (or meta='logreg' / 'mlp'), "
+        "or build the StackingFuser in Python and pass an estimator object of one of these classes; an estimator "
+        "passed in Python is saved as such a spec too, so it must also be one of these classes.")
+
+
+def _allowed_class(path: str) -> tuple[str, type] | None:
+    """The public name and class of an allow-listed meta-learner named by ``path`` (its public dotted name, or the
+    ``module.Class`` of the defining module that older saves wrote); ``None`` if ``path`` names anything else.
+    Only the allow-listed public modules are ever imported, never a module the path names."""
+    from sklearn.base import ClassifierMixin
+
+    name = path.rpartition(".")[2]
+    public = next((p for p in SKLEARN_METAS if p.rpartition(".")[2] == name), None)
+    if public is None or not path.startswith("sklearn."):
+        return None
+    module, _, attr = public.rpartition(".")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not inspect.isclass(cls) or not issubclass(cls, ClassifierMixin):
+        return None
+    if path != public and path != f"{cls.__module__}.{cls.__qualname__}":
+        return None
+    return public, cls
+
+
+def _refuse(what: str) -> ConfigError:
+    return ConfigError(f"StackingFuser meta {what} is not an allowed meta-learner; {_FIX}")
+
+
+def _plain_json(value: Any, where: str) -> None:
+    """Refuse anything but JSON values (str, number, bool, None, lists and string-keyed dicts of them), and any
+    dict that looks like a nested estimator spec."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _plain_json(item, where)
+        return
+    if isinstance(value, Mapping):
+        if "sklearn" in value:
+            raise ConfigError(f"StackingFuser meta parameter {where!r} holds a nested estimator spec "
+                              f"{dict(value)!r}; parameters must be plain JSON values (numbers, strings, lists).")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"StackingFuser meta parameter {where!r} has the non-string key {key!r}; "
+                                  "parameters must be plain JSON values.")
+            _plain_json(item, where)
+        return
+    raise ConfigError(f"StackingFuser meta parameter {where!r} is a {type(value).__name__}; parameters must be "
+                      "plain JSON values (numbers, strings, booleans, null, lists and string-keyed dicts).")
+
+
 def _sklearn_spec(estimator: Any) -> dict[str, Any]:
     """``{"sklearn": "module.Class", "params": {...}}`` of an unfitted scikit-learn classifier (JSON as saved)."""
     cls = type(estimator)
     if not cls.__module__.startswith("sklearn."):
         raise ConfigError(f"StackingFuser.Config.meta must be {META_TEXT}; got a {cls.__module__}.{cls.__qualname__}.")
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    allowed = _allowed_class(path)
+    if allowed is None or allowed[1] is not cls:
+        raise _refuse(repr(path))
+    public = allowed[0]
     params = estimator.get_params(deep=False)
     int_keyed = sorted(k for k, v in params.items() if isinstance(v, dict) and any(not isinstance(x, str) for x in v))
     if int_keyed:  # JSON would turn {0: 2.0} into {"0": 2.0}, and the reloaded estimator would differ
@@ -45,23 +119,34 @@ def _sklearn_spec(estimator: Any) -> dict[str, Any]:
         params = json.loads(json.dumps(params))  # the form the config will have after a save (tuples -> lists)
     except TypeError as err:
         raise ConfigError(f"StackingFuser meta {cls.__name__}: parameters must be JSON-serialisable ({err}).") from err
-    return {"sklearn": f"{cls.__module__}.{cls.__qualname__}", "params": params}
+    for key, value in params.items():
+        _plain_json(value, key)
+    if not hasattr(estimator, "predict_proba"):
+        raise ConfigError(f"StackingFuser meta {cls.__name__} has no predict_proba with these parameters "
+                          "(for SVC, pass probability=True).")
+    return {"sklearn": public, "params": params}
 
 
 def _sklearn_from_spec(spec: Mapping[str, Any]) -> Any:
-    """A new, unfitted estimator from ``_sklearn_spec`` output (scikit-learn classes only)."""
+    """A new, unfitted estimator from ``_sklearn_spec`` output: only allow-listed scikit-learn classifier classes
+    (``SKLEARN_METAS``), called with plain JSON parameters, so loading a config never runs code it names."""
     path, params = spec.get("sklearn"), spec.get("params", {})
-    if not isinstance(path, str) or not isinstance(params, Mapping):
+    if not isinstance(path, str) or not isinstance(params, Mapping) or set(spec) - {"sklearn", "params"}:
         raise ConfigError(f"StackingFuser meta spec must be {{'sklearn': 'sklearn.module.Class', 'params': {{...}}}}; "
                           f"got {dict(spec)!r}.")
-    module, _, name = path.rpartition(".")
-    if not module.startswith("sklearn."):
-        raise ConfigError(f"StackingFuser meta {path!r}: only scikit-learn classes can be rebuilt.")
+    allowed = _allowed_class(path)
+    if allowed is None:
+        raise _refuse(repr(path))
+    cls = allowed[1]
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"StackingFuser meta {path!r}: parameter names must be strings; got {key!r}.")
+        _plain_json(value, key)
     try:
-        return getattr(importlib.import_module(module), name)(**params)
-    except (ImportError, AttributeError, TypeError) as err:
-        raise ConfigError(f"StackingFuser meta {path!r} cannot be rebuilt ({err}); check the class name and its "
-                          "parameters against the installed scikit-learn.") from err
+        return cls(**params)
+    except TypeError as err:
+        raise ConfigError(f"StackingFuser meta {path!r} cannot be rebuilt ({err}); check its parameters against "
+                          "the installed scikit-learn.") from err
 
 
 def _meta(value: Any) -> str | dict[str, Any]:
@@ -84,9 +169,11 @@ class StackingFuser(Fuser):
     was trained on.
 
     Args:
-        meta: ``"logreg"`` (torch logistic regression), ``"mlp"``, or an unfitted scikit-learn classifier with
-            ``predict_proba`` (JSON-serialisable parameters), e.g. ``LogisticRegression(C=0.5)``; the config
-            stores it as ``{"sklearn": "module.Class", "params": {...}}`` and each fit builds a new one from that.
+        meta: ``"logreg"`` (torch logistic regression), ``"mlp"``, or an unfitted scikit-learn classifier of a
+            class in ``SKLEARN_METAS`` with ``predict_proba`` (plain JSON parameters), e.g.
+            ``LogisticRegression(C=0.5)``; the config stores it as ``{"sklearn": "module.Class", "params": {...}}``
+            and each fit builds a new one from that. Loading rebuilds only allow-listed classes, so a saved config
+            cannot make fusion call anything else.
         features: member outputs as ``"proba"``, ``"log_proba"`` or raw ``"logits"``.
         passthrough: also feed the members' pooled embeddings.
         hidden: hidden width for ``meta="mlp"`` (>= 1).
