@@ -287,8 +287,13 @@ def _print_member(index: int, member: Any) -> list[str]:
     for key, value in details.items():
         if value is not None:
             print(f"      {key}: {value}")
+    if config.get("trust_remote_code"):
+        print("      trust_remote_code: true (ignored unless the loading call passes trust_remote_code=True)")
     source = fitted.get("source") or {}
     for filename, sha in (source.get("weights_sha256") or {}).items():
+        if not isinstance(filename, str) or Path(filename).is_absolute() or ".." in Path(filename).parts:
+            raise PersistenceError(f"member {member.name!r}: weights file name {filename!r} is not a plain name "
+                                   "inside the model's folder; refused.")
         path = _member_weight_file(str(config.get("model")), source.get("resolved_revision") or config.get("revision"),
                                    filename)
         status = "not found locally" if path is None else _file_status(path, sha)
@@ -299,6 +304,11 @@ def _print_member(index: int, member: Any) -> list[str]:
 
 
 def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
+    from .ensemble.persistence import CONFIG_NAME
+    from .io import path_inside
+
+    for relative in files:  # EnsembleConfig.read checked these already; never hash a file outside the folder
+        path_inside(directory, relative, f"{CONFIG_NAME}: files entry")
     problems = []
     print(f"files ({len(files)} checksummed):")
     for relative, sha in sorted(files.items()):

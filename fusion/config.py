@@ -330,12 +330,16 @@ class LoadOptions:
         trusted_types: extra types to trust in skops files (scikit-learn estimators).
         verify_members: check referenced model weights against the sha256 recorded at save time.
         show_progress: progress bars of the loaded components.
+        trust_remote_code: let the loaded Hugging Face members run their model's custom code. Only this
+            decides: a ``trust_remote_code`` saved in a member's config is ignored (with a warning), since
+            whoever wrote the folder must not choose to run code on the loading machine.
     """
 
     objects: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     trusted_types: tuple[str, ...] = ()
     verify_members: bool = True
     show_progress: bool = True
+    trust_remote_code: bool = False
 
     def objects_for(self, name: str) -> dict[str, Any]:
         return dict(self.objects.get(name, {}))

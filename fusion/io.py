@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -123,6 +123,32 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PersistenceError(f"{what}: {path} is not valid JSON ({err}); re-save it or restore it.") from err
+
+
+def path_inside(root: str | os.PathLike, relative: Any, what: str) -> Path:
+    """``root / relative``, refused (PersistenceError naming ``what``) unless it stays inside ``root``.
+
+    ``relative`` must be a relative path string without ``..`` components, and the resolved path (symlinks
+    followed) must lie inside the resolved ``root``; nothing under it is opened, so an entry of an untrusted
+    config cannot make us read a file elsewhere.
+    """
+    if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
+        raise PersistenceError(f"{what}: {relative!r} is not a relative path inside the folder; refused.")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+        raise PersistenceError(f"{what}: {relative!r} is an absolute path; only paths inside the folder are "
+                               "accepted, refused.")
+    if ".." in pure.parts:
+        raise PersistenceError(f"{what}: {relative!r} has a '..' component; only paths inside the folder are "
+                               "accepted, refused.")
+    try:
+        base = Path(root).resolve()
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise PersistenceError(f"{what}: {relative!r} cannot be resolved ({err}); refused.") from err
+    if target != base and base not in target.parents:
+        raise PersistenceError(f"{what}: {relative!r} leads outside the folder (through a symlink); refused.")
+    return Path(root) / relative
 
 
 def verify_checksum(path: str | os.PathLike, expected: str, what: str) -> None:

@@ -401,7 +401,9 @@ class Ensemble:
             cache_dir: the output cache (None: the cache home; ``"memory"``: memory only).
             **options: ``fusion.config.LoadOptions`` fields: ``objects`` (Python objects a saved config cannot
                 rebuild, by member name: ``{"cnn": {"module": SmallCNN()}}``), ``trusted_types`` (extra skops
-                types), ``verify_members`` (check referenced model weights; default True), ``show_progress``.
+                types), ``verify_members`` (check referenced model weights; default True), ``show_progress``,
+                ``trust_remote_code`` (run custom modelling code from model repositories: only when this call
+                passes True, whatever the saved config says).
         """
         from .persistence import load_ensemble, load_options
 

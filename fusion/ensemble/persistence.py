@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ..io import (
     atomic_directory,
     atomic_save_tensors,
     load_tensors,
+    path_inside,
     read_json,
     sha256_file,
     verify_checksum,
@@ -39,6 +41,8 @@ from ..members.base import MEMBERS, Member
 
 if TYPE_CHECKING:
     from .ensemble import Ensemble
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "fusion_config.json"
 REPORT_DIR = "report"  # report.html / report.md / report.json of the validation split, when there was one
@@ -62,9 +66,13 @@ class SavedMember(Config):
 
     @classmethod
     def from_dict(cls, data: Any, objects: Any = None) -> SavedMember:
-        if not isinstance(data, dict) or not {"kind", "config", "fitted", "dir"} <= set(data):
-            raise PersistenceError(f"a member entry of {CONFIG_NAME} lacks kind, config, fitted or dir: {data!r}.")
-        return cls(data["kind"], data["config"], data["fitted"], data["dir"])
+        keys = ("kind", "config", "fitted", "dir")
+        _check_entry(data, keys, "a member entry")
+        if not (isinstance(data["kind"], str) and isinstance(data["config"], dict) and isinstance(data["fitted"], dict)
+                and isinstance(data["dir"], str)):
+            raise PersistenceError(f"a member entry of {CONFIG_NAME} needs kind and dir as strings, config and fitted "
+                                   f"as objects: {data!r}.")
+        return cls(*(data[k] for k in keys))
 
     @property
     def name(self) -> str:
@@ -84,9 +92,26 @@ class SavedFuser(Config):
 
     @classmethod
     def from_dict(cls, data: Any, objects: Any = None) -> SavedFuser:
-        if not isinstance(data, dict) or not {"kind", "config", "state_shapes"} <= set(data):
-            raise PersistenceError(f"the fuser entry of {CONFIG_NAME} lacks kind, config or state_shapes: {data!r}.")
-        return cls(data["kind"], data["config"], data["state_shapes"])
+        keys = ("kind", "config", "state_shapes")
+        _check_entry(data, keys, "the fuser entry")
+        if not (isinstance(data["kind"], str) and isinstance(data["config"], dict)
+                and isinstance(data["state_shapes"], dict)):
+            raise PersistenceError(f"the fuser entry of {CONFIG_NAME} needs kind as a string, config and state_shapes "
+                                   f"as objects: {data!r}.")
+        return cls(*(data[k] for k in keys))
+
+
+def _check_entry(data: Any, keys: tuple[str, ...], what: str) -> None:
+    """A saved entry is a dict with exactly ``keys``: a missing or an unknown key is refused, naming it."""
+    if not isinstance(data, dict):
+        raise PersistenceError(f"{what} of {CONFIG_NAME} is not an object: {data!r}.")
+    missing = [k for k in keys if k not in data]
+    unknown = sorted(str(k) for k in data if k not in keys)
+    if missing or unknown:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+                   ([f"has unknown key(s) {unknown}"] if unknown else [])
+        raise PersistenceError(f"{what} of {CONFIG_NAME} {' and '.join(problems)}; valid keys are: "
+                               f"{', '.join(keys)}." + (did_you_mean(unknown[0], keys) if unknown else ""))
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,21 @@ class EnsembleConfig(Config):
 
     def validate(self) -> None:
         check_format(self.format, self.format_version)
+        if not all(isinstance(m, SavedMember) for m in self.members) or not isinstance(self.fuser, SavedFuser):
+            raise ConfigError("members must be a list of member entries and fuser a fuser entry.")
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
+            raise ConfigError("files must map relative paths to sha256 strings.")
+
+    def check_paths(self, directory: Path) -> None:
+        """Refuse (PersistenceError naming the entry) any member ``dir`` or ``files`` key, or a file that loading
+        reads by its fixed name, that is absolute, has a ``..`` component or leads outside ``directory``
+        through a symlink. Nothing is read before this passes: a saved config may come from anyone."""
+        for index, member in enumerate(self.members):
+            path_inside(directory, member.dir, f"{CONFIG_NAME}: member [{index}] {member.name!r} dir")
+        for relative in self.files:
+            path_inside(directory, relative, f"{CONFIG_NAME}: files entry")
+        for relative in (FUSER_FILE, f"{REPORT_DIR}/report.json"):
+            path_inside(directory, relative, "ensemble file")
 
     @classmethod
     def read(cls, directory: Path) -> EnsembleConfig:
@@ -122,9 +162,11 @@ class EnsembleConfig(Config):
             raise PersistenceError(f"{directory / CONFIG_NAME} is not a JSON object.")
         check_format(data.get("format"), data.get("format_version"), directory / CONFIG_NAME)
         try:
-            return cls.from_dict(data)
+            config = cls.from_dict(data)
         except ConfigError as err:
             raise PersistenceError(f"{directory / CONFIG_NAME}: {err}") from err
+        config.check_paths(directory)
+        return config
 
 
 def check_format(name: Any, version: Any, where: Path | str = CONFIG_NAME) -> None:
@@ -203,6 +245,9 @@ def load_options(options: dict[str, Any]) -> LoadOptions:
     if unknown:
         raise ConfigError(f"from_pretrained got unknown options {unknown}; valid: cache_dir, {', '.join(valid)}."
                           + did_you_mean(unknown[0], valid))
+    if "trust_remote_code" in options and not isinstance(options["trust_remote_code"], bool):
+        raise ConfigError(f"from_pretrained(trust_remote_code=...) takes True or False; got "
+                          f"{options['trust_remote_code']!r}.")
     if "trusted_types" in options:
         options = {**options, "trusted_types": tuple(options["trusted_types"] or ())}
     return LoadOptions(**options)
@@ -210,13 +255,23 @@ def load_options(options: dict[str, Any]) -> LoadOptions:
 
 def _verify_files(directory: Path, files: dict[str, str]) -> None:
     for relative, sha in files.items():
-        verify_checksum(directory / relative, sha, f"ensemble file {relative!r}")
+        verify_checksum(path_inside(directory, relative, f"{CONFIG_NAME}: files entry"), sha,
+                        f"ensemble file {relative!r}")
 
 
 def _load_member(saved: SavedMember, directory: Path, options: LoadOptions) -> Member:
-    member = MEMBERS.get(saved.kind_name).load(saved.config, saved.fitted, directory / saved.dir, options)
+    folder = path_inside(directory, saved.dir, f"{CONFIG_NAME}: member {saved.name!r} dir")
+    member = MEMBERS.get(saved.kind_name).load(saved.config, saved.fitted, folder, options)
     if not options.show_progress and hasattr(member.config, "show_progress"):
         member.config = member.config.replace(show_progress=False)  # a setting: the fingerprint stays
+    remote = getattr(member.config, "trust_remote_code", None)
+    if remote is not None and remote != options.trust_remote_code:
+        # Only the loading call may allow a model's custom code: a saved config may come from anyone.
+        if remote:
+            logger.warning("member %r was saved with trust_remote_code=True; loading it with False, so the model's "
+                           "custom code does not run. Pass from_pretrained(..., trust_remote_code=True) if you trust "
+                           "this folder.", member.name)
+        member.config = member.config.replace(trust_remote_code=options.trust_remote_code)
     return member
 
 

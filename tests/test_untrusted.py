@@ -1,0 +1,197 @@
+"""Loading or inspecting an ensemble someone else saved reads only files inside its folder and runs no code of theirs.
+
+Each test edits ``fusion_config.json`` of a saved ensemble (the config holds the other files' checksums, so
+an edited config is what an attacker would ship) and checks that ``from_pretrained`` and ``fusion inspect``
+refuse it before reading anything outside the folder, or ignore what the saved config may not decide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import tfidf_member
+
+from fusion import ConfigError, Ensemble, HFClassifier, MeanFuser, PersistenceError
+from fusion.cli import main
+from fusion.io import sha256_file
+
+LABELS = ["negative", "positive"]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def saved_tfidf(tmp_path_factory, toy_sentiment) -> Path:
+    directory = tmp_path_factory.mktemp("untrusted") / "tfidf"
+    ens = Ensemble([tfidf_member()], fuser=MeanFuser(), labels=LABELS, cache_dir="memory")
+    ens.fit(toy_sentiment["train"]).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def saved_hf(tmp_path_factory, toy_sentiment, bert_classifier_dir) -> Path:
+    directory = tmp_path_factory.mktemp("untrusted") / "hf"
+    ens = Ensemble([HFClassifier(bert_classifier_dir, show_progress=False)], fuser=MeanFuser(), labels=LABELS,
+                   cache_dir="memory")
+    ens.fit(toy_sentiment["train"]).save_pretrained(directory)
+    return directory
+
+
+def copy_of(saved: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "work" / "ens"
+    shutil.copytree(saved, target, symlinks=True)
+    return target
+
+
+def edit_config(directory: Path, change) -> None:
+    path = directory / "fusion_config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def outside_file(tmp_path: Path) -> tuple[Path, str]:
+    """A file next to (not inside) the ensemble folder, and its sha256."""
+    path = tmp_path / "work" / "secret.txt"
+    path.write_text("not part of the ensemble\n")
+    return path, sha256_file(path)
+
+
+def assert_refused(directory: Path, secret_sha: str | None = None, match: str = "refused") -> None:
+    """from_pretrained raises PersistenceError and inspect exits 2, neither showing the outside file's hash."""
+    with pytest.raises(PersistenceError, match=match) as caught:
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+    code, out, err = run("inspect", directory)
+    assert code == 2, (out, err)
+    assert "verified" not in out
+    if secret_sha is not None:
+        for text in (str(caught.value), out, err):
+            assert secret_sha[:12] not in text and secret_sha[:16] not in text
+
+
+# --- paths stay inside the folder ---------------------------------------------------------------------------------
+
+
+def test_files_entry_leaving_the_folder_is_refused_before_it_is_read(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    secret, sha = outside_file(tmp_path)
+    # a correct checksum of the outside file: today it would be "verified" and loading would succeed
+    edit_config(directory, lambda c: c["files"].update({"../secret.txt": sha}))
+    assert_refused(directory, sha, match=r"files entry: '\.\./secret\.txt' has a '\.\.' component")
+
+
+def test_files_entry_pointing_at_a_system_file_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    edit_config(directory, lambda c: c["files"].update({"../../etc/hostname": "0" * 64}))
+    assert_refused(directory, match=r"'\.\./\.\./etc/hostname'")
+
+
+def test_absolute_files_entry_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    secret, sha = outside_file(tmp_path)
+    edit_config(directory, lambda c: c["files"].update({str(secret): sha}))
+    assert_refused(directory, sha, match="absolute path")
+
+
+def test_symlink_inside_the_folder_pointing_outside_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    config = json.loads((directory / "fusion_config.json").read_text())
+    relative = next(k for k in config["files"] if k.startswith("members/"))
+    outside = tmp_path / "work" / "moved"
+    shutil.move(directory / relative, outside)  # same bytes, so the recorded checksum still matches
+    (directory / relative).symlink_to(outside)
+    assert_refused(directory, match="outside the folder")
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_member_dir_outside_the_folder_is_refused(saved_tfidf, tmp_path, where):
+    directory = copy_of(saved_tfidf, tmp_path)
+    config = json.loads((directory / "fusion_config.json").read_text())
+    member_dir = config["members"][0]["dir"]
+    outside = tmp_path / "work" / "outside"
+    shutil.copytree(directory / member_dir, outside)  # a working member folder: today it would load from there
+    if where == "symlink":
+        shutil.rmtree(directory / member_dir)
+        (directory / member_dir).symlink_to(outside, target_is_directory=True)
+        value = member_dir
+    else:
+        value = "../outside" if where == "parent" else str(outside)
+    edit_config(directory, lambda c: c["members"][0].update({"dir": value}))
+    assert_refused(directory, match=r"member \[0\] 'tfidf' dir" if where != "symlink" else "outside the folder")
+
+
+def test_paths_inside_the_folder_still_load(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    ens = Ensemble.from_pretrained(directory, cache_dir="memory")
+    assert ens.predict(["a great film"])[0] in LABELS
+    code, out, _ = run("inspect", directory)
+    assert code == 0 and "all checksums verified." in out
+
+
+# --- unknown keys -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "change"), [
+    ("member", lambda c: c["members"][0].update({"run_this": "x"})),
+    ("fuser", lambda c: c["fuser"].update({"run_this": "x"})),
+    ("top", lambda c: c.update({"run_this": "x"})),
+])
+def test_unknown_key_in_a_saved_entry_is_refused(saved_tfidf, tmp_path, entry, change):
+    directory = copy_of(saved_tfidf, tmp_path)
+    edit_config(directory, change)
+    with pytest.raises(PersistenceError, match="run_this") as caught:
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+    if entry != "top":
+        assert "valid keys are" in str(caught.value)
+    code, _, err = run("inspect", directory)
+    assert code == 2 and "run_this" in err
+
+
+def test_unknown_key_in_a_member_config_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    edit_config(directory, lambda c: c["members"][0]["config"].update({"run_this": "x"}))
+    with pytest.raises(ConfigError, match=r"member 'tfidf'.*run_this"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+# --- trust_remote_code --------------------------------------------------------------------------------------------
+
+
+def test_saved_trust_remote_code_is_ignored_unless_the_call_asks(saved_hf, tmp_path, caplog):
+    directory = copy_of(saved_hf, tmp_path)
+    edit_config(directory, lambda c: c["members"][0]["config"].update({"trust_remote_code": True}))
+    name = json.loads((directory / "fusion_config.json").read_text())["members"][0]["config"]["name"]
+    with caplog.at_level(logging.WARNING, logger="fusion"):
+        ens = Ensemble.from_pretrained(directory, cache_dir="memory")
+    assert ens.members_[0].config.trust_remote_code is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "trust_remote_code" in r.getMessage()]
+    assert warnings and name in warnings[0].getMessage()
+    assert ens.predict(["a great film"])[0] in LABELS  # loads and runs without the remote code
+
+    trusted = Ensemble.from_pretrained(directory, cache_dir="memory", trust_remote_code=True)
+    assert trusted.members_[0].config.trust_remote_code is True
+
+    code, out, _ = run("inspect", directory)
+    assert code == 0
+    assert "trust_remote_code: true (ignored unless the loading call passes trust_remote_code=True)" in out
+
+
+def test_trust_remote_code_option_takes_a_bool(saved_hf):
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        Ensemble.from_pretrained(saved_hf, cache_dir="memory", trust_remote_code="yes")
+
+
+def test_inspect_without_the_flag_does_not_mention_it(saved_hf):
+    code, out, _ = run("inspect", saved_hf)
+    assert code == 0 and "trust_remote_code" not in out
