@@ -4,7 +4,9 @@ memory-only caches, damaged files, tokenisations kept in it, and ``fusion cache 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from fusion.cache.admin import cache_summary, clear_cache, format_size, parse_du
 from fusion.cache.store import EntryCost, OutputCache, default_cache_dir, entry_name
 from fusion.cli import main
 from fusion.errors import ConfigError
+from fusion.io import sha256_tensors
 
 MEMBER, DATA = "a1" * 32, "d4" * 32  # fingerprints are hex sha256 digests
 DAY = 86400.0
@@ -139,7 +142,9 @@ def test_cost_keeps_own_seconds_apart_from_every_reused_entry_flattened(_private
 def test_an_entry_written_without_the_cost_split_shares_nothing(_private_output_cache):
     path = _private_output_cache / MEMBER[:24] / f"outputs-{DATA[:24]}.safetensors"
     path.parent.mkdir(parents=True)
-    save_file(Compute()(), str(path), metadata={"member": MEMBER, "data": DATA, "variant": "outputs", "seconds": "2.5"})
+    meta = {"member": MEMBER, "data": DATA, "variant": "outputs", "seconds": "2.5",
+            "checksum": sha256_tensors(Compute()())}
+    save_file(Compute()(), str(path), metadata=meta)
     cache = OutputCache()
     assert cache.get(MEMBER, DATA) is not None
     assert cache.cost(MEMBER, DATA) == EntryCost(2.5, {}) and cache.seconds(MEMBER, DATA) == 2.5
@@ -181,6 +186,91 @@ def test_corrupted_file_in_the_default_cache_is_recomputed(_private_output_cache
         cache.get_or_compute(MEMBER, DATA, compute)
     assert compute.calls == 1 and "unreadable" in caplog.text
     assert OutputCache().get(MEMBER, DATA) is not None, "the recomputed entry replaced the damaged file"
+
+
+def data_region_start(path: Path) -> int:
+    """Where a safetensors file's tensor bytes begin: after the u64 (little-endian) header size and the header."""
+    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def flip_byte(path: Path) -> None:
+    """Flip one byte inside the tensor data (a high byte of a float, so the stored value really changes)."""
+    data = bytearray(path.read_bytes())
+    data[data_region_start(path) + 3 * 4 + 3] ^= 0xFF  # the last byte of the 4th float32
+    path.write_bytes(bytes(data))
+
+
+def write_nan(path: Path) -> None:
+    """Overwrite the first stored float32 with NaN."""
+    data = bytearray(path.read_bytes())
+    start = data_region_start(path)
+    data[start:start + 4] = struct.pack("<f", math.nan)
+    path.write_bytes(bytes(data))
+
+
+def strip_checksum(path: Path) -> None:
+    """Rewrite the file as an entry written before checksums: the same tensors and metadata, no checksum."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k != "checksum"}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_every_entry_file_records_the_checksum_of_its_tensors(_private_output_cache):
+    OutputCache().put(MEMBER, DATA, Compute()(), label="member")
+    (path,) = entry_files(_private_output_cache)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    assert meta["checksum"] == sha256_tensors(Compute()()) and meta["label"] == "member"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (flip_byte, "damaged"),
+    (write_nan, "damaged"),
+    (strip_checksum, "no checksum"),
+])
+def test_a_damaged_or_unverifiable_entry_is_recomputed_logged_and_overwritten(
+        _private_output_cache, caplog, damage, message):
+    first = Compute()
+    OutputCache().get_or_compute(MEMBER, DATA, first, label="member")
+    (path,) = entry_files(_private_output_cache)
+    damage(path)
+    with safe_open(str(path), framework="pt") as handle:  # still a readable file for the right entry
+        assert handle.metadata()["member"] == MEMBER
+        assert handle.get_tensor("logits").tolist() != Compute()()["logits"].tolist() or damage is strip_checksum
+    compute, cache = Compute(), OutputCache()  # as a new process would make it
+    with caplog.at_level(logging.WARNING, logger="fusion.cache.store"):
+        out = cache.get_or_compute(MEMBER, DATA, compute, label="member")
+    assert compute.calls == 1 and (cache.hits, cache.misses) == (0, 1)
+    assert out["logits"].tolist() == Compute()()["logits"].tolist()
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(path) in record.getMessage() and message in record.getMessage()
+    assert "recomputing" in record.getMessage()
+    again, third = Compute(), OutputCache()  # the file was overwritten with the recomputed entry
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fusion.cache.store"):
+        repaired = third.get_or_compute(MEMBER, DATA, again)
+    assert again.calls == 0 and third.hits == 1 and not caplog.records
+    assert repaired["logits"].tolist() == Compute()()["logits"].tolist()
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["checksum"] == sha256_tensors(Compute()()) and handle.metadata()["label"] == "member"
+
+
+def test_an_in_memory_hit_does_not_hash(_private_output_cache, monkeypatch):
+    cache = OutputCache()
+    cache.get_or_compute(MEMBER, DATA, Compute())  # hashed once, to write the file
+    calls = []
+    monkeypatch.setattr(fusion.cache.store, "sha256_tensors", lambda tensors: calls.append(1) or "")
+    for _ in range(3):
+        cache.get_or_compute(MEMBER, DATA, Compute())
+    assert calls == [] and cache.hits == 3
+
+
+def test_a_memory_only_cache_does_not_hash(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fusion.cache.store, "sha256_tensors", lambda tensors: calls.append(1) or "")
+    OutputCache(memory_only=True).get_or_compute(MEMBER, DATA, Compute())
+    assert calls == []
 
 
 def test_a_failed_write_keeps_the_entry_in_memory_and_the_run_going(monkeypatch, caplog):

@@ -11,8 +11,12 @@ of computing it from scratch), ``own`` and ``shared`` (that cost split into the 
 the cached entries it reused, see :class:`EntryCost`; ``shared`` as JSON) and ``label`` (the member, for
 ``fusion cache info``). A file's modification time is its last use: a hit touches it, so ``fusion cache
 clear --older-than 30d`` keeps what is in use.
-The cache is disposable: an unreadable or foreign file is logged and recomputed, never trusted, and a file
-that cannot be written is logged and skipped.
+Each file also holds ``checksum``: :func:`fusion.io.sha256_tensors` of its tensors (names, dtypes, shapes and
+bytes), checked whenever the file is read (never on an in-memory hit), so that flipped bits or a NaN in a
+stored tensor cannot silently change results.
+The cache is disposable: an unreadable, foreign or damaged file (checksum mismatch), and one written before
+checksums (none to check), is logged and recomputed, never trusted, and the recomputed entry replaces it; a
+file that cannot be written is logged and skipped.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ConfigError
-from ..io import atomic_save_tensors
+from ..io import atomic_save_tensors, sha256_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ Key = tuple[str, str, str]
 
 TOKENS_VARIANT = "tokens"  # variants starting with this hold tokenisations (see batching.cached_tokenize)
 FITTED_VARIANT = "fitted"  # a member fitted on some rows, packed (its saved files); kept on disk only
+CHECKSUM_KEY = "checksum"  # metadata key: sha256_tensors of the entry's tensors
 _SAFE_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
@@ -245,7 +250,8 @@ class OutputCache:
         return outputs
 
     def _read(self, key: Key) -> Outputs | None:
-        """The entry's file, if it exists and holds this very entry; anything else is logged and ignored."""
+        """The entry's file, if it exists and holds this very entry, intact (its checksum verified); anything else
+        is logged and ignored, so the caller recomputes it and overwrites the file."""
         path = self._path(*key)
         if not path.is_file():
             return None
@@ -258,12 +264,21 @@ class OutputCache:
                 # cloned: tensors mapped from the file are not 64-byte aligned, and kernels on unaligned memory
                 # round differently, so a cached run would not reproduce a fresh one bit for bit
                 outputs = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
-                cost = _cost_of(meta)
-                if cost is not None:
-                    self._costs[key] = cost
+            expected = meta.get(CHECKSUM_KEY)
+            if expected is None:
+                logger.warning("cache file %s has no checksum (written before checksums), so it cannot be "
+                               "verified; recomputing it", path)
+                return None
+            if sha256_tensors(outputs) != expected:
+                logger.warning("cache file %s is damaged (its tensors do not match their checksum); recomputing "
+                               "it", path)
+                return None
+            cost = _cost_of(meta)
         except Exception as err:  # a cache is disposable: never fail a run because of it
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
+        if cost is not None:
+            self._costs[key] = cost
         return outputs
 
     def seconds(self, member_fp: str, data_fp: str, variant: str = "outputs") -> float | None:
@@ -301,6 +316,7 @@ class OutputCache:
     def _write(self, key: Key, outputs: Outputs, cost: EntryCost | None, label: str | None) -> None:
         """Persist an entry; a failed write (read-only or full disk) costs a recomputation later, not the run."""
         meta = dict(zip(("member", "data", "variant"), key, strict=True))
+        meta[CHECKSUM_KEY] = sha256_tensors(outputs)
         if cost is not None:
             meta.update(seconds=repr(cost.total), own=repr(cost.own), shared=json.dumps(cost.shared))
         if label is not None:
