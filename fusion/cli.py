@@ -127,6 +127,7 @@ def _print_build_table(ensemble: Any, report: Report) -> None:
 
 
 def run_build(args: argparse.Namespace, console: Console) -> int:
+    from .ensemble.persistence import check_replaceable
     from .recipe import load_recipe, parse_override
 
     overrides = [parse_override(text) for text in args.set or []]
@@ -138,6 +139,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     if args.check:
         print("recipe is valid (nothing was run).")
         return EXIT_OK
+    check_replaceable(recipe.output / "ensemble")  # before anything is trained
     console.step("finding member model files")
     recipe.check_sources(members)
     console.step(f"loading data from {recipe.data.describe()}")

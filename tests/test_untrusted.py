@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tfidf_member
+from tiny_models import make_toy_sentiment
 
 from fusion import ConfigError, Ensemble, HFClassifier, MeanFuser, PersistenceError
 from fusion.cli import main
@@ -195,3 +196,34 @@ def test_trust_remote_code_option_takes_a_bool(saved_hf):
 def test_inspect_without_the_flag_does_not_mention_it(saved_hf):
     code, out, _ = run("inspect", saved_hf)
     assert code == 0 and "trust_remote_code" not in out
+
+
+# --- saving never deletes what is not an ensemble ---------------------------------------------------------------
+
+
+def test_saving_onto_a_folder_that_is_not_an_ensemble_is_refused_and_keeps_its_contents(tmp_path):
+    ens = Ensemble([tfidf_member()], labels=["negative", "positive"]).fit(make_toy_sentiment(40, 0))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(PersistenceError, match="not empty and is not a saved ensemble.*overwrite=True"):
+        ens.save_pretrained(folder)
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+    ens.save_pretrained(tmp_path / "empty")  # a new folder
+    ens.save_pretrained(tmp_path / "empty")  # a saved ensemble is replaced
+    ens.save_pretrained(folder, overwrite=True)
+    assert not (folder / "holiday.jpg").exists() and (folder / "fusion_config.json").is_file()
+
+
+def test_fusion_build_refuses_an_output_that_would_delete_files_before_training(tmp_path, sentiment_dir):
+    (tmp_path / "out" / "ensemble").mkdir(parents=True)
+    (tmp_path / "out" / "ensemble" / "notes.txt").write_text("mine")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output: out\ndata:\n  path: {sentiment_dir}\nmembers:\n  - kind: sklearn\n"
+                      "    pipeline: tfidf_logreg\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["build", str(recipe), "--quiet"])
+    assert code == 2 and "not empty and is not a saved ensemble" in err.getvalue()
+    assert "data:" not in out.getvalue()  # refused before any data was loaded or member trained
+    assert (tmp_path / "out" / "ensemble" / "notes.txt").read_text() == "mine"

@@ -385,11 +385,15 @@ class Ensemble:
         return scores
 
     # --- persistence --------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config JSON, safetensors weights, skops estimators, the report and a model card; atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write config JSON, safetensors weights, skops estimators, the report and a model card; atomically.
+
+        A folder that exists and is neither empty nor a saved ensemble is refused (its contents would be
+        replaced) unless ``overwrite=True``.
+        """
         from .persistence import save_ensemble
 
-        return save_ensemble(self, Path(directory))
+        return save_ensemble(self, Path(directory), overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,

@@ -212,12 +212,27 @@ def ensemble_config(ensemble: Ensemble, members: list[SavedMember], fuser: Saved
         versions=library_versions())
 
 
-def save_ensemble(ensemble: Ensemble, directory: Path) -> Path:
-    """Write ``ensemble`` to ``directory`` (replacing it only once everything is written)."""
+def check_replaceable(directory: Path, overwrite: bool = False) -> None:
+    """Refuse to replace a folder that holds something other than a saved ensemble (its contents would be lost),
+    unless ``overwrite``; a missing or empty folder, or a saved ensemble, may be replaced."""
+    if not directory.exists() or overwrite:
+        return
+    if not directory.is_dir():
+        raise PersistenceError(f"{directory} is a file; save the ensemble to a folder (a new or empty one, or a "
+                               "saved ensemble to replace).")
+    if any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file():
+        raise PersistenceError(f"{directory} is not empty and is not a saved ensemble: saving there would delete "
+                               "its contents. Choose a new or empty folder, or pass overwrite=True to replace it.")
+
+
+def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False) -> Path:
+    """Write ``ensemble`` to ``directory`` (replacing it only once everything is written); a folder that holds
+    something else is refused unless ``overwrite``."""
     from .modelcard import render_model_card
 
     if ensemble.fuser_ is None or ensemble.members_ is None:
         raise PersistenceError("the ensemble is not fitted; call fit before save_pretrained.")
+    check_replaceable(directory, overwrite)
     with atomic_directory(directory) as staging:
         members = _save_members(ensemble.members_, staging)
         state = ensemble.fuser_.state_dict()
