@@ -262,10 +262,12 @@ def _member_weight_file(model: str, revision: str | None, filename: str) -> Path
     from .members.hf_source import HFSource
 
     source = HFSource(model, revision)
-    if source.is_local or source.is_package:
+    if source.is_package:  # resolving it would import the package's code; inspect loads and imports nothing
+        return None
+    if source.is_local:
         try:
             return source.local_dir / filename
-        except FusionError:  # the package is not installed here
+        except FusionError:
             return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -277,6 +279,8 @@ def _member_weight_file(model: str, revision: str | None, filename: str) -> Path
 
 
 def _print_member(index: int, member: Any) -> list[str]:
+    from .members.hf_source import PACKAGE_PREFIX
+
     problems = []
     config, fitted = member.config, member.fitted
     print(f"  [{index}] {member.name}  kind={member.kind_name}")
@@ -298,7 +302,10 @@ def _print_member(index: int, member: Any) -> list[str]:
                                    "inside the model's folder; refused.")
         path = _member_weight_file(str(config.get("model")), source.get("resolved_revision") or config.get("revision"),
                                    filename)
-        status = "not found locally" if path is None else _file_status(path, sha)
+        if str(config.get("model")).startswith(PACKAGE_PREFIX):
+            status = "not checked (package model: inspect imports no code)"
+        else:
+            status = "not found locally" if path is None else _file_status(path, sha)
         if status in ("MISMATCH", "missing"):
             problems.append(f"member {member.name!r} weights {filename}")
         print(f"      weights {filename} sha256 {sha[:16]}…  {status}")

@@ -303,6 +303,10 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, sentiment_dir,
 def test_package_models_resolve_through_get_model_path_and_stay_portable(tmp_path, monkeypatch, sentiment_dir,
                                                                           bert_encoder_dir, toy_sentiment):
     (tmp_path / "fake_model_pkg.py").write_text(f"def get_model_path():\n    return {str(bert_encoder_dir)!r}\n")
+    dist_info = tmp_path / "fake_model_pkg-0.0.dist-info"  # installed: package: refs need a distribution's files
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-model-pkg\nVersion: 0.0\n")
+    (dist_info / "RECORD").write_text("fake_model_pkg.py,,\nfake_model_pkg-0.0.dist-info/METADATA,,\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     text = "data:\n  path: {data}\nmembers:\n  - kind: hf_encoder\n    model: package:{package}\n"
     recipe = parse(text, tmp_path, data=sentiment_dir, package="fake_model_pkg")

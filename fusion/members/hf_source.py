@@ -33,11 +33,119 @@ def model_ref(value: str | os.PathLike) -> ModelRef:
     return ModelRef(os.fspath(value))
 
 
+def _refuse_package(model: str, module_name: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"model {model!r}: refused to import module {module_name!r}: {why}. package: references must name a module "
+        "of an installed distribution (pip install it; the demo model: pip install -e '.[demo]'); fusion never "
+        "imports modules from the current folder or the ensemble's folder. Or give a model directory or hub id."
+    )
+
+
+def _editable_root(dist: Any) -> Path | None:
+    """The project folder of an editable install, as its own metadata (direct_url.json) records it, else None."""
+    import json
+    from urllib.parse import unquote, urlparse
+
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "null")
+    except (ValueError, OSError):
+        return None
+    if not isinstance(info, dict) or not (info.get("dir_info") or {}).get("editable"):
+        return None
+    url = urlparse(str(info.get("url", "")))
+    return Path(unquote(url.path)).resolve() if url.scheme == "file" else None
+
+
+def _installed_by(origin: Path, dist_names: list[str]) -> bool:
+    """True if ``origin`` is a file one of these installed distributions installed (or lies in its editable
+    project folder, per its metadata)."""
+    import importlib.metadata
+
+    for name in dist_names:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for file in dist.files or ():
+            if file.name == origin.name and Path(dist.locate_file(file)).resolve() == origin:
+                return True
+        root = _editable_root(dist)
+        if root is not None and origin.is_relative_to(root):
+            return True
+    return False
+
+
+def _in_site_packages(origin: Path) -> bool:
+    """True if ``origin`` lies in this interpreter's site-packages (a virtual environment may sit in the
+    current folder)."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")} | set(site.getsitepackages())
+    return any(origin.is_relative_to(Path(p).resolve()) for p in paths if p)
+
+
+def _editable_project_file(origin: Path, dist_names: list[str]) -> bool:
+    """True if ``origin`` lies in the project folder of an editable install of one of these distributions."""
+    import importlib.metadata
+
+    for name in dist_names:
+        try:
+            root = _editable_root(importlib.metadata.distribution(name))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if root is not None and origin.is_relative_to(root):
+            return True
+    return False
+
+
+def _check_installed_module(model: str, module_name: str) -> None:
+    """Raise ConfigError unless ``module_name`` (and the top-level package it sits in) is located, without
+    executing it, in the files of an installed distribution (never, say, in the current folder)."""
+    import importlib.metadata
+    import importlib.util
+
+    parts = module_name.split(".")
+    if not module_name or not all(part.isidentifier() for part in parts):
+        raise _refuse_package(model, module_name, "not a module name")
+    dist_names = importlib.metadata.packages_distributions().get(parts[0]) or []
+    if not dist_names:
+        raise _refuse_package(model, module_name, f"package {module_name!r} is not installed (no installed "
+                              f"distribution provides {parts[0]!r})")
+    # find_spec of a top-level name locates it without executing anything; a dotted name's spec imports only its
+    # parents, each checked first.
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError) as err:
+            raise _refuse_package(model, module_name, f"cannot locate {name!r} ({err})") from None
+        if spec is None:
+            raise _refuse_package(model, module_name, f"{name!r} is not installed")
+        if not spec.has_location or not spec.origin:
+            raise _refuse_package(model, module_name, f"{name!r} has no file of an installed distribution")
+        origin = Path(spec.origin).resolve()
+        if not _installed_by(origin, dist_names):
+            where = " (it lies in the current folder)" if origin.is_relative_to(Path.cwd().resolve()) else ""
+            raise _refuse_package(model, module_name, f"{name!r} would be imported from {origin}{where}, which is "
+                                  f"not a file of the installed distribution {', '.join(dist_names)}")
+        if (origin.is_relative_to(Path.cwd().resolve()) and not _in_site_packages(origin)
+                and not _editable_project_file(origin, dist_names)):
+            # a folder someone shipped (an ensemble) can carry its own .dist-info: the current folder never counts
+            raise _refuse_package(model, module_name, f"{name!r} would be imported from {origin}, in the current "
+                                  "folder; install the package (pip install) and run from another folder")
+
+
 def package_model_dir(model: str) -> Path:
-    """``package:MODULE`` -> ``MODULE.get_model_path()``: a model shipped inside an installed Python package."""
+    """``package:MODULE`` -> ``MODULE.get_model_path()``: a model shipped inside an installed Python package.
+
+    Only a module that an installed distribution provides is imported (checked before any of its code runs):
+    a saved ensemble can name ``package:anything``, so this must never import a module from the current folder
+    or from the ensemble's folder."""
     import importlib
 
     module_name = model[len(PACKAGE_PREFIX):].strip()
+    _check_installed_module(model, module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
