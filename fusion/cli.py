@@ -312,7 +312,7 @@ def _print_member(index: int, member: Any) -> list[str]:
     return problems
 
 
-def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
+def _print_files(directory: Path, files: dict[str, str], unlisted: list[str]) -> list[str]:
     from .ensemble.persistence import CONFIG_NAME
     from .io import path_inside
 
@@ -328,8 +328,11 @@ def _print_files(directory: Path, files: dict[str, str]) -> list[str]:
     extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     extra = [p for p in extra if p not in files and p not in ("fusion_config.json", "README.md")]
     for relative in extra:
-        print(f"  {'untracked':<9} {relative}")
-    return problems
+        if relative in unlisted:
+            print(f"  {'UNLISTED':<9} {relative}  (loading reads it, but no checksum was recorded: refused)")
+        else:
+            print(f"  {'untracked':<9} {relative}")
+    return problems + [p for p in unlisted if p not in extra]  # a listed-nowhere fuser file that is missing
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -353,10 +356,12 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     if metrics:
         print(f"metrics on the {metrics.get('split')} split ({metrics.get('rows')} rows):", end="")
         _print_scores(_members_first(metrics["scores"], [m.name for m in config.members]))
-    problems += _print_files(directory, config.files)
-    if problems:
-        raise ChecksumError(f"{len(problems)} file(s) differ from the sha256 recorded at save time or are missing: "
-                            f"{', '.join(problems)}. Restore them, or save the ensemble again.")
+    unlisted = config.unlisted(directory)
+    problems += _print_files(directory, config.files, unlisted)
+    if problems or unlisted:
+        raise ChecksumError(f"{len(problems) + len(unlisted)} file(s) differ from the sha256 recorded at save time, "
+                            f"are missing, or are not recorded though loading reads them: "
+                            f"{', '.join(dict.fromkeys(problems + unlisted))}. Restore them, or save the ensemble again.")
     print("all checksums verified.")
     return EXIT_OK
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,9 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from .errors import ChecksumError, PersistenceError
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -44,14 +49,130 @@ def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-[0-9a-f]{12}")
+_STALE_SECONDS = 24 * 3600  # a staging folder this old is abandoned even if its pid was reused
+
+
 def _fresh_name(target: Path, tag: str) -> Path:
-    """An unused hidden name beside ``target`` for staging it."""
+    """An unused hidden name beside ``target`` for staging it: ``.NAME.TAG<pid>-<12 hex>``."""
     return target.parent / f".{target.name}.{tag}{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder below ``root`` (and ``root`` itself), deepest first, so that a rename of
+    ``root`` published after this cannot expose files whose data is not on disk yet after a power loss."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                _fsync_path(path, os.O_RDONLY)
+        _fsync_path(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_path(path: str | os.PathLike, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a folder cannot be opened on some systems (Windows): nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+def _swap_lock(folder: Path) -> Iterator[None]:
+    """Serialise swaps (and their repair) of folders inside ``folder``: an exclusive ``flock`` on the folder
+    itself, released by the kernel if the holder dies. A no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no way to ask (Windows): assume it is running
+        return True
+    return True
+
+
+def _abandoned(target: Path) -> list[tuple[Path, str]]:
+    """Hidden staging (``tmp``) and backup (``old``) folders of ``target`` whose writer is gone."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for path in target.parent.iterdir():
+            match = _LEFTOVER.fullmatch(path.name)
+            if match is None or match["name"] != target.name:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                old = time.time() - path.lstat().st_mtime > _STALE_SECONDS
+                if old or not _pid_alive(int(match["pid"])):
+                    found.append((path, match["what"]))
+    return found
+
+
+def recover_directory(target: str | os.PathLike, marker: str) -> list[str]:
+    """Repair what a writer killed during :func:`atomic_directory` left beside ``target``, and say what was done.
+
+    When ``target`` is missing (the writer died between its two renames), the newest complete staging folder
+    (it holds ``marker``, the file written last) becomes ``target``, else the backup of the previous version
+    does. Staging and backup folders of writers that are gone are then deleted. Runs under the swap lock, so a
+    live writer's swap is waited for, never undone.
+    """
+    target = Path(target)
+    if not target.parent.is_dir() or not _abandoned(target):
+        return []
+    notes = []
+    try:
+        with _swap_lock(target.parent):
+            leftovers = _abandoned(target)
+            if not target.exists():
+                complete = [p for p, what in leftovers if what == "tmp" and (p / marker).is_file()]
+                backups = [p for p, what in leftovers if what == "old" and (p / marker).is_file()]
+                newest = sorted(complete, key=lambda p: p.stat().st_mtime, reverse=True) + backups
+                if newest:
+                    newest[0].rename(target)
+                    _fsync_path(target.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                    kind = "the save that was interrupted while swapping it in" if newest[0] in complete else \
+                        "the previous version (the save replacing it was interrupted)"
+                    notes.append(f"restored {target} from {newest[0].name}: {kind}")
+            for path, _ in leftovers:
+                if path.exists():
+                    shutil.rmtree(path)
+                    notes.append(f"removed {path.name}, left by an interrupted save")
+    except OSError as err:  # a read-only folder (a shared download): say what is there, change nothing
+        logger.warning("could not repair what an interrupted save left beside %s (%s): %s", target, err,
+                       ", ".join(p.name for p, _ in _abandoned(target)))
+    for note in notes:
+        logger.warning(note)
+    return notes
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
+
+    Before staging, what an earlier interrupted call left is repaired (see :func:`recover_directory`; ``marker``
+    names the file the block writes last, which marks a staging folder complete). The staged files are fsynced
+    before the swap, and the swap (``target`` renamed to a backup, the staging folder renamed to ``target``)
+    runs under a lock, so concurrent writers replace ``target`` one after the other; a reader sees the old
+    folder, the new one, or (between the two renames) none, which :func:`recover_directory` repairs if the
+    writer dies there.
 
     Example:
         >>> with atomic_directory(tmp / "out") as staging:  # doctest: +SKIP
@@ -59,19 +180,23 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if marker is not None:
+        recover_directory(target, marker)
     staging = _fresh_name(target, "tmp-")
     staging.mkdir(0o777)  # honours the umask, unlike mkdtemp's 0o700
     try:
         yield staging
+        fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     backup = None
-    if target.exists():
-        backup = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(backup, ignore_errors=True)
-        target.rename(backup)
-    staging.rename(target)
+    with _swap_lock(target.parent):
+        if target.exists():
+            backup = _fresh_name(target, "old-")
+            target.rename(backup)
+        staging.rename(target)
+        _fsync_path(target.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -156,7 +281,11 @@ def verify_checksum(path: str | os.PathLike, expected: str, what: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise PersistenceError(f"{what}: file {path} is missing; restore it or save the ensemble again.")
-    actual = sha256_file(path)
+    check_digest(sha256_file(path), expected, path, what)
+
+
+def check_digest(actual: str, expected: str, path: Path, what: str) -> None:
+    """Raise ChecksumError naming ``what`` and ``path`` when ``actual`` is not ``expected``."""
     if actual != expected:
         raise ChecksumError(
             f"{what}: {path} has sha256 {actual[:12]}…, but {expected[:12]}… was recorded when it was saved. "
@@ -173,12 +302,17 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """Load a safetensors file, verifying its checksum and (optionally) exact tensor names and shapes."""
     path = Path(path)
-    if sha256 is not None:
-        verify_checksum(path, sha256, what)
-    elif not path.is_file():
+    if not path.is_file():
         raise PersistenceError(f"{what}: file {path} is missing; restore it or save the ensemble again.")
+    data = None
+    if sha256 is not None:  # verify and parse the same bytes: a file swapped in between cannot slip through
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise PersistenceError(f"{what}: {path} cannot be read ({err}).") from err
+        check_digest(hashlib.sha256(data).hexdigest(), sha256, path, what)
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path)) if data is None else load(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise PersistenceError(f"{what}: {path} is not a readable safetensors file ({err}).") from err
     if expected_shapes is not None:

@@ -75,3 +75,16 @@ def write_csv(path: Path, data: Mapping[str, Sequence], extra: Mapping[str, Sequ
         writer = csv.writer(handle)
         writer.writerow(list(columns))
         writer.writerows(zip(*columns.values(), strict=True))
+
+
+def edit_saved_config(directory: Path, change: Callable[[dict], Any], reseal: bool = True) -> None:
+    """Apply ``change`` to a saved ensemble's ``fusion_config.json``. With ``reseal`` the config's own checksum is
+    recomputed, as a forger would, so that the test reaches the defences behind the checksum."""
+    import json
+
+    from fusion.ensemble.persistence import seal
+
+    path = directory / "fusion_config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(seal(config) if reseal else config))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from helpers import FakeMember, tfidf_member
+from helpers import FakeMember, edit_saved_config, tfidf_member
 from safetensors.torch import save_file
 
 from fusion import (
@@ -94,10 +93,7 @@ def saved(bert_classifier_dir, tmp_path):
 
 
 def _edit_config(directory, edit):
-    path = directory / "fusion_config.json"
-    config = json.loads(path.read_text())
-    edit(config)
-    path.write_text(json.dumps(config))
+    edit_saved_config(directory, edit)
 
 
 def test_unknown_fuser_name_in_config(saved):

@@ -3,10 +3,10 @@ current folder or a saved ensemble's folder; ``fusion inspect`` imports nothing 
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
+from helpers import edit_saved_config
 from tiny_models import make_toy_sentiment
 
 import fusion.cli
@@ -40,10 +40,7 @@ def saved_evil(bert_classifier_dir, tmp_path, evil):
     data = make_toy_sentiment(40, 0)
     member = HFClassifier(bert_classifier_dir, name="bert", show_progress=False)
     directory = Ensemble([member], labels=["negative", "positive"]).fit(data).save_pretrained(tmp_path / "ens")
-    path = directory / "fusion_config.json"
-    config = json.loads(path.read_text())
-    config["members"][0]["config"]["model"] = "package:evil_pkg"
-    path.write_text(json.dumps(config))
+    edit_saved_config(directory, lambda c: c["members"][0]["config"].update(model="package:evil_pkg"))
     return directory
 
 

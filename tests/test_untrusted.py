@@ -11,15 +11,18 @@ import contextlib
 import io
 import json
 import logging
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import tfidf_member
+from helpers import edit_saved_config, tfidf_member
 from tiny_models import make_toy_sentiment
 
-from fusion import ConfigError, Ensemble, HFClassifier, MeanFuser, PersistenceError
+from fusion import ConfigError, Ensemble, FusionError, HFClassifier, MeanFuser, PersistenceError
 from fusion.cli import main
+from fusion.errors import ChecksumError
 from fusion.io import sha256_file
 
 LABELS = ["negative", "positive"]
@@ -56,10 +59,7 @@ def copy_of(saved: Path, tmp_path: Path) -> Path:
 
 
 def edit_config(directory: Path, change) -> None:
-    path = directory / "fusion_config.json"
-    config = json.loads(path.read_text())
-    change(config)
-    path.write_text(json.dumps(config))
+    edit_saved_config(directory, change)
 
 
 def outside_file(tmp_path: Path) -> tuple[Path, str]:
@@ -227,3 +227,164 @@ def test_fusion_build_refuses_an_output_that_would_delete_files_before_training(
     assert code == 2 and "not empty and is not a saved ensemble" in err.getvalue()
     assert "data:" not in out.getvalue()  # refused before any data was loaded or member trained
     assert (tmp_path / "out" / "ensemble" / "notes.txt").read_text() == "mine"
+
+
+# --- fusion_config.json is checksummed; every file loading reads is listed ----------------------------------------
+
+
+def test_an_edited_config_is_refused_by_its_checksum(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    before = Ensemble.from_pretrained(directory, cache_dir="memory").predict(["a great film", "a dull film"])
+    # swapping the label names flips every prediction, and no other file changes: only the checksum can tell
+    edit_saved_config(directory, lambda c: c.update(labels=c["labels"][::-1]), reseal=False)
+    with pytest.raises(ChecksumError, match=r"fusion_config\.json was changed after it was saved.*save_pretrained"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+    code, out, err = run("inspect", directory)
+    assert code == 2 and "was changed after it was saved" in err
+    edit_saved_config(directory, lambda c: c.update(labels=c["labels"][::-1]), reseal=False)  # back as saved
+    assert list(Ensemble.from_pretrained(directory, cache_dir="memory").predict(["a great film", "a dull film"])) \
+        == list(before)
+
+
+def test_a_config_without_its_checksum_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    edit_saved_config(directory, lambda c: c.pop("checksum"), reseal=False)
+    with pytest.raises(PersistenceError, match="has no 'checksum'"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+def test_a_member_file_missing_from_files_is_refused_even_with_a_valid_checksum(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    config = json.loads((directory / "fusion_config.json").read_text())
+    relative = next(k for k in config["files"] if k.startswith("members/"))
+    (directory / relative).write_bytes((directory / relative).read_bytes()[:-7] + b"garbage")  # a corrupted file
+    edit_saved_config(directory, lambda c: c["files"].pop(relative))  # ...whose entry a forger removed
+    with pytest.raises(PersistenceError, match=rf"does not list '{re.escape(relative)}'.*loading would read it"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+    code, out, err = run("inspect", directory)
+    assert code == 2 and f"UNLISTED  {relative}" in out and relative in err
+
+
+def test_a_file_added_to_a_member_folder_is_refused(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    config = json.loads((directory / "fusion_config.json").read_text())
+    (directory / config["members"][0]["dir"] / "extra.skops").write_bytes(b"not saved by fusion")
+    with pytest.raises(PersistenceError, match=r"does not list .*extra\.skops"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+def test_the_fuser_file_must_be_listed(saved_tfidf, tmp_path):
+    directory = copy_of(saved_tfidf, tmp_path)
+    edit_saved_config(directory, lambda c: c["files"].pop("fuser.safetensors"))
+    with pytest.raises(PersistenceError, match=r"does not list 'fuser\.safetensors'"):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+# --- crafted folders: none of from_pretrained, inspect and predict runs anything -----------------------------------
+
+EVIL_CODE = "from pathlib import Path\nPath({marker!r}).write_text('code ran')\n"
+
+
+@pytest.fixture(scope="module")
+def saved_mixed(tmp_path_factory, toy_sentiment, bert_encoder_dir, bert_classifier_dir) -> Path:
+    """A fine-tuned encoder (its backbone saved in the folder), a scikit-learn member and a classifier."""
+    from fusion import HFEncoder, TrainConfig
+
+    directory = tmp_path_factory.mktemp("crafted") / "mixed"
+    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
+    members = [HFEncoder(bert_encoder_dir, finetune=True, train_config=finetune, name="ft", show_progress=False),
+               tfidf_member(), HFClassifier(bert_classifier_dir, name="bert", show_progress=False)]
+    ens = Ensemble(members, fuser=MeanFuser(), labels=LABELS, cache_dir="memory")
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"]).save_pretrained(directory)
+    return directory
+
+
+def _relist(config: dict, directory: Path) -> None:
+    """What a forger does after changing files: record every file's sha256 again."""
+    config["files"] = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
+                       if p.is_file() and p.name not in ("fusion_config.json", "README.md")}
+
+
+def _stacking_meta(directory: Path, marker: Path, tmp_path: Path) -> None:
+    meta = {"sklearn": "sklearn.datasets.dump_svmlight_file", "params": {"X": [[1.0]], "y": [0], "f": str(marker)}}
+    edit_saved_config(directory, lambda c: c["fuser"].update(kind="stacking", config={"meta": meta}))
+
+
+def _remote_code(directory: Path, marker: Path, tmp_path: Path) -> None:
+    backbone = directory / "members" / "0-ft" / "backbone"
+    (backbone / "modeling_evil.py").write_text(EVIL_CODE.format(marker=str(marker)) + "from transformers import "
+                                               "BertModel as EvilModel\n")
+    model_config = json.loads((backbone / "config.json").read_text())
+    model_config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel", "AutoConfig": "modeling_evil.EvilModel"}
+    (backbone / "config.json").write_text(json.dumps(model_config))
+
+    def change(c: dict) -> None:
+        c["members"][0]["config"]["trust_remote_code"] = True
+        _relist(c, directory)
+    edit_saved_config(directory, change)
+
+
+def _package_module(directory: Path, marker: Path, tmp_path: Path) -> None:
+    (directory / "evil_pkg.py").write_text(EVIL_CODE.format(marker=str(marker)) + "def get_model_path():\n"
+                                           "    return '.'\n")
+    edit_saved_config(directory, lambda c: [m["config"].update(model="package:evil_pkg") for m in c["members"]
+                                            if m["kind"] != "sklearn"])
+
+
+def _outside_path(directory: Path, marker: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    shutil.copytree(directory / "members" / "1-tfidf", outside)
+    (outside / "evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    edit_saved_config(directory, lambda c: c["members"][1].update(dir=str(outside)))
+
+
+def _symlinked_member(directory: Path, marker: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    shutil.move(directory / "members" / "1-tfidf", outside)
+    (directory / "members" / "1-tfidf").symlink_to(outside, target_is_directory=True)
+
+
+def _edited_pooling(directory: Path, marker: Path, tmp_path: Path) -> None:
+    edit_saved_config(directory, lambda c: c["members"][0]["config"].update(pooling="max"), reseal=False)
+
+
+def _unknown_key(directory: Path, marker: Path, tmp_path: Path) -> None:
+    edit_saved_config(directory, lambda c: c["members"][0].update(on_load=f"exec(open({str(marker)!r}))"))
+
+
+# attack: (craft, what from_pretrained and `fusion predict` do: None = load and predict, or a message fragment)
+ATTACKS = {
+    "stacking-meta-callable": (_stacking_meta, "is not an allowed meta-learner"),
+    "trust-remote-code-in-folder": (_remote_code, None),
+    "package-module-in-folder": (_package_module, "package:evil_pkg"),
+    "member-dir-outside": (_outside_path, "absolute path"),
+    "member-dir-symlink-outside": (_symlinked_member, "outside the folder"),
+    "edited-config": (_edited_pooling, "was changed after it was saved"),
+    "unknown-key": (_unknown_key, "unknown key"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_crafted_folder_runs_no_code(attack, saved_mixed, tmp_path, monkeypatch):
+    craft, refused = ATTACKS[attack]
+    directory = copy_of(saved_mixed, tmp_path)
+    marker = tmp_path / "MARKER"
+    craft(directory, marker, tmp_path)
+    monkeypatch.chdir(directory)  # the folder's own modules are importable from the current folder...
+    monkeypatch.syspath_prepend(str(directory))  # ...as when a script runs there
+    sys.modules.pop("evil_pkg", None)
+
+    if refused is None:
+        ens = Ensemble.from_pretrained(directory, cache_dir="memory")
+        assert ens.predict(["a great film"])[0] in LABELS
+    else:
+        with pytest.raises(FusionError, match=re.escape(refused)):
+            Ensemble.from_pretrained(directory, cache_dir="memory")
+    code, out, err = run("predict", directory, "--text", "a great film", "--quiet")
+    assert code == (0 if refused is None else 2), (out, err)
+    assert refused is None or refused in err
+    code, out, err = run("inspect", directory)
+    assert "Traceback" not in out + err
+    assert code in (0, 2), (out, err)
+    assert not marker.exists(), f"{attack}: code from the folder ran"
+    sys.modules.pop("evil_pkg", None)

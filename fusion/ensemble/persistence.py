@@ -4,35 +4,49 @@ Layout::
 
     fusion_config.json     the EnsembleConfig: labels, settings, each member's config and learned (non-tensor)
                            state, the fuser's config and tensor shapes, how the fuser was chosen, validation
-                           metrics, library versions, and the sha256 of every other file in the folder
+                           metrics, library versions, the sha256 of every other file in the folder, and
+                           ``checksum``: the sha256 of the config itself (canonical JSON without that key)
     fuser.safetensors      the fuser's learned state
     members/<i>-<name>/    what each member learned (state.safetensors, estimator.skops, backbone/)
     report/                the evaluation report on the validation split (HTML, Markdown, JSON), if any
     README.md              model card, with the report
 
 ``fusion inspect`` and the model card read the same ``EnsembleConfig`` that loading reads.
+
+Trust: an edited ``fusion_config.json`` is refused (its checksum), and so is any file that loading would read
+(``fuser.safetensors``, anything in a member's folder) but that ``files`` does not list with its sha256. The
+checksum catches edits and corruption, not a forger who recomputes it; against those, loading runs no code
+from the folder (see ``LoadOptions``) and reads nothing outside it.
+
+Saves and loads may race: a save stages the folder and swaps it in (``fusion.io.atomic_directory``); a load
+reads the config once, loads everything (fine-tuned backbones included) and checks at the end that the config
+on disk is still the one it started from, retrying otherwise, so it returns exactly one saved ensemble. A save
+killed during its swap is repaired by the next save or load (``fusion.io.recover_directory``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, LoadOptions
-from ..errors import ConfigError, PersistenceError, did_you_mean
+from ..errors import ChecksumError, ConfigError, FusionError, PersistenceError, did_you_mean
 from ..fusers import FUSERS, Fuser
 from ..io import (
     atomic_directory,
     atomic_save_tensors,
     load_tensors,
     path_inside,
-    read_json,
+    recover_directory,
     sha256_file,
     verify_checksum,
     write_json,
@@ -48,7 +62,10 @@ CONFIG_NAME = "fusion_config.json"
 REPORT_DIR = "report"  # report.html / report.md / report.json of the validation split, when there was one
 FUSER_FILE = "fuser.safetensors"
 FORMAT = "fusion-ensemble"
-FORMAT_VERSION = 2  # 2: members saved as {kind, config, fitted, dir}; fuser as {kind, config, state_shapes}
+FORMAT_VERSION = 3  # 2: members saved as {kind, config, fitted, dir}; fuser as {kind, config, state_shapes}
+#                     3: the config carries its own checksum; every file loading reads is listed in ``files``
+CHECKSUM_KEY = "checksum"
+_LOAD_ATTEMPTS = 5  # loads retried when a save replaced the folder meanwhile
 _PACKAGES = ("fusion", "torch", "transformers", "datasets", "accelerate", "safetensors", "scikit-learn", "skops")
 
 
@@ -154,26 +171,97 @@ class EnsembleConfig(Config):
         for relative in (FUSER_FILE, f"{REPORT_DIR}/report.json"):
             path_inside(directory, relative, "ensemble file")
 
+    def unlisted(self, directory: Path) -> list[str]:
+        """Files that loading reads (the fuser's, anything in a member's folder) but ``files`` does not list."""
+        reads = [FUSER_FILE] + [p.relative_to(directory).as_posix() for m in self.members
+                                for p in sorted((directory / m.dir).rglob("*")) if p.is_file() or p.is_symlink()]
+        return [r for r in reads if r not in self.files]
+
+    def check_listed(self, directory: Path) -> None:
+        """Refuse a file that loading reads that ``files`` does not list: its content would be trusted without a
+        checksum (a corrupted head whose entry was deleted)."""
+        unlisted = self.unlisted(directory)
+        if unlisted:
+            raise PersistenceError(
+                f"{directory / CONFIG_NAME} does not list {', '.join(repr(u) for u in unlisted[:5])}"
+                f"{' and more' if len(unlisted) > 5 else ''} in its checksummed files, but loading would read "
+                f"{'them' if len(unlisted) > 1 else 'it'}; refused. Remove files added to the folder after it was "
+                "saved, or save the ensemble again.")
+
     @classmethod
     def read(cls, directory: Path) -> EnsembleConfig:
         """Read and check ``directory/fusion_config.json`` (no weights are loaded)."""
-        data = read_json(directory / CONFIG_NAME, "ensemble config")
+        return cls.parse(read_config_bytes(directory), directory)
+
+    @classmethod
+    def parse(cls, raw: bytes, directory: Path) -> EnsembleConfig:
+        """The config from the bytes of ``directory/fusion_config.json``: format, checksum, keys and paths
+        checked; nothing else is read."""
+        where = directory / CONFIG_NAME
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PersistenceError(f"ensemble config: {where} is not valid JSON ({err}); restore it or save the "
+                                   "ensemble again.") from err
         if not isinstance(data, dict):
-            raise PersistenceError(f"{directory / CONFIG_NAME} is not a JSON object.")
-        check_format(data.get("format"), data.get("format_version"), directory / CONFIG_NAME)
+            raise PersistenceError(f"{where} is not a JSON object; is this a folder written by save_pretrained?")
+        check_format(data.get("format"), data.get("format_version"), where)
+        data = unseal(data, where)
         try:
             config = cls.from_dict(data)
         except ConfigError as err:
-            raise PersistenceError(f"{directory / CONFIG_NAME}: {err}") from err
+            raise PersistenceError(f"{where}: {err}") from err
         config.check_paths(directory)
         return config
+
+
+def read_config_bytes(directory: Path) -> bytes:
+    """The bytes of ``directory/fusion_config.json``; a missing one is a PersistenceError that names hidden
+    copies an interrupted save left (``recover_directory`` repairs those)."""
+    try:
+        return (directory / CONFIG_NAME).read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
+    hidden = sorted(p.name for p in directory.parent.glob(f".{directory.name}.*")) if directory.parent.is_dir() else []
+    note = (f" Beside it are {', '.join(hidden)}: copies an interrupted save left; a save or load by a user who "
+            "may write there restores or removes them." if hidden else "")
+    raise PersistenceError(f"ensemble config: {directory / CONFIG_NAME} is missing. Is this a folder written by "
+                           f"save_pretrained?{note}")
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def seal(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``checksum``: the sha256 of its canonical JSON (sorted keys, no spaces, UTF-8)."""
+    body = {k: v for k, v in data.items() if k != CHECKSUM_KEY}
+    return {**body, CHECKSUM_KEY: hashlib.sha256(_canonical(body)).hexdigest()}
+
+
+def unseal(data: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """``data`` without its checksum, once the checksum matches; an edited config is a ChecksumError."""
+    recorded = data.get(CHECKSUM_KEY)
+    body = {k: v for k, v in data.items() if k != CHECKSUM_KEY}
+    if not isinstance(recorded, str):
+        raise PersistenceError(f"{where} has no {CHECKSUM_KEY!r}; it is incomplete or was rewritten by hand. "
+                               "Save the ensemble again.")
+    actual = hashlib.sha256(_canonical(body)).hexdigest()
+    if actual != recorded:
+        raise ChecksumError(f"{where} was changed after it was saved (its checksum is {recorded[:12]}…, its content "
+                            f"hashes to {actual[:12]}…): an edit there changes what loads (a pooling, a label, a file "
+                            "checksum) without a trace, so it is refused. Restore the original, or load the original "
+                            "and save_pretrained again with your changes.")
+    return body
 
 
 def check_format(name: Any, version: Any, where: Path | str = CONFIG_NAME) -> None:
     """Refuse anything but this format version, saying what to do."""
     if name != FORMAT or version != FORMAT_VERSION:
-        old = (" It was saved by fusion 0.1, before the component contract; rebuild it (`fusion build` with the "
-               "recipe.yaml saved beside it, or your script)." if version == 1 else "")
+        old = {1: " It was saved by fusion 0.1, before the component contract",
+               2: " It was saved before the config carried its own checksum"}.get(version)
+        old = (f"{old}; rebuild it (`fusion build` with the recipe.yaml saved beside it, or your script)."
+               if old and name == FORMAT else "")
         raise PersistenceError(f"{where} is not a fusion ensemble of format version {FORMAT_VERSION} (found "
                                f"{name!r} version {version!r}).{old}")
 
@@ -233,7 +321,7 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False) 
     if ensemble.fuser_ is None or ensemble.members_ is None:
         raise PersistenceError("the ensemble is not fitted; call fit before save_pretrained.")
     check_replaceable(directory, overwrite)
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, marker=CONFIG_NAME) as staging:
         members = _save_members(ensemble.members_, staging)
         state = ensemble.fuser_.state_dict()
         atomic_save_tensors(staging / FUSER_FILE, state, {"fuser": ensemble.fuser_.kind})
@@ -243,8 +331,8 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False) 
             ensemble.report_.save(staging / REPORT_DIR)
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         config = dataclasses.replace(ensemble_config(ensemble, members, fuser), files=files)
-        write_json(staging / CONFIG_NAME, config.to_dict())
         (staging / "README.md").write_text(render_model_card(config, ensemble.report_), encoding="utf-8")
+        write_json(staging / CONFIG_NAME, seal(config.to_dict()))  # last: it marks the staged folder complete
     return directory
 
 
@@ -276,24 +364,27 @@ def _verify_files(directory: Path, files: dict[str, str]) -> None:
 
 def _load_member(saved: SavedMember, directory: Path, options: LoadOptions) -> Member:
     folder = path_inside(directory, saved.dir, f"{CONFIG_NAME}: member {saved.name!r} dir")
-    member = MEMBERS.get(saved.kind_name).load(saved.config, saved.fitted, folder, options)
-    if not options.show_progress and hasattr(member.config, "show_progress"):
-        member.config = member.config.replace(show_progress=False)  # a setting: the fingerprint stays
-    remote = getattr(member.config, "trust_remote_code", None)
-    if remote is not None and remote != options.trust_remote_code:
-        # Only the loading call may allow a model's custom code: a saved config may come from anyone.
-        if remote:
+    kind = MEMBERS.get(saved.kind_name)
+    config = dict(saved.config)
+    if "trust_remote_code" in {f.name for f in dataclasses.fields(kind.Config)}:
+        # Only the loading call may allow a model's custom code: a saved config may come from anyone. Decided
+        # before the member is built, since loading a saved backbone reads its model files.
+        if config.get("trust_remote_code") is True and not options.trust_remote_code:
             logger.warning("member %r was saved with trust_remote_code=True; loading it with False, so the model's "
                            "custom code does not run. Pass from_pretrained(..., trust_remote_code=True) if you trust "
-                           "this folder.", member.name)
-        member.config = member.config.replace(trust_remote_code=options.trust_remote_code)
+                           "this folder.", saved.name)
+        config["trust_remote_code"] = options.trust_remote_code
+    member = kind.load(config, saved.fitted, folder, options)
+    if not options.show_progress and hasattr(member.config, "show_progress"):
+        member.config = member.config.replace(show_progress=False)  # a setting: the fingerprint stays
     return member
 
 
-def _load_fuser(saved: SavedFuser, directory: Path, n_members: int, n_labels: int, options: LoadOptions) -> Fuser:
+def _load_fuser(saved: SavedFuser, directory: Path, sha256: str, n_members: int, n_labels: int,
+                options: LoadOptions) -> Fuser:
     fuser = FUSERS.get(saved.kind_name).from_config({"kind": saved.kind_name, **saved.config}, options)
     shapes = {k: tuple(v) for k, v in saved.state_shapes.items()}
-    fuser.load_state_dict(load_tensors(directory / FUSER_FILE, "fuser state", expected_shapes=shapes))
+    fuser.load_state_dict(load_tensors(directory / FUSER_FILE, "fuser state", sha256=sha256, expected_shapes=shapes))
     if fuser.n_members_ != n_members or fuser.n_classes_ != n_labels:
         raise PersistenceError(
             f"fuser state is for {fuser.n_members_} members x {fuser.n_classes_} labels, but the config lists "
@@ -304,11 +395,41 @@ def _load_fuser(saved: SavedFuser, directory: Path, n_members: int, n_labels: in
 
 def load_ensemble(cls: type[Ensemble], directory: Path, options: LoadOptions,
                   cache_dir: str | os.PathLike | None = None) -> Ensemble:
-    """Rebuild what ``save_ensemble`` wrote; see ``Ensemble.from_pretrained``."""
-    config = EnsembleConfig.read(directory)
+    """Rebuild what ``save_ensemble`` wrote; see ``Ensemble.from_pretrained``.
+
+    The result is exactly one saved ensemble even while another process saves over ``directory``: the load
+    is repeated when the config on disk changed while it ran (see the module docstring)."""
+    for attempt in range(_LOAD_ATTEMPTS):
+        recover_directory(directory, CONFIG_NAME)  # what a killed save left beside it, if anything
+        raw = read_config_bytes(directory)
+        try:
+            ensemble = _load_once(cls, directory, raw, options, cache_dir)
+        except (FusionError, OSError):
+            if _current_config(directory) == raw:
+                raise  # the folder did not change: the error is the folder's
+            ensemble = None
+        if ensemble is not None and _current_config(directory) == raw:
+            return ensemble
+        logger.info("%s was replaced while it was loading; loading it again", directory)
+        time.sleep(0.02 * 2 ** attempt)
+    raise PersistenceError(f"{directory} was replaced by another save {_LOAD_ATTEMPTS} times while it was loading; "
+                           "load it again once the save has finished.")
+
+
+def _current_config(directory: Path) -> bytes | None:
+    try:
+        return (directory / CONFIG_NAME).read_bytes()
+    except OSError:
+        return None
+
+
+def _load_once(cls: type[Ensemble], directory: Path, raw: bytes, options: LoadOptions,
+               cache_dir: str | os.PathLike | None) -> Ensemble:
+    config = EnsembleConfig.parse(raw, directory)
+    config.check_listed(directory)
     _verify_files(directory, config.files)
     members = [_load_member(m, directory, options) for m in config.members]
-    fuser = _load_fuser(config.fuser, directory, len(members), len(config.labels), options)
+    fuser = _load_fuser(config.fuser, directory, config.files[FUSER_FILE], len(members), len(config.labels), options)
     ensemble = cls(members, fuser, labels=config.labels, text_column=config.text_column,
                    label_column=config.label_column, cache_dir=cache_dir, fuser_data=config.fuser_data,
                    cv=config.cv, seed=config.seed)
@@ -316,7 +437,7 @@ def load_ensemble(cls: type[Ensemble], directory: Path, options: LoadOptions,
     ensemble.fuser_data_, ensemble.metrics_ = config.fuser_data_used, config.metrics
     ensemble.selection_, ensemble.label_note_ = config.selection, config.label_note
     ensemble.member_fitting_ = dict(config.member_fitting)
-    if (directory / REPORT_DIR / "report.json").is_file():  # verified above with every other file
+    if f"{REPORT_DIR}/report.json" in config.files:  # verified above with every other file
         from ..evaluation import Report
 
         ensemble.report_ = Report.load(directory / REPORT_DIR / "report.json")

@@ -262,6 +262,9 @@ class HFEncoder(HFMember):
                     restored: Mapping[str, Any]) -> None:
         if fitted.get("finetuned"):
             self._weights, self.finetuned_ = HFSource(directory / BACKBONE_DIR), True
+            # Read the saved backbone now, within the load: a save replacing the folder later cannot change it.
+            self._load()
+            _ = self._weights.tokenizer_fingerprint
         else:
             self._verify_source(fitted, options)
         self._backbone_fp = fitted.get("backbone_fingerprint")
