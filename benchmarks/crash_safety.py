@@ -48,7 +48,7 @@ def _pair(root: Path):
 
     encoder = root / "encoder"
     save_bert_encoder(encoder)
-    data = make_toy_sentiment(160, 0)
+    data = {"train": make_toy_sentiment(240, 0), "validation": make_toy_sentiment(80, 1)}
     finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
     pair = []
     for flip in (False, True):
