@@ -143,7 +143,8 @@ class HFEncoder(HFMember):
         return self._backbone_fp
 
     def _backbone_digest(self, weights: str) -> str:
-        return digest("backbone", weights, self.config.max_length, self.config.dtype)
+        dtype = str(self.config.resolved_dtype).removeprefix("torch.")  # "auto" as resolved on this machine
+        return digest("backbone", weights, self.config.max_length, dtype)
 
     def state_hash(self) -> str:
         return digest(self.labels_, sha256_tensors(self.state_dict()), self.backbone_fingerprint)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import LoadOptions, at_least, digest, is_bool, optional, setting
-from ..engine import resolve_dtype
+from ..engine import default_device, resolve_dtype
 from ..errors import ConfigError
 from .base import Member, MemberConfig
 from .hf_source import HFSource, ModelRef, model_ref, model_short_name
@@ -61,8 +61,16 @@ class HFModelConfig(MemberConfig):
     def default_name(self) -> str:
         return model_short_name(self.model)
 
+    @property
+    def resolved_dtype(self) -> torch.dtype:
+        """The dtype inference runs in here: ``"auto"`` is bfloat16 on a GPU that supports it, else float32."""
+        return resolve_dtype(self.dtype, torch.device(self.device) if self.device else default_device())
+
     def fingerprint_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().fingerprint_dict().items() if k != "model"}
+        """The fields that change outputs, with ``dtype`` as resolved on this machine: ``"auto"`` computes in
+        bfloat16 on a GPU and in float32 on a CPU, and those outputs must not be served to each other."""
+        fields = {k: v for k, v in super().fingerprint_dict().items() if k != "model"}
+        return {**fields, "dtype": str(self.resolved_dtype).removeprefix("torch.")}
 
 
 class HFMember(Member):
