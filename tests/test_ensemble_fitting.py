@@ -80,6 +80,7 @@ SECOND_PROCESS = textwrap.dedent("""
     from helpers import tfidf_member
     from tiny_models import make_toy_sentiment
     from fusion import Ensemble, HFClassifier, HFEncoder, MLPHead, TrainConfig
+    from fusion.cache import OutputCache
 
     calls = {{"n": 0}}
     for cls in (transformers.BertModel, transformers.BertForSequenceClassification):
@@ -94,7 +95,8 @@ SECOND_PROCESS = textwrap.dedent("""
                HFEncoder({encoder!r}, head=MLPHead(hidden=8), train_config=head, show_progress=False),
                HFEncoder({encoder!r}, pooling="cls", train_config=head, show_progress=False), tfidf_member(),
                HFEncoder({encoder!r}, finetune=True, train_config=finetune, name="ft", show_progress=False)]
-    ens = Ensemble(members, fuser=["mean", "linear"], cv=2)
+    # a prediction on fewer than small_call_rows rows writes no file; 2 rows count as a large call here
+    ens = Ensemble(members, fuser=["mean", "linear"], cv=2, cache_dir=OutputCache(small_call_rows=2))
     ens.fit(make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
     proba = ens.predict_proba(["a great film", "a dull plot"]).tolist()
     print(json.dumps({{"forward_calls": calls["n"], "misses": ens.cache.misses, "proba": proba}}))
