@@ -714,3 +714,32 @@ def test_an_ensemble_trains_its_fuser_on_each_heads_own_out_of_fold_outputs(mode
     assert outputs_seen.member_names == ["scale-1", "scale-5"]
     assert not torch.equal(outputs_seen.logits[:, 0], outputs_seen.logits[:, 1])
     assert len(list(tmp_path.rglob("oof-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("case", ["hf_classifier", "hf_encoder"])
+def test_a_member_saved_where_auto_meant_another_dtype_is_keyed_apart_when_loaded(case, models, tmp_path):
+    """Saved on a GPU (``"auto"`` = bfloat16), loaded on a CPU (float32): the recorded fingerprints name bfloat16
+    outputs, so the loaded member gets its own; saved and loaded alike, it keeps them."""
+    spec = type(CASES[case].make(models))(CASES[case].make(models).config.replace(dtype="auto"))
+    member = fit_clone(spec, case) if spec.trainable else spec
+    saved = json.loads(json.dumps(member.save(tmp_path)))
+    assert saved["dtype"] == "float32"
+
+    def load(**changes: Any) -> Member:
+        fitted_state = {k: v for k, v in {**saved, **changes}.items() if v is not None}
+        return MEMBERS.get(member.kind).load(member.to_config(), fitted_state, tmp_path)
+
+    def prints(loaded: Member) -> tuple[str, str | None]:
+        return loaded.fingerprint, getattr(loaded, "backbone_fingerprint", None)
+
+    assert prints(load()) == prints(member)
+    on_gpu, before_records = prints(load(dtype="bfloat16")), prints(load(dtype=None))
+    assert on_gpu[0] != member.fingerprint and before_records[0] != member.fingerprint
+    if isinstance(member, HFEncoder):
+        assert on_gpu[1] != member.backbone_fingerprint
+    explicit = type(spec)(spec.config.replace(dtype="float32"))
+    explicit = fit_clone(explicit, case) if explicit.trainable else explicit
+    (tmp_path / "explicit").mkdir()
+    old = {k: v for k, v in json.loads(json.dumps(explicit.save(tmp_path / "explicit"))).items() if k != "dtype"}
+    reloaded = MEMBERS.get(explicit.kind).load(explicit.to_config(), old, tmp_path / "explicit")
+    assert reloaded.fingerprint == explicit.fingerprint  # an explicit dtype means the same everywhere

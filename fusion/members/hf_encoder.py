@@ -149,6 +149,11 @@ class HFEncoder(HFMember):
     def state_hash(self) -> str:
         return digest(self.labels_, sha256_tensors(self.state_dict()), self.backbone_fingerprint)
 
+    def _rekey(self, dtype: str) -> None:
+        super()._rekey(dtype)
+        if self._backbone_fp is not None:  # the cached backbone pass was recorded in the other dtype too
+            self._backbone_fp = digest(self._backbone_fp, "computed in", dtype)
+
     # --- models ---------------------------------------------------------------------------------------------
     def _load(self) -> tuple[nn.Module, Any]:
         if self._backbone is None:

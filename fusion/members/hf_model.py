@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -95,7 +96,25 @@ class HFMember(Member):
                 "device": c.device, "dtype": c.dtype, "show_progress": c.show_progress}
 
     def fitted_state(self) -> dict[str, Any]:
-        return {**super().fitted_state(), "source": self.source.fitted_state()}
+        return {**super().fitted_state(), "source": self.source.fitted_state(), "dtype": self._dtype_here()}
+
+    def _dtype_here(self) -> str:
+        return str(self.config.resolved_dtype).removeprefix("torch.")
+
+    def _restore(self, fitted: Mapping[str, Any], directory: Path, options: LoadOptions,
+                 restored: Mapping[str, Any]) -> HFMember:
+        """As ``Member._restore``; fingerprints recorded where ``dtype="auto"`` resolved otherwise (saved on a GPU,
+        loaded on a CPU, or saved before the dtype was recorded) are keyed apart, since outputs here differ."""
+        super()._restore(fitted, directory, options, restored)
+        here, saved = self._dtype_here(), fitted.get("dtype")
+        if saved != here and (saved is not None or self.config.dtype == "auto"):
+            self._rekey(here)
+        return self
+
+    def _rekey(self, dtype: str) -> None:
+        """Make the recorded fingerprints (of outputs computed in another dtype) this machine's own."""
+        if self._fingerprint is not None:
+            self._fingerprint = digest(self._fingerprint, "computed in", dtype)
 
     def _verify_source(self, fitted: Mapping[str, Any], options: LoadOptions) -> None:
         recorded = (fitted.get("source") or {}).get("weights_sha256")
