@@ -7,7 +7,8 @@ config plus learned state.
   cross-field checks in ``validate``.
 - Fields that hold Python objects a JSON file cannot spell (a user's ``nn.Module``, a scikit-learn
   estimator) are declared with :func:`object_field`: the JSON gets a description, ``clone()`` a fresh copy,
-  and loading takes the object back from :class:`LoadOptions`.
+  and loading takes the object back from :class:`LoadOptions`. The fingerprint sees more of the object than the
+  JSON (``identify``): a module's layer attributes and the weights a fit starts from, an estimator's parameters.
 - Fields that cannot change what a component computes (its name, progress bars, batch sizes) are declared
   with ``setting(...)`` and are left out of the fingerprint, so renaming a member keeps its cached outputs.
 
@@ -48,6 +49,7 @@ C = TypeVar("C", bound="Config")
 Check = tuple[Callable[[Any], bool], str]  # (test, what a valid value is, for the message)
 
 _OBJECT, _SETTING, _COERCE, RECIPE_KEY = "fusion_object", "fusion_setting", "fusion_coerce", "fusion_recipe_key"
+_FINGERPRINT = "_fingerprint_memo"  # where a config keeps its fingerprint once computed (not a field)
 
 
 # --- value checks for constraint tables ------------------------------------------------------------------------
@@ -94,12 +96,22 @@ class ObjectSpec:
     describe: Callable[[Any], Any]
     copy: Callable[[Any], Any]
     load_hint: str  # how a user passes it back when loading, for the error message
+    identify: Callable[[Any], Any] | None = None  # what the fingerprint hashes (default: ``describe``)
 
 
 def object_field(*, describe: Callable[[Any], Any], copy: Callable[[Any], Any], load_hint: str,
-                 default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A config field holding a Python object (``nn.Module``, estimator) that JSON cannot spell."""
-    metadata = {_OBJECT: ObjectSpec(describe, copy, load_hint), **kwargs.pop("metadata", {})}
+                 identify: Callable[[Any], Any] | None = None, default: Any = dataclasses.MISSING,
+                 **kwargs: Any) -> Any:
+    """A config field holding a Python object (``nn.Module``, estimator) that JSON cannot spell.
+
+    Args:
+        describe: what ``to_dict`` (the saved JSON) records of the object.
+        copy: a fresh copy for ``clone()``; it must keep what ``identify`` sees (a clone shares the fingerprint).
+        load_hint: how a user passes the object back when loading (for the error message).
+        identify: what the fingerprint hashes, when ``describe`` does not cover everything that changes outputs
+            (a module's attributes and the weights a fit starts from); JSON-able, the same in every process.
+    """
+    metadata = {_OBJECT: ObjectSpec(describe, copy, load_hint, identify), **kwargs.pop("metadata", {})}
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
@@ -168,7 +180,7 @@ class Config:
 
     def __eq__(self, other: object) -> bool:
         """Same class and same ``to_dict()``: object fields compare by their description (a module's class and
-        layers, an estimator's hash), as the fingerprint sees them, so the fresh copies a ``clone()`` holds and
+        layers, an estimator's hash) as the saved JSON records them, so the fresh copies a ``clone()`` holds and
         the module passed again when loading compare equal to the originals."""
         if type(other) is not type(self):
             return NotImplemented
@@ -235,7 +247,12 @@ class Config:
         """A copy whose object fields are fresh copies (re-initialised modules, unfitted estimators)."""
         changes = {f.name: spec.copy(getattr(self, f.name)) for f in dataclasses.fields(self)
                    if (spec := object_spec(f)) is not None and getattr(self, f.name) is not None}
-        return dataclasses.replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        twin = dataclasses.replace(self, **changes)
+        if _FINGERPRINT in self.__dict__:  # copies keep what the fingerprint sees (see object_field): not hashed again
+            object.__setattr__(twin, _FINGERPRINT, self.__dict__[_FINGERPRINT])
+        return twin
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """What the fingerprint hashes: ``to_dict`` without the fields declared as ``setting``."""
@@ -244,14 +261,19 @@ class Config:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the kind and every field that can change what the component computes."""
-        return digest(type(self).kind, self.fingerprint_dict())
+        """Hash of the kind and every field that can change what the component computes (computed once per
+        config: hashing a module's weights is not free)."""
+        if _FINGERPRINT not in self.__dict__:
+            object.__setattr__(self, _FINGERPRINT, digest(type(self).kind, self.fingerprint_dict()))
+        return self.__dict__[_FINGERPRINT]
 
 
 def _encode(value: Any, f: dataclasses.Field | None = None, for_fingerprint: bool = False) -> Any:
     spec = object_spec(f) if f is not None else None
     if spec is not None:
-        return None if value is None else spec.describe(value)
+        if value is None:
+            return None
+        return (spec.identify or spec.describe)(value) if for_fingerprint else spec.describe(value)
     if isinstance(value, Config):
         inner = value.fingerprint_dict() if for_fingerprint else value.to_dict()
         return {"kind": type(value).kind, **inner} if type(value).kind else inner

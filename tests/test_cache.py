@@ -299,6 +299,78 @@ def test_reading_an_entry_marks_it_as_used(_private_output_cache):
     assert time.time() - path.stat().st_mtime < 60
 
 
+# ---------------------------------------------------------------- small prediction calls, bounded memory
+
+
+def bookkeeping_sizes(cache: OutputCache) -> dict[str, int]:
+    """The size of every container the cache object holds (its memory pools count their entries)."""
+    sizes = {}
+    for name, value in vars(cache).items():
+        if isinstance(value, (dict, list, set, tuple)) or hasattr(value, "__len__"):
+            sizes[name] = len(value)
+    return sizes
+
+
+def test_small_calls_write_no_file_and_memory_stays_bounded(tmp_path):
+    cache = OutputCache(tmp_path, max_memory_entries=16, max_token_entries=2)
+    for call in range(200):  # as 200 predictions of 8 texts: tokens, a backbone pass, two heads each
+        data = f"{call:064x}"
+        with cache.small_call(8):
+            cache.get_or_compute("t0" * 32, data, Compute(8), "tokens-max8")
+            cache.get_or_compute("b0" * 32, data, Compute(8), "pooled")
+            cache.get_or_compute(MEMBER, data, Compute(8))
+            cache.get_or_compute("c1" * 32, data, Compute(8))
+    assert entry_files(tmp_path) == []
+    assert bookkeeping_sizes(cache) == {"_memory": 16, "_token_memory": 2, "_fitted_memory": 0, "_frames": 0}
+    assert cache.cost(MEMBER, f"{199:064x}") is not None and cache.cost(MEMBER, f"{0:064x}") is None
+    assert cache.misses == 800
+
+
+def test_a_large_call_writes_its_entries_and_a_small_calls_entry_is_written_once_a_large_call_uses_it(tmp_path):
+    cache = OutputCache(tmp_path, small_call_rows=100)
+    with cache.small_call(100):
+        cache.get_or_compute(MEMBER, "large", Compute(100))
+    with cache.small_call(99):
+        cache.get_or_compute(MEMBER, "small", Compute(99))
+        assert cache.get(MEMBER, "small") is not None
+    assert [p.name.split("-")[1] for p in entry_files(tmp_path)] == [_file_name_part("large")]
+    compute = Compute(99)
+    assert cache.get_or_compute(MEMBER, "small", compute) is not None and compute.calls == 0  # e.g. an evaluation
+    assert len(entry_files(tmp_path)) == 2 and OutputCache(tmp_path).get(MEMBER, "small") is not None
+    assert OutputCache(tmp_path).seconds(MEMBER, "small") is None  # not until read
+    second = OutputCache(tmp_path)
+    assert second.get(MEMBER, "small") is not None and second.seconds(MEMBER, "small") >= 0
+
+
+def _file_name_part(key: str) -> str:
+    return fusion.cache.store._file_part(key) + ".safetensors"
+
+
+def test_small_call_rows_must_be_a_count():
+    with pytest.raises(ConfigError, match="small_call_rows"):
+        OutputCache(memory_only=True, small_call_rows=-1)
+
+
+def test_small_predictions_of_a_fitted_ensemble_write_no_file_and_keep_memory_bounded(bert_encoder_dir, tmp_path):
+    from helpers import tfidf_member
+    from tiny_models import make_toy_sentiment
+
+    from fusion import Ensemble, HFEncoder, TrainConfig
+
+    encoder = HFEncoder(bert_encoder_dir, show_progress=False, train_config=TrainConfig(max_epochs=2,
+                                                                                        show_progress=False))
+    cache = OutputCache(tmp_path, max_memory_entries=32, small_call_rows=50)
+    ens = Ensemble([encoder, tfidf_member()], labels=["negative", "positive"], cache_dir=cache, cv=2)
+    ens.fit(make_toy_sentiment(40, 0))
+    written = entry_files(tmp_path)
+    for call in range(50):  # 150 outputs entries and 50 tokenisations: past both memory bounds
+        ens.predict_proba([f"call {call} text {i} was good" for i in range(8)])
+    assert entry_files(tmp_path) == written
+    assert bookkeeping_sizes(cache) == {"_memory": 32, "_token_memory": 8, "_fitted_memory": 0, "_frames": 0}
+    ens.predict(make_toy_sentiment(50, 1)["text"])  # not a small call: tokens, backbone pass, two members
+    assert len(entry_files(tmp_path)) == len(written) + 4
+
+
 # ---------------------------------------------------------------- tokenisations in the cache
 
 

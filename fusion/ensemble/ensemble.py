@@ -288,11 +288,17 @@ class Ensemble:
 
     def predict_proba(self, data: Any) -> np.ndarray:
         """Fused class probabilities ``[rows, labels]`` for texts, a dataset or a dict of columns."""
-        return self._fitted_fuser().predict_proba(self.member_outputs(data))
+        return self._fitted_fuser().predict_proba(self._prediction_outputs(data))
 
     def predict(self, data: Any) -> np.ndarray:
         """Predicted label names."""
-        return self.classes_[self._fitted_fuser().predict(self.member_outputs(data))]
+        return self.classes_[self._fitted_fuser().predict(self._prediction_outputs(data))]
+
+    def _prediction_outputs(self, data: Any) -> MemberOutputs:
+        """``member_outputs`` for a prediction call: one on few rows writes no cache file (``OutputCache.small_call``)."""
+        rows = data if isinstance(data, TextData) else self._data(data, "data")
+        with self.cache.small_call(len(rows)):
+            return self.member_outputs(rows)
 
     # --- evaluation ---------------------------------------------------------------------------------------
     def _fuser_label(self) -> str:

@@ -20,7 +20,9 @@ from torch import nn
 
 from ..config import Component, Config, at_least, in_range, object_field
 from ..errors import ConfigError
+from ..io import sha256_tensors
 from ..registry import Registry
+from ..training import seeded
 
 HEADS: Registry[Head] = Registry("head")
 
@@ -139,6 +141,45 @@ def describe_module(module: nn.Module) -> dict[str, str]:
     return {"class": module_class(module), "structure": repr(module)}
 
 
+def _plain(value: Any) -> Any:
+    """A layer attribute in a JSON-able form that is the same in every process (objects by their type)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    named = value if callable(value) and hasattr(value, "__qualname__") else type(value)
+    return f"{getattr(named, '__module__', '')}.{named.__qualname__}"
+
+
+def identify_module(module: nn.Module) -> dict[str, Any]:
+    """What a fingerprint hashes of a user module: :func:`describe_module`, every layer's public attributes (a
+    constant that ``repr`` does not show, such as a scale factor) and the weights a fit starts from.
+
+    Fits train a re-initialised copy (:func:`reinitialized_copy`, seeded by the training seed), so the
+    weights hashed are those of such a copy under a fixed seed: layers with ``reset_parameters`` hash alike
+    whatever their current weights (so a clone shares the fingerprint, in every process), and the tensors a
+    fit keeps (layers without ``reset_parameters``, buffers) tell two modules apart.
+    """
+    with seeded(0):
+        start = reinitialized_copy(module)
+    attributes, tensors = {}, {f"state.{k}": v for k, v in start.state_dict().items()}
+    for path, layer in start.named_modules():
+        public = {}
+        for name, value in vars(layer).items():
+            if name.startswith("_") or name == "training":
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors[f"attribute.{path}.{name}"] = value
+            else:
+                public[name] = _plain(value)
+        attributes[path or "."] = [module_class(layer), public]
+    return {**describe_module(module), "attributes": attributes, "start_sha256": sha256_tensors(tensors)}
+
+
 @HEADS.register("custom")
 class CustomHead(Head):
     """Wraps a user module ``[batch, dim] -> [batch, classes]``; ``build`` uses a re-initialised copy of it.
@@ -153,7 +194,7 @@ class CustomHead(Head):
 
     @dataclass(frozen=True)
     class Config(HeadConfig):
-        module: nn.Module = object_field(describe=describe_module, copy=reinitialized_copy,
+        module: nn.Module = object_field(describe=describe_module, copy=reinitialized_copy, identify=identify_module,
                                          load_hint='from_pretrained(dir, objects={"MEMBER": {"head": module}})')
 
         def validate(self) -> None:

@@ -143,10 +143,16 @@ class HFEncoder(HFMember):
         return self._backbone_fp
 
     def _backbone_digest(self, weights: str) -> str:
-        return digest("backbone", weights, self.config.max_length, self.config.dtype)
+        dtype = str(self.config.resolved_dtype).removeprefix("torch.")  # "auto" as resolved on this machine
+        return digest("backbone", weights, self.config.max_length, dtype)
 
     def state_hash(self) -> str:
         return digest(self.labels_, sha256_tensors(self.state_dict()), self.backbone_fingerprint)
+
+    def _rekey(self, dtype: str) -> None:
+        super()._rekey(dtype)
+        if self._backbone_fp is not None:  # the cached backbone pass was recorded in the other dtype too
+            self._backbone_fp = digest(self._backbone_fp, "computed in", dtype)
 
     # --- models ---------------------------------------------------------------------------------------------
     def _load(self) -> tuple[nn.Module, Any]:

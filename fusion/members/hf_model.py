@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from ..config import LoadOptions, at_least, digest, is_bool, optional, setting
-from ..engine import resolve_dtype
+from ..engine import default_device, resolve_dtype
 from ..errors import ConfigError
 from .base import Member, MemberConfig
 from .hf_source import HFSource, ModelRef, model_ref, model_short_name
@@ -61,8 +62,16 @@ class HFModelConfig(MemberConfig):
     def default_name(self) -> str:
         return model_short_name(self.model)
 
+    @property
+    def resolved_dtype(self) -> torch.dtype:
+        """The dtype inference runs in here: ``"auto"`` is bfloat16 on a GPU that supports it, else float32."""
+        return resolve_dtype(self.dtype, torch.device(self.device) if self.device else default_device())
+
     def fingerprint_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().fingerprint_dict().items() if k != "model"}
+        """The fields that change outputs, with ``dtype`` as resolved on this machine: ``"auto"`` computes in
+        bfloat16 on a GPU and in float32 on a CPU, and those outputs must not be served to each other."""
+        fields = {k: v for k, v in super().fingerprint_dict().items() if k != "model"}
+        return {**fields, "dtype": str(self.resolved_dtype).removeprefix("torch.")}
 
 
 class HFMember(Member):
@@ -87,7 +96,25 @@ class HFMember(Member):
                 "device": c.device, "dtype": c.dtype, "show_progress": c.show_progress}
 
     def fitted_state(self) -> dict[str, Any]:
-        return {**super().fitted_state(), "source": self.source.fitted_state()}
+        return {**super().fitted_state(), "source": self.source.fitted_state(), "dtype": self._dtype_here()}
+
+    def _dtype_here(self) -> str:
+        return str(self.config.resolved_dtype).removeprefix("torch.")
+
+    def _restore(self, fitted: Mapping[str, Any], directory: Path, options: LoadOptions,
+                 restored: Mapping[str, Any]) -> HFMember:
+        """As ``Member._restore``; fingerprints recorded where ``dtype="auto"`` resolved otherwise (saved on a GPU,
+        loaded on a CPU, or saved before the dtype was recorded) are keyed apart, since outputs here differ."""
+        super()._restore(fitted, directory, options, restored)
+        here, saved = self._dtype_here(), fitted.get("dtype")
+        if saved != here and (saved is not None or self.config.dtype == "auto"):
+            self._rekey(here)
+        return self
+
+    def _rekey(self, dtype: str) -> None:
+        """Make the recorded fingerprints (of outputs computed in another dtype) this machine's own."""
+        if self._fingerprint is not None:
+            self._fingerprint = digest(self._fingerprint, "computed in", dtype)
 
     def _verify_source(self, fitted: Mapping[str, Any], options: LoadOptions) -> None:
         recorded = (fitted.get("source") or {}).get("weights_sha256")

@@ -17,7 +17,7 @@ from ..losses import per_example_cross_entropy
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, Member, MemberConfig, train_config_field, with_progress
-from .heads import describe_module, reinitialized_copy
+from .heads import describe_module, identify_module, reinitialized_copy
 
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=100, batch_size=128, weight_decay=1e-4, patience=8)
 
@@ -51,7 +51,7 @@ class TorchMember(Member):
 
     @dataclass(frozen=True)
     class Config(MemberConfig):
-        module: nn.Module = object_field(describe=describe_module, copy=reinitialized_copy,
+        module: nn.Module = object_field(describe=describe_module, copy=reinitialized_copy, identify=identify_module,
                                          load_hint='from_pretrained(dir, objects={"MEMBER": {"module": module}})')
         train_config: TrainConfig = train_config_field(DEFAULT_TRAINING)
         validation_fraction: float = 0.1
