@@ -133,6 +133,9 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything near this
 MAX_RECIPE_REPEATS = 2_000  # values read again through an alias: bounds an alias bomb (aliases of aliases)
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Budget:
     """Counts the values read more than once (through aliases), and the nodes being expanded (a recursive alias
     repeats one of them)."""
@@ -155,6 +158,8 @@ def _plain(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoade
                           "be recursive. Write the value out.", path)
     doc.origins.setdefault(path, Origin(f"line {line}", base))
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if node.tag not in _PLAIN_TAGS:  # the safe loader would construct it; a tagged collection is not plain
+            raise yaml.constructor.ConstructorError(None, None, f"tag {node.tag!r}", node.start_mark)
         budget.open.add(id(node))
         try:
             return _collection(node, path, doc, loader, base, budget)
