@@ -232,7 +232,8 @@ class Config:
         kwargs = {name: objects[name] if name in objects else _decode(value, hints.get(name), fields[name])
                   for name, value in data.items() if object_spec(fields[name]) is None or name in objects}
         for name, value in kwargs.items():
-            if name not in objects and coercion(fields[name]) is None and name in hints:
+            # fields with a constraint get its (more precise) message from __post_init__
+            if name not in objects and coercion(fields[name]) is None and name in hints and name not in cls.constraints:
                 _check_type(cls, name, value, hints[name])
         kwargs.update(_objects(cls, fields, objects))
         return cls(**kwargs)

@@ -234,8 +234,8 @@ class Ensemble:
             for number, (fit_rows, _) in enumerate(folds(train.labels, self.cv, self.seed)):
                 if len(np.unique(train.labels[fit_rows])) < 2:
                     raise DataError(f"train: with cv={self.cv}, the training rows of fold {number} hold a single "
-                                    f"class ({len(classes)} classes, {np.bincount(train.labels).min()} rows in the "
-                                    f"smallest); give every class at least {self.cv} rows, or pass a smaller cv=.")
+                                    f"class ({len(classes)} classes, {min(np.unique(train.labels, return_counts=True)[1])} "
+                                    f"rows in the smallest); give every class at least {self.cv} rows, or pass a smaller cv=.")
 
     def _fit_members(self, train: TextData) -> list[Member]:
         """Fitted clones of the specs: the previous fit's when the specs and data are the same, else each
