@@ -19,6 +19,7 @@ import csv
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .datafiles import DataSpec, load_data, load_split, read_table
 from .errors import ChecksumError, ConfigError, DataError, FusionError, PersistenceError
+from .inputs import check_texts
 from .io import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,28 @@ def _save_report(report: Report, directory: Path, formats: Sequence[str] | None)
     return written
 
 
+def _check_writable_dir(directory: Path, option: str) -> None:
+    """Make ``directory`` (and its parents) and check a file can be created in it: before any work starts, so a
+    bad output place fails at once, not after training."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{option} {directory} is a file, not a folder; give a folder for the outputs (a new one, "
+                          "or an existing one).")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{option} {directory} cannot be written ({err.strerror or err}); choose a folder you can "
+                          "write to.") from None
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file path that is a folder or whose folder cannot be written."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file path, e.g. {path / 'predictions.csv'}.")
+    _check_writable_dir(path.parent, f"{option} {path}: the folder")
+
+
 # --- build ----------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +163,12 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     if args.check:
         print("recipe is valid (nothing was run).")
         return EXIT_OK
-    check_replaceable(recipe.output / "ensemble")  # before anything is trained
+    _check_writable_dir(recipe.output, "output")  # before anything is trained
+    _check_output_file(recipe.output / "recipe.yaml", "output")
+    if (recipe.output / "report").exists() and not (recipe.output / "report").is_dir():
+        raise ConfigError(f"output {recipe.output}: {recipe.output / 'report'} is a file; the report is written in a "
+                          "folder of that name. Move the file, or choose another output.")
+    check_replaceable(recipe.output / "ensemble")
     console.step("finding member model files")
     recipe.check_sources(members)
     console.step(f"loading data from {recipe.data.describe()}")
@@ -208,11 +237,12 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
         if args.text_column not in table:
             raise DataError(f"{args.file}: no column {args.text_column!r}; it has columns {list(table)}. "
                             "Choose one with --text-column.")
-        texts = [str(t) for t in table[args.text_column]]
+        texts = check_texts(table[args.text_column], str(args.file), args.text_column)  # as the Python API checks
         if not texts:
             raise DataError(f"{args.file}: no rows to predict.")
+        _check_output_file(Path(args.out), "--out")
     else:
-        texts = list(args.text)
+        texts = check_texts(args.text, "--text")  # an invalid UTF-8 byte in argv arrives as a lone surrogate
     ensemble = _load_ensemble(args.dir, args.quiet)
     proba = ensemble.predict_proba(texts)
     predicted = ensemble.classes_[proba.argmax(1)]

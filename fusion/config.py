@@ -218,8 +218,9 @@ class Config:
                 for any field replaces the saved one (a custom head module for a ``head`` field).
 
         Raises:
-            ConfigError: not a dict, an unknown key (with the closest valid one), a missing object, or an
-                invalid value.
+            ConfigError: not a dict, an unknown key (with the closest valid one), a missing required key, a
+                value of the wrong JSON type (``"cv": "5"`` for an int field), a missing object, or an invalid
+                value.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__qualname__}.from_dict expects a dict; got {type(data).__name__}.")
@@ -234,8 +235,18 @@ class Config:
                               + did_you_mean(unknown[0], fields))
         hints = _hints(cls)
         objects = objects or {}
+        missing = [name for name, f in fields.items() if name not in data and object_spec(f) is None
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            expected = _expected(hints.get(missing[0]))
+            raise ConfigError(f"{cls.__qualname__} lacks the required key {missing[0]!r}"
+                              + (f" ({expected})" if expected else "") + "; add it.")
         kwargs = {name: objects[name] if name in objects else _decode(value, hints.get(name), fields[name])
                   for name, value in data.items() if object_spec(fields[name]) is None or name in objects}
+        for name, value in kwargs.items():
+            # fields with a constraint get its (more precise) message from __post_init__
+            if name not in objects and coercion(fields[name]) is None and name in hints and name not in cls.constraints:
+                _check_type(cls, name, value, hints[name])
         kwargs.update(_objects(cls, fields, objects))
         return cls(**kwargs)
 
@@ -323,6 +334,67 @@ def _decode(value: Any, annotation: Any, f: dataclasses.Field) -> Any:
         raise ConfigError(f"{f.name}: unknown kind {value['kind']!r}; known kinds: {', '.join(sorted(kinds))}."
                           + did_you_mean(value["kind"], kinds))
     return kinds[value["kind"]].from_dict(value)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               tuple: "a list", dict: "an object", type(None): "null"}
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    while hasattr(annotation, "__supertype__"):  # typing.NewType
+        annotation = annotation.__supertype__
+    if typing.get_origin(annotation) in (typing.Union, _UnionType):
+        return tuple(o for a in typing.get_args(annotation) for o in _options(a))
+    return (annotation,)
+
+
+def _expected(annotation: Any) -> str:
+    """What a value of ``annotation`` is, in words (``int | None`` -> ``an integer or null``)."""
+    names = []
+    for option in _options(annotation):
+        origin = typing.get_origin(option) or option
+        if inspect.isclass(origin) and issubclass(origin, Mapping):
+            origin = dict
+        name = _TYPE_NAMES.get(origin) or (f"a {option.__name__}" if inspect.isclass(option) else "")
+        if not name:
+            return ""  # Any, Callable, ...: no description
+        names.append(name)
+    return " or ".join(dict.fromkeys(names))
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether a decoded JSON value fits a field's annotation (unknown annotations accept anything)."""
+    for option in _options(annotation):
+        origin, args = typing.get_origin(option) or option, typing.get_args(option)
+        if option is Any or not inspect.isclass(origin):
+            return True
+        if origin is type(None):
+            ok = value is None
+        elif origin is bool:
+            ok = isinstance(value, bool)
+        elif origin is int:
+            ok = is_int(value)
+        elif origin is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif origin in (list, tuple):
+            ok = isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+        elif issubclass(origin, Mapping):
+            ok = isinstance(value, Mapping) and (len(args) != 2 or all(_type_ok(v, args[1]) for v in value.values()))
+        else:
+            try:
+                ok = isinstance(value, origin)
+            except TypeError:
+                ok = True
+        if ok:
+            return True
+    return False
+
+
+def _check_type(cls: type, name: str, value: Any, annotation: Any) -> None:
+    if not _type_ok(value, annotation):
+        expected = _expected(annotation) or f"of type {annotation}"
+        raise ConfigError(f"{cls.__qualname__}.{name} must be {expected}; got {value!r} "
+                          f"({type(value).__name__}). Fix that key.")
 
 
 def _objects(cls: type[Config], fields: Mapping[str, dataclasses.Field], objects: Mapping[str, Any]) -> dict:

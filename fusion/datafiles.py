@@ -30,10 +30,11 @@ from .errors import ConfigError, DataError
 __all__ = ["DataSpec", "Splits", "SPLIT_SUFFIXES", "load_data", "load_split", "read_table", "find_split_file"]
 
 Table = dict[str, list[Any]]
+ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark (spreadsheet exports) is dropped, not read as text
 
 
 def _read_delimited(path: Path, delimiter: str) -> Table:
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding=ENCODING) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         rows = list(reader)
         columns = list(reader.fieldnames or [])
@@ -49,7 +50,7 @@ def _rows_to_table(rows: list[Any], path: Path) -> Table:
 
 def _read_jsonl(path: Path) -> Table:
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding=ENCODING) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
@@ -61,7 +62,7 @@ def _read_jsonl(path: Path) -> Table:
 
 def _read_json(path: Path) -> Table:
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding=ENCODING))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err}).") from err
     if isinstance(content, dict) and all(isinstance(v, list) for v in content.values()):
@@ -72,7 +73,7 @@ def _read_json(path: Path) -> Table:
 
 
 def _read_txt(path: Path) -> Table:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding=ENCODING).splitlines()
     return {"text": [line for line in lines if line.strip()]}
 
 
@@ -114,7 +115,7 @@ def _labels_json(directory: Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(path.read_text(encoding=ENCODING))
         return [str(mapping[k]) for k in sorted(mapping, key=int)]
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: expected an object of id -> name, e.g. {{\"0\": \"negative\"}} ({err}).") from err
@@ -221,6 +222,8 @@ def _normalise(table: Table, spec: DataSpec, names: list[str] | None, where: str
         raise DataError(f"{where}: no column {missing[0]!r}; the data has columns {list(table)}. "
                         "Set data.text_column / data.label_column (or --text-column / --label-column).")
     out: Table = {"text": list(table[spec.text_column])}
+    if not out["text"]:
+        raise DataError(f"{where}: no rows (the file holds no examples, only a header or nothing); add examples.")
     if spec.label_column in table:
         out["label"] = [_label_value(v, names) for v in table[spec.label_column]]
     return out

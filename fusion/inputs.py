@@ -4,7 +4,7 @@ into TextData."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +86,13 @@ def _columns(data: Any) -> list[str]:
 
 
 def column_values(data: Any, name: str, where: str) -> list[Any]:
-    """The values of one column; a missing column raises DataError listing the ones present."""
+    """The values of one column; a missing column raises DataError listing the ones present, and data that has
+    no columns (a generator, a number) one listing what is accepted."""
+    if not (isinstance(data, Mapping) or hasattr(data, "column_names") or hasattr(data, "columns")):
+        raise DataError(f"{where}: got {type(data).__name__}; pass a list of texts, a dict of columns "
+                        "(e.g. {'text': [...], 'label': [...]}), a pandas DataFrame or a datasets.Dataset"
+                        + (" (a generator can be read only once: pass a list of its items)" if
+                           isinstance(data, Iterator) else "") + ".")
     columns = _columns(data)
     if name not in columns:
         raise DataError(
@@ -97,23 +103,52 @@ def column_values(data: Any, name: str, where: str) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-def _check_texts(texts: list[Any], where: str, column: str) -> list[str] | np.ndarray:
+def check_texts(texts: Sequence[Any], where: str, column: str | None = None) -> list[str]:
+    """Texts as a list of str; refuses (DataError naming the row) a value that is not a string (None, a number,
+    a list), an empty or blank text, and an unpaired surrogate (what an undecodable byte becomes under
+    ``errors="surrogateescape"``, e.g. in ``sys.argv``), which no tokenizer can encode.
+
+    The one check of texts for the Python API and the ``fusion`` command alike.
+
+    Example:
+        >>> check_texts(["good", None], "data")
+        Traceback (most recent call last):
+        ...
+        fusion.errors.DataError: data: row 1 is NoneType (None), not a string; drop or fill missing texts first.
+    """
+    place = f"{where}: column {column!r} row" if column is not None else f"{where}: row"
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(
+                f"{place} {row} is {type(text).__name__} ({text!r}), not a string; "
+                "drop or fill missing texts first."
+            )
+        if not text.strip():
+            raise DataError(f"{place} {row} is an empty text ({text!r}); "
+                            "drop that row or fill it in.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(
+                f"{place} {row} holds {text[err.start]!r} at character "
+                f"{err.start}, an unpaired surrogate that is not valid Unicode (an undecodable byte, such as invalid "
+                "UTF-8 read with errors='surrogateescape'); decode the source as UTF-8 or remove that character."
+            ) from None
+    return list(texts)
+
+
+def _check_texts(texts: list[Any], where: str, column: str | None) -> list[str] | np.ndarray:
     """Texts as a list of str, or numeric rows (vectors, images) as one float32 array."""
+    place = f"column {column!r}" if column is not None else "the data"
     if texts and not isinstance(texts[0], str) and np.ndim(texts[0]) >= 1:
         try:
             array = np.asarray(texts, dtype=np.float32)
         except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: column {column!r} holds rows of different shapes or non-numbers ({err}).") from err
+            raise DataError(f"{where}: {place} holds rows of different shapes or non-numbers ({err}).") from err
         if not np.isfinite(array).all():
-            raise DataError(f"{where}: column {column!r} holds NaN or inf features; impute or drop those rows.")
+            raise DataError(f"{where}: {place} holds NaN or inf features; impute or drop those rows.")
         return array
-    for row, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise DataError(
-                f"{where}: column {column!r} row {row} is {type(text).__name__} ({text!r}), not a string; "
-                "drop or fill missing texts first."
-            )
-    return texts
+    return check_texts(texts, where, column)
 
 
 def encode_labels(raw: list[Any], label_names: Sequence[str], where: str, column: str) -> np.ndarray:
@@ -165,13 +200,16 @@ def as_text_data(
     elif isinstance(data, str):
         texts, raw_labels = [data], None
     elif isinstance(data, np.ndarray) or (isinstance(data, Sequence) and not isinstance(data, Mapping)):
-        texts, raw_labels = _check_texts(list(data), where, "<list>"), None
+        texts, raw_labels = _check_texts(list(data), where, None), None
     else:
         texts = _check_texts(column_values(data, text_column, where), where, text_column)
         has_labels = label_column in _columns(data)
         if require_labels and not has_labels:
             column_values(data, label_column, where)  # raises the missing-column error
         raw_labels = column_values(data, label_column, where) if has_labels else None
+        if raw_labels is not None and len(raw_labels) != len(texts):
+            raise DataError(f"{where}: column {text_column!r} has {len(texts)} rows but column {label_column!r} has "
+                            f"{len(raw_labels)}; every column needs one value per row. Fix the data.")
         declared = dataset_label_names(data, label_column)
         if raw_labels is not None and declared and label_names and list(declared) != list(label_names):
             # align ClassLabel ids by name, never by position; ids out of range (-1: no label) stay as they

@@ -23,8 +23,8 @@ from ..evaluation import metrics
 from ..fusers import Fuser, MemberOutputs
 from ..inputs import TextData, as_text_data, column_values, dataset_label_names
 from ..labels import alignment
-from ..members.base import Member
-from .crossfit import out_of_fold_outputs
+from ..members.base import Member, check_inputs
+from .crossfit import folds, out_of_fold_outputs
 from .fitting import fitted_member
 from .selection import Candidate, as_fusers, best_candidate, fit_candidates
 
@@ -94,15 +94,12 @@ class Ensemble:
         cv: int = 5,
         seed: int = 0,
     ) -> None:
-        if not members:
-            raise ConfigError("an Ensemble needs at least one member.")
+        _check_arguments(members, labels, cv, seed)
         duplicates = [n for n, k in Counter(m.name for m in members).items() if k > 1]
         if duplicates:
             raise ConfigError(f"member names must be unique; {duplicates} repeat. Pass name= to tell them apart.")
         if fuser_data not in FUSER_DATA:
             raise ConfigError(f"fuser_data must be one of {FUSER_DATA}, got {fuser_data!r}.")
-        if cv < 2:
-            raise ConfigError(f"cv must be at least 2 folds, got {cv}.")
         self.members = list(members)
         self.fuser = fuser if fuser is not None else "mean"
         self.fusers = as_fusers(self.fuser)  # validates names now, not at fit
@@ -143,8 +140,10 @@ class Ensemble:
 
     # --- data and labels ----------------------------------------------------------------------------------
     def _data(self, data: Any, where: str, require_labels: bool = False) -> TextData:
-        return as_text_data(data, text_column=self.text_column, label_column=self.label_column,
+        rows = as_text_data(data, text_column=self.text_column, label_column=self.label_column,
                             label_names=self.labels_ or self.labels, require_labels=require_labels, where=where)
+        check_inputs(self.members_ or self.members, rows, where)
+        return rows
 
     def _label_names(self, train: Any) -> list[str]:
         if self.labels is not None:
@@ -219,6 +218,25 @@ class Ensemble:
             raise ConfigError("fuser_data='validation' needs a validation split: call fit(train, validation).")
         return self.fuser_data
 
+    def _check_fit_rows(self, mode: str, train: TextData, validation: TextData | None) -> None:
+        """Enough rows and classes for what ``fit`` will do, checked before anything is trained."""
+        trainable = any(m.trainable for m in self.members)
+        classes = np.unique(train.labels)
+        if trainable and len(classes) < 2:
+            raise DataError(f"train: all {len(train)} rows have the label {self.labels_[classes[0]]!r}; members learn "
+                            f"from rows of at least 2 classes (labels: {self.labels_}). Add rows of another label.")
+        crossfit = (mode == "validation" or trainable or len(as_fusers(self.fuser)) > 1)
+        rows, where = (validation, "validation") if mode == "validation" else (train, "train")
+        if crossfit and len(rows) < self.cv:
+            raise DataError(f"{where}: {len(rows)} rows, fewer than the cv={self.cv} folds of cross-fitting, which "
+                            f"needs at least {self.cv} rows. Add rows, or pass a smaller cv= (at least 2).")
+        if mode == "train" and trainable:
+            for number, (fit_rows, _) in enumerate(folds(train.labels, self.cv, self.seed)):
+                if len(np.unique(train.labels[fit_rows])) < 2:
+                    raise DataError(f"train: with cv={self.cv}, the training rows of fold {number} hold a single "
+                                    f"class ({len(classes)} classes, {min(np.unique(train.labels, return_counts=True)[1])} "
+                                    f"rows in the smallest); give every class at least {self.cv} rows, or pass a smaller cv=.")
+
     def _fit_members(self, train: TextData) -> list[Member]:
         """Fitted clones of the specs: the previous fit's when the specs and data are the same, else each
         trainable spec fitted, or its fit from an earlier run restored from the cache (``fitting.py``)."""
@@ -265,6 +283,7 @@ class Ensemble:
         train_data = self._data(train, "train", require_labels=True)
         val_data = self._data(validation, "validation", require_labels=True) if validation is not None else None
         mode = self._resolve_fuser_data(val_data is not None)
+        self._check_fit_rows(mode, train_data, val_data)
         self.members_ = self._fit_members(train_data)
         self.fusers = as_fusers(self.fuser)
         outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
@@ -430,3 +449,28 @@ def _selection_note(selection: dict[str, Any]) -> str:
     return (f"{selection['chosen']} was chosen among the candidate fusers by {selection['cv']}-fold cross-validated "
             f"accuracy on the {selection['rows']} rows ({scores}), not by its score on these rows.")
 
+
+
+def _check_arguments(members: Any, labels: Any, cv: Any, seed: Any) -> None:
+    """The constructor's arguments, refused with a ConfigError naming the one at fault and what it accepts."""
+    if isinstance(members, Member) or not isinstance(members, Sequence) or isinstance(members, str):
+        raise ConfigError(f"members must be a list of members (HFClassifier, HFEncoder, SklearnMember, TorchMember, "
+                          f"...); got {type(members).__name__}. Wrap a single member in a list.")
+    if not members:
+        raise ConfigError("an Ensemble needs at least one member.")
+    for index, member in enumerate(members):
+        if not isinstance(member, Member):
+            raise ConfigError(f"members[{index}] is {type(member).__name__} ({member!r:.60}), not a member; pass "
+                              "member objects such as HFClassifier(...), HFEncoder(...), SklearnMember(estimator) or "
+                              "TorchMember(module).")
+    if not (isinstance(cv, int) and not isinstance(cv, bool)) or cv < 2:
+        raise ConfigError(f"cv must be an integer number of folds, at least 2; got {cv!r}.")
+    if not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise ConfigError(f"seed must be an integer; got {seed!r}.")
+    if labels is not None:
+        if isinstance(labels, str) or not isinstance(labels, Sequence) or not all(isinstance(n, str) for n in labels):
+            raise ConfigError(f"labels must be a list of label names (strings) in id order; got {labels!r}.")
+        repeated = [name for name, count in Counter(labels).items() if count > 1]
+        if repeated:
+            raise ConfigError(f"labels: duplicate label {repeated[0]!r} in {list(labels)}; every label name must be "
+                              "distinct.")

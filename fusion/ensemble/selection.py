@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..evaluation.metrics import summary
 from ..fusers import FUSERS, Fuser, MemberOutputs
 from .crossfit import out_of_fold_fused
@@ -41,7 +42,14 @@ class Candidate:
 
 def as_fusers(fuser: Fuser | str | Sequence[Fuser | str] | None) -> list[Fuser]:
     """Specs as a list: a fuser, a registered kind, or a list of them (default: the mean)."""
-    items = [fuser] if isinstance(fuser, (Fuser, str)) or fuser is None else list(fuser)
+    items = [fuser] if isinstance(fuser, (Fuser, str)) or fuser is None else fuser
+    if not isinstance(items, Sequence):
+        items = [items]
+    for index, item in enumerate(items):
+        if not (isinstance(item, (Fuser, str)) or item is None):
+            where = f"fuser[{index}]" if items is fuser else "fuser"
+            raise ConfigError(f"{where} is {type(item).__name__} ({item!r:.60}); pass a Fuser (e.g. LinearFuser()), "
+                              f"a registered fuser kind ({', '.join(FUSERS.names())}) or a list of them.")
     return [FUSERS.get(f)() if isinstance(f, str) else f if f is not None else FUSERS.get("mean")() for f in items]
 
 

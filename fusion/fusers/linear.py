@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,7 +13,7 @@ from torch import nn
 from ..config import is_bool, one_of
 from ..losses import per_example_cross_entropy
 from ..train_config import TrainConfig
-from ..training import TensorRows, train
+from ..training import TensorRows, TrainingError, train
 from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field
 
 CONSTRAINTS = ("simplex", "unconstrained")
@@ -20,7 +21,12 @@ CONSTRAINTS = ("simplex", "unconstrained")
 # epochs (each one L-BFGS step), where AdamW took hundreds and stopped short of it.
 DEFAULT_TRAINING = TrainConfig(optimizer="lbfgs", learning_rate=1.0, max_epochs=100, batch_size=None, patience=2,
                                min_delta=1e-7, show_progress=False)
+# If L-BFGS diverges (a non-finite loss or parameters, e.g. a line search thrown off by extreme scores), the fit
+# starts again from uniform weights with AdamW's small, bounded steps: slower, but it cannot overshoot to NaN.
+FALLBACK_TRAINING = TrainConfig(optimizer="adamw", learning_rate=0.05, max_epochs=500, batch_size=None, patience=10,
+                                min_delta=1e-6, show_progress=False)
 _BOOL = (is_bool, "True or False")
+logger = logging.getLogger(__name__)
 
 
 LOG_TEMPERATURE_BOUND = 5.0
@@ -50,6 +56,10 @@ class LinearCombiner(nn.Module):
             mixed = torch.logsumexp(member_logp + log_w, dim=1)
             return mixed.log_softmax(-1)  # renormalises when weights differ per class
         return ((member_logp * self.weight).sum(1) + self.bias).log_softmax(-1)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -96,9 +106,27 @@ class LinearFuser(Fuser):
         return LinearCombiner(n_members, n_classes, c.constraint, c.per_class, c.temperature)
 
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
+        rows, config = TensorRows(logits=outputs.logits, labels=labels), self.config.train_config
         model = self._model(outputs.n_members, outputs.n_classes)
-        self.training_ = train(model, _loss, TensorRows(logits=outputs.logits, labels=labels),
-                               self.config.train_config, desc="linear fuser")
+        try:
+            self.training_ = train(model, _loss, rows, config, desc="linear fuser")
+            problem = None if _finite(model) else "its parameters became NaN or inf"
+        except TrainingError as err:
+            if config.optimizer != "lbfgs":
+                raise
+            problem = str(err)
+        if problem is not None:
+            if config.optimizer != "lbfgs":
+                raise TrainingError(f"linear fuser: {problem}; try a lower learning_rate (now {config.learning_rate}).")
+            logger.warning("linear fuser: L-BFGS diverged (%s); fitting again from uniform weights with AdamW "
+                           "(learning_rate %s, up to %d epochs)", problem, FALLBACK_TRAINING.learning_rate,
+                           FALLBACK_TRAINING.max_epochs)
+            model = self._model(outputs.n_members, outputs.n_classes)
+            fallback = FALLBACK_TRAINING.replace(seed=config.seed, show_progress=config.show_progress)
+            self.training_ = train(model, _loss, rows, fallback, desc="linear fuser (AdamW fallback)")
+            if not _finite(model):
+                raise TrainingError("linear fuser: both L-BFGS and the AdamW fallback diverged; check the member "
+                                    "scores for extreme values.")
         self.model_ = model.eval()
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:

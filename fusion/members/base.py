@@ -20,7 +20,7 @@ import torch
 
 from ..cache.store import OutputCache, Outputs
 from ..config import Check, Component, Config, LoadOptions, coerced, digest, in_range, setting
-from ..errors import ConfigError, NotFittedError, PersistenceError
+from ..errors import ConfigError, DataError, NotFittedError, PersistenceError
 from ..inputs import TextData
 from ..io import atomic_save_tensors, load_tensors, sha256_tensors
 from ..registry import Registry
@@ -92,6 +92,11 @@ class Member(Component, abc.ABC):
     def trainable(self) -> bool:
         """True when the member learns something from the ensemble's training data."""
         return False
+
+    @property
+    def inputs(self) -> str:
+        """What the member reads: ``"texts"``, ``"arrays"`` (numeric features ``[rows, ...]``) or ``"any"``."""
+        return "any"
 
     @property
     def expensive_to_fit(self) -> bool:
@@ -227,3 +232,15 @@ class Member(Component, abc.ABC):
     def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
                     restored: Mapping[str, Any]) -> None:
         """Restore learned state that is not tensors, and prepare ``load_state_dict`` (build a head)."""
+
+
+def check_inputs(members: list[Member], data: TextData, where: str) -> None:
+    """Refuse (DataError) data a member cannot read: numeric arrays for a text member, texts for an array one."""
+    for index, member in enumerate(members):
+        if member.inputs == "texts" and data.is_array:
+            raise DataError(f"{where}: member [{index}] {member.name!r} reads texts, but the data is a numeric array of "
+                            f"shape {tuple(data.texts.shape)}. Pass texts (a list of str, or a text column), or use "
+                            "members that read arrays (TorchMember, a SklearnMember on features).")
+        if member.inputs == "arrays" and not data.is_array:
+            raise DataError(f"{where}: member [{index}] {member.name!r} reads numeric arrays [rows, ...], but the data "
+                            "holds texts. Pass feature rows, or use members that read texts.")

@@ -79,6 +79,10 @@ class HFMember(Member):
 
     Config: ClassVar[type[HFModelConfig]] = HFModelConfig
 
+    @property
+    def inputs(self) -> str:
+        return "texts"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.source = HFSource(self.config.model, self.config.revision)

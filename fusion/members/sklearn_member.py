@@ -120,6 +120,17 @@ class SklearnMember(Member):
         self.estimator_ = None if self._trainable else self.config.estimator
 
     @property
+    def inputs(self) -> str:
+        """``"texts"`` when the estimator (or its pipeline's first step) is a scikit-learn text vectorizer."""
+        from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+        from sklearn.pipeline import Pipeline
+
+        first = self.config.estimator
+        while isinstance(first, Pipeline) and first.steps:
+            first = first.steps[0][1]
+        return "texts" if isinstance(first, (CountVectorizer, HashingVectorizer)) else "any"
+
+    @property
     def trainable(self) -> bool:
         return self._trainable
 

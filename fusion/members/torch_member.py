@@ -74,6 +74,10 @@ class TorchMember(Member):
         self.module_: nn.Module | None = None  # the trained copy
 
     @property
+    def inputs(self) -> str:
+        return "arrays"
+
+    @property
     def trainable(self) -> bool:
         return True
 

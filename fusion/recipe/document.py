@@ -129,8 +129,47 @@ class Document:
         return data
 
 
-def _plain(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoader, base: Path) -> Any:
-    doc.origins.setdefault(path, Origin(f"line {node.start_mark.line + 1}", base))
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything near this is not one
+MAX_RECIPE_REPEATS = 2_000  # values read again through an alias: bounds an alias bomb (aliases of aliases)
+
+
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+class _Budget:
+    """Counts the values read more than once (through aliases), and the nodes being expanded (a recursive alias
+    repeats one of them)."""
+
+    def __init__(self) -> None:
+        self.repeats, self.seen, self.open = 0, set(), set()
+
+
+def _plain(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoader, base: Path,
+           budget: _Budget) -> Any:
+    line = node.start_mark.line + 1
+    if id(node) in budget.seen:
+        budget.repeats += 1
+        if budget.repeats > MAX_RECIPE_REPEATS:
+            raise RecipeError(f"{doc.name} line {line}: aliases repeat more than {MAX_RECIPE_REPEATS} values (aliases "
+                              "of aliases grow without bound); write the recipe with fewer aliases.", path)
+    budget.seen.add(id(node))
+    if id(node) in budget.open:
+        raise RecipeError(f"{doc.name} line {line}: {fmt(path)} is an alias that contains itself; a recipe cannot "
+                          "be recursive. Write the value out.", path)
+    doc.origins.setdefault(path, Origin(f"line {line}", base))
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if node.tag not in _PLAIN_TAGS:  # the safe loader would construct it; a tagged collection is not plain
+            raise yaml.constructor.ConstructorError(None, None, f"tag {node.tag!r}", node.start_mark)
+        budget.open.add(id(node))
+        try:
+            return _collection(node, path, doc, loader, base, budget)
+        finally:
+            budget.open.discard(id(node))
+    return loader.construct_object(node, deep=True)
+
+
+def _collection(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoader, base: Path,
+                budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
@@ -142,24 +181,40 @@ def _plain(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoade
             if key in out:
                 raise RecipeError(f"{doc.name} line {line}: key {key!r} appears twice in {fmt(path)}; keep one.", path)
             doc.origins[path + (key,)] = Origin(f"line {line}", base)
-            out[key] = _plain(value_node, path + (key,), doc, loader, base)
+            out[key] = _plain(value_node, path + (key,), doc, loader, base, budget)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, path + (i,), doc, loader, base) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return [_plain(item, path + (i,), doc, loader, base, budget) for i, item in enumerate(node.value)]
 
 
 def parse_yaml(text: str, name: str, base: Path) -> Document:
-    """Parse YAML text into a Document that remembers the line of every key and list item."""
+    """Parse YAML text into a Document that remembers the line of every key and list item.
+
+    Only plain data is read (YAML's safe loader: a ``!!python/...`` tag is refused, naming its line), and the
+    document is bounded: at most ``MAX_RECIPE_BYTES`` of text and ``MAX_RECIPE_REPEATS`` values read again through
+    aliases, and no alias inside itself, so an alias bomb is refused at once instead of filling memory.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{name}: {size} bytes, more than a recipe may hold ({MAX_RECIPE_BYTES}); is it the "
+                          "right file?")
+    doc = Document(name, {}, {})
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            loader = yaml.SafeLoader("")
+            doc.data = _plain(node, (), doc, loader, base, _Budget())
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        tag = f" {err.problem.split('tag ')[-1]}" if err.problem and "tag " in err.problem else ""
+        raise RecipeError(f"{name}{where}: the tag{tag} is not allowed: a recipe holds plain data (mappings, "
+                          "lists, strings, numbers, booleans); remove the tag.") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise RecipeError(f"{name}{where}: not valid YAML: {err.problem or err.context}.") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{name}: not valid YAML: {err}.") from None
-    doc = Document(name, {}, {})
-    if node is not None:
-        doc.data = _plain(node, (), doc, yaml.SafeLoader(""), base)
+    except RecursionError:  # nesting deeper than Python's stack (e.g. a merge key inside itself)
+        raise RecipeError(f"{name}: the YAML nests too deeply or refers to itself; write the values out.") from None
     return doc

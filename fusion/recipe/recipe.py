@@ -17,7 +17,7 @@ from ..errors import FusionError, did_you_mean
 from ..fusers import FUSERS, Fuser
 from ..members.base import MEMBERS, Member
 from ..train_config import TrainConfig
-from .document import Document, KeyPath, RecipeError, describe, fmt, parse_yaml
+from .document import MAX_RECIPE_BYTES, Document, KeyPath, RecipeError, describe, fmt, parse_yaml
 from .schema import (
     STR,
     Field,
@@ -246,5 +246,11 @@ def load_recipe(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist; give the path of a YAML recipe file.")
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path), path.resolve().parent, overrides,
-                        data=data, output=output, limit=limit)
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size} bytes, more than a recipe may hold ({MAX_RECIPE_BYTES}); "
+                          "is it the right file?")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the recipe as UTF-8.") from None
+    return parse_recipe(text, str(path), path.resolve().parent, overrides, data=data, output=output, limit=limit)
