@@ -207,6 +207,9 @@ class EnsembleConfig(Config):
             raise PersistenceError(f"{where} is not a JSON object; is this a folder written by save_pretrained?")
         check_format(data.get("format"), data.get("format_version"), where)
         data = unseal(data, where)
+        if "files" not in data:
+            raise PersistenceError(f"{where} lacks the key 'files' (the sha256 of every saved file); without it "
+                                   "nothing can be verified. Save the ensemble again.")
         try:
             config = cls.from_dict(data)
         except ConfigError as err:
