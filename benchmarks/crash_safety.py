@@ -41,26 +41,12 @@ TEXTS = ["a great film", "a dull film", "not bad at all", "the worst plot"]
 
 def _pair(root: Path):
     sys.path.insert(0, str(REPO / "tests"))
-    from helpers import tfidf_member
+    from helpers import rival_ensembles
     from tiny_models import make_toy_sentiment, save_bert_encoder
 
-    from fusion import Ensemble, HFEncoder, LinearFuser, TrainConfig
-
-    encoder = root / "encoder"
-    save_bert_encoder(encoder)
+    save_bert_encoder(root / "encoder")
     data = {"train": make_toy_sentiment(240, 0), "validation": make_toy_sentiment(80, 1)}
-    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
-    pair = []
-    for flip in (False, True):
-        train, validation = data["train"], data["validation"]
-        if flip:
-            train = {**train, "label": [1 - y for y in train["label"]]}
-        members = [HFEncoder(encoder, finetune=True, train_config=finetune, name="ft", show_progress=False),
-                   tfidf_member()]
-        ens = Ensemble(members, fuser=LinearFuser(), labels=["negative", "positive"], cache_dir="memory")
-        ens.fit(train, validation)
-        _ = ens.report_  # computed once here, not in each writer
-        pair.append(ens)
+    pair = rival_ensembles(root / "encoder", data)
     return pair, [ens.predict_proba(TEXTS) for ens in pair]
 
 

@@ -88,3 +88,24 @@ def edit_saved_config(directory: Path, change: Callable[[dict], Any], reseal: bo
     config = json.loads(path.read_text())
     change(config)
     path.write_text(json.dumps(seal(config) if reseal else config))
+
+
+def rival_ensembles(encoder_dir: Path, data: Mapping[str, Any]) -> list:
+    """Two fitted ensembles of one structure (a fine-tuned encoder whose backbone is saved in the folder, a TF-IDF
+    member, a linear fuser), the second trained on flipped labels: a load that mixed files of the two would give
+    probabilities matching neither. Their reports are computed here, not by each process that saves them."""
+    from fusion import Ensemble, HFEncoder, LinearFuser, TrainConfig
+
+    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
+    ensembles = []
+    for flip in (False, True):
+        train = dict(data["train"])
+        if flip:
+            train["label"] = [1 - label for label in train["label"]]
+        members = [HFEncoder(encoder_dir, finetune=True, train_config=finetune, name="ft", show_progress=False),
+                   tfidf_member()]
+        ens = Ensemble(members, fuser=LinearFuser(), labels=["negative", "positive"], cache_dir="memory")
+        ens.fit(train, data["validation"])
+        assert ens.report_ is not None
+        ensembles.append(ens)
+    return ensembles

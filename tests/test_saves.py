@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tfidf_member
+from helpers import rival_ensembles
 
 import fusion.io
-from fusion import Ensemble, HFEncoder, LinearFuser, PersistenceError, TrainConfig
+from fusion import Ensemble, PersistenceError
 from fusion.io import atomic_directory, recover_directory
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks writer processes")
@@ -33,17 +33,7 @@ FORK = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
 def pair(toy_sentiment, bert_encoder_dir):
     """Two ensembles of the same structure (a fine-tuned encoder, a scikit-learn member, a linear fuser) with
     different learned state: a load mixing their files would give probabilities that match neither."""
-    finetune = TrainConfig(learning_rate=1e-3, max_epochs=1, batch_size=32, patience=None, show_progress=False)
-    ensembles = []
-    for flip in (False, True):
-        train, validation = toy_sentiment["train"], toy_sentiment["validation"]
-        if flip:
-            train = {**train, "label": [1 - label for label in train["label"]]}
-        members = [HFEncoder(bert_encoder_dir, finetune=True, train_config=finetune, name="ft", show_progress=False),
-                   tfidf_member()]
-        ensembles.append(Ensemble(members, fuser=LinearFuser(), labels=LABELS, cache_dir="memory")
-                         .fit(train, validation))
-    assert all(ens.report_ is not None for ens in ensembles)  # computed here, not in each writer
+    ensembles = rival_ensembles(bert_encoder_dir, toy_sentiment)
     expected = [ens.predict_proba(TEXTS) for ens in ensembles]
     assert not np.allclose(expected[0], expected[1])
     return ensembles, expected
