@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ..evaluation.metrics import ACCURACY, LOG_LOSS
+from .persistence import DISTRIBUTION
 
 if TYPE_CHECKING:
     from ..evaluation import Report
@@ -56,7 +57,8 @@ def render_model_card(config: EnsembleConfig, report: Report | None = None) -> s
         "", "## Members", "", "| name | what | fitted |", "|---|---|---|", *members, "",
         "## Fuser", "", f"`{fuser_call(config)}`, fitted on {fuser_data_note(config)}.{chosen}", "",
         *_evaluation(config, report),
-        "## Usage", "", "```python", "from fusion import Ensemble", "",
+        "## Usage", "", f"Install fusion with `pip install {DISTRIBUTION}` (it imports as `fusion`), then:", "",
+        "```python", "from fusion import Ensemble", "",
         'ensemble = Ensemble.from_pretrained("path/to/this/folder")',
         'ensemble.predict(["an example text"])', "```", "",
         "## Versions", "", *[f"- {k} {v}" for k, v in config.versions.items()], "",

@@ -66,7 +66,9 @@ FORMAT_VERSION = 3  # 2: members saved as {kind, config, fitted, dir}; fuser as 
 #                     3: the config carries its own checksum; every file loading reads is listed in ``files``
 CHECKSUM_KEY = "checksum"
 _LOAD_ATTEMPTS = 5  # loads retried when a save replaced the folder meanwhile
-_PACKAGES = ("fusion", "torch", "transformers", "datasets", "accelerate", "safetensors", "scikit-learn", "skops")
+DISTRIBUTION = "fusion-ensembles"  # fusion's name on PyPI (`pip install fusion-ensembles`; it imports as `fusion`)
+_PACKAGES = {"fusion": DISTRIBUTION, **{name: name for name in ("torch", "transformers", "datasets", "accelerate",
+                                                               "safetensors", "scikit-learn", "skops")}}
 
 
 @dataclass(frozen=True)
@@ -271,9 +273,9 @@ def check_format(name: Any, version: Any, where: Path | str = CONFIG_NAME) -> No
 
 def library_versions() -> dict[str, str]:
     versions = {}
-    for package in _PACKAGES:
+    for package, distribution in _PACKAGES.items():
         try:
-            versions[package] = importlib.metadata.version(package)
+            versions[package] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
