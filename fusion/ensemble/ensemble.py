@@ -410,15 +410,21 @@ class Ensemble:
         return scores
 
     # --- persistence --------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False,
+                        card_data: dict[str, Any] | None = None) -> Path:
         """Write config JSON, safetensors weights, skops estimators, the report and a model card; atomically.
 
         A folder that exists and is neither empty nor a saved ensemble is refused (its contents would be
-        replaced) unless ``overwrite=True``.
+        replaced) unless ``overwrite=True``. ``card_data`` adds model card metadata that fusion cannot know
+        (``huggingface_hub.ModelCardData`` fields such as ``license``, ``datasets``, ``language``,
+        ``model_name``, plus ``dataset_name`` for the evaluation results).
+
+        Example:
+            >>> ens.save_pretrained("out/ens", card_data={"license": "mit", "datasets": ["stanfordnlp/sst2"]})  # doctest: +SKIP
         """
         from .persistence import save_ensemble
 
-        return save_ensemble(self, Path(directory), overwrite)
+        return save_ensemble(self, Path(directory), overwrite, card_data)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,

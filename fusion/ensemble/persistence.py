@@ -318,14 +318,16 @@ def check_replaceable(directory: Path, overwrite: bool = False) -> None:
                                "its contents. Choose a new or empty folder, or pass overwrite=True to replace it.")
 
 
-def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False) -> Path:
+def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False,
+                  card_data: dict[str, Any] | None = None) -> Path:
     """Write ``ensemble`` to ``directory`` (replacing it only once everything is written); a folder that holds
     something else is refused unless ``overwrite``."""
-    from .modelcard import render_model_card
+    from .modelcard import check_card_data, render_model_card
 
     if ensemble.fuser_ is None or ensemble.members_ is None:
         raise PersistenceError("the ensemble is not fitted; call fit before save_pretrained.")
     check_replaceable(directory, overwrite)
+    check_card_data(card_data)
     with atomic_directory(directory, marker=CONFIG_NAME) as staging:
         members = _save_members(ensemble.members_, staging)
         state = ensemble.fuser_.state_dict()
@@ -336,7 +338,7 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False) 
             ensemble.report_.save(staging / REPORT_DIR)
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         config = dataclasses.replace(ensemble_config(ensemble, members, fuser), files=files)
-        (staging / "README.md").write_text(render_model_card(config, ensemble.report_), encoding="utf-8")
+        (staging / "README.md").write_text(render_model_card(config, ensemble.report_, card_data), encoding="utf-8")
         write_json(staging / CONFIG_NAME, seal(config.to_dict()))  # last: it marks the staged folder complete
     return directory
 
