@@ -254,7 +254,8 @@ def path_inside(root: str | os.PathLike, relative: Any, what: str) -> Path:
     """``root / relative``, refused (PersistenceError naming ``what``) unless it stays inside ``root``.
 
     ``relative`` must be a relative path string without ``..`` components, and the resolved path (symlinks
-    followed) must lie inside the resolved ``root``; nothing under it is opened, so an entry of an untrusted
+    followed) must lie inside the resolved ``root`` (for a Hugging Face cache snapshot: inside its repository
+    folder, whose ``blobs/`` the snapshot links to); nothing under it is opened, so an entry of an untrusted
     config cannot make us read a file elsewhere.
     """
     if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
@@ -267,13 +268,27 @@ def path_inside(root: str | os.PathLike, relative: Any, what: str) -> Path:
         raise PersistenceError(f"{what}: {relative!r} has a '..' component; only paths inside the folder are "
                                "accepted, refused.")
     try:
-        base = Path(root).resolve()
-        target = (base / relative).resolve()
+        base = _container(Path(root).resolve())
+        target = (Path(root).resolve() / relative).resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop
         raise PersistenceError(f"{what}: {relative!r} cannot be resolved ({err}); refused.") from err
     if target != base and base not in target.parents:
         raise PersistenceError(f"{what}: {relative!r} leads outside the folder (through a symlink); refused.")
     return Path(root) / relative
+
+
+def hub_snapshot_repository(folder: Path) -> Path | None:
+    """The repository folder of a Hugging Face cache snapshot (``<cache>/models--ORG--NAME/snapshots/<commit>``),
+    or None for any other folder."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(("models--", "datasets--")):
+        return folder.parent.parent
+    return None
+
+
+def _container(root: Path) -> Path:
+    """What paths under ``root`` must stay inside: ``root`` itself, or for a Hugging Face cache snapshot its
+    repository folder, since the snapshot's files are links to that repository's ``blobs/``."""
+    return hub_snapshot_repository(root) or root
 
 
 def verify_checksum(path: str | os.PathLike, expected: str, what: str) -> None:

@@ -1,13 +1,22 @@
-"""A hub id resolves through the local Hugging Face cache (offline), and its commit is recorded."""
+"""Hub ids resolve through the local Hugging Face cache (offline), for members and for whole ensembles, and an
+ensemble pushes to the hub as save_pretrained writes it (the upload is faked: tests never reach the network)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import tempfile
+from pathlib import Path
+from typing import ClassVar
 
+import huggingface_hub
 import huggingface_hub.constants
 import pytest
+from helpers import tfidf_member
 
-from fusion import ConfigError, Ensemble, HFClassifier
+from fusion import ConfigError, Ensemble, HFClassifier, PersistenceError
+from fusion.io import sha256_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -37,3 +46,103 @@ def test_hub_id_resolves_offline_and_records_its_commit(hub_cache, toy_sentiment
 def test_unknown_hub_id_offline_says_what_to_do(hub_cache):
     with pytest.raises(ConfigError, match="not a local directory, and the hub could not provide it"):
         HFClassifier("tiny-org/missing").output_labels(None)
+
+
+ENSEMBLE_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def _as_hub_download(saved: Path, hub: Path, repo_id: str) -> Path:
+    """Put a saved ensemble into a Hugging Face cache as a download leaves it: files are links into blobs/."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ENSEMBLE_COMMIT
+    for path in sorted(saved.rglob("*")):
+        if path.is_file():
+            blob = repo / "blobs" / sha256_file(path)
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, blob)
+            link = snapshot / path.relative_to(saved)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(ENSEMBLE_COMMIT)
+    return snapshot
+
+
+@pytest.fixture
+def pushed(hub_cache, toy_sentiment, tmp_path):
+    """An ensemble of a hub-id member and a TF-IDF member, and its hub copy ``tiny-org/tiny-ensemble``."""
+    ens = Ensemble([HFClassifier("tiny-org/tiny-sentiment", show_progress=False), tfidf_member()], cache_dir="memory")
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    snapshot = _as_hub_download(ens.save_pretrained(tmp_path / "saved"), hub_cache, "tiny-org/tiny-ensemble")
+    return ens, snapshot
+
+
+def test_an_ensemble_loads_from_a_hub_id(pushed, toy_sentiment):
+    ens, snapshot = pushed
+    texts = toy_sentiment["validation"]["text"]
+    loaded = Ensemble.from_pretrained("tiny-org/tiny-ensemble", cache_dir="memory")
+    assert (loaded.predict_proba(texts) == ens.predict_proba(texts)).all()
+    pinned = Ensemble.from_pretrained("tiny-org/tiny-ensemble", revision=ENSEMBLE_COMMIT, cache_dir="memory")
+    assert (pinned.predict_proba(texts) == ens.predict_proba(texts)).all()
+
+
+def test_a_hub_snapshot_link_leaving_its_repository_is_refused(pushed, tmp_path):
+    _, snapshot = pushed
+    config = json.loads((snapshot / "fusion_config.json").read_text())
+    relative = next(k for k in config["files"] if k.startswith("members/"))
+    outside = tmp_path / "elsewhere"
+    shutil.copyfile(snapshot / relative, outside)  # the same bytes, outside the repository folder
+    (snapshot / relative).unlink()
+    (snapshot / relative).symlink_to(outside)
+    with pytest.raises(PersistenceError, match="outside the folder"):
+        Ensemble.from_pretrained("tiny-org/tiny-ensemble", cache_dir="memory")
+
+
+def test_an_unknown_hub_ensemble_offline_says_what_to_do(hub_cache):
+    with pytest.raises(PersistenceError, match="'tiny-org/nothing' is not a local folder, and the Hugging Face Hub "
+                                               "could not provide it.*HF_HUB_OFFLINE"):
+        Ensemble.from_pretrained("tiny-org/nothing")
+
+
+class FakeApi:
+    """Stands in for huggingface_hub.HfApi: keeps a copy of what would be uploaded."""
+
+    uploads: ClassVar[list[tuple[str, Path]]] = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        assert exist_ok
+
+    def upload_folder(self, folder_path, repo_id, revision=None, commit_message=None):
+        copy = Path(tempfile.mkdtemp()) / "pushed"
+        shutil.copytree(folder_path, copy)
+        FakeApi.uploads.append((repo_id, copy))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(pushed, toy_sentiment, monkeypatch):
+    ens, _ = pushed
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.uploads.clear()
+    url = ens.push_to_hub("me/sst2-ensemble", card_data={"license": "mit"})
+    assert url == "https://huggingface.co/me/sst2-ensemble/commit/0"
+    ((repo_id, folder),) = FakeApi.uploads
+    texts = toy_sentiment["validation"]["text"]
+    assert (Ensemble.from_pretrained(folder, cache_dir="memory").predict_proba(texts) == ens.predict_proba(texts)).all()
+    config = json.loads((folder / "fusion_config.json").read_text())
+    assert config["members"][0]["config"]["model"] == "tiny-org/tiny-sentiment"  # portable: the hub id
+    card = (folder / "README.md").read_text()
+    assert "license: mit" in card and "- tiny-org/tiny-sentiment" in card  # base_model
+
+
+def test_push_to_hub_refuses_members_that_use_a_folder_of_this_machine(bert_classifier_dir, toy_sentiment,
+                                                                      monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.uploads.clear()
+    ens = Ensemble([HFClassifier(bert_classifier_dir, name="local", show_progress=False)], cache_dir="memory")
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    with pytest.raises(PersistenceError, match=r"member\(s\) local \(.*\) use a model folder of this machine"):
+        ens.push_to_hub("me/local-ensemble")
+    assert FakeApi.uploads == []

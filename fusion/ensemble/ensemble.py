@@ -426,13 +426,31 @@ class Ensemble:
 
         return save_ensemble(self, Path(directory), overwrite, card_data)
 
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str | None = None,
+                    card_data: dict[str, Any] | None = None) -> str:
+        """Upload the ensemble, as ``save_pretrained`` writes it, to the hub repository ``repo_id`` (created if
+        needed); returns the commit URL. Members must reference hub models (or installed packages, or be
+        fine-tuned, which saves their backbone inside): a folder of this machine is refused.
+
+        Example:
+            >>> ens.push_to_hub("me/sst2-ensemble", card_data={"license": "mit"})  # doctest: +SKIP
+            >>> Ensemble.from_pretrained("me/sst2-ensemble")  # doctest: +SKIP
+        """
+        from .persistence import push_ensemble
+
+        return push_ensemble(self, repo_id, private=private, token=token, revision=revision,
+                             commit_message=commit_message, card_data=card_data)
+
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                        **options: Any) -> Ensemble:
+    def from_pretrained(cls, directory: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **options: Any) -> Ensemble:
         """Load a saved ensemble, verifying checksums, tensor names and shapes.
 
         Args:
-            directory: what ``save_pretrained`` wrote.
+            directory: what ``save_pretrained`` wrote, or a hub repository id (``ORG/NAME``) that
+                ``push_to_hub`` wrote (downloaded once into the Hugging Face cache).
+            revision: with a hub id: a branch, tag or commit.
             cache_dir: the output cache (None: the cache home; ``"memory"``: memory only).
             **options: ``fusion.config.LoadOptions`` fields: ``objects`` (Python objects a saved config cannot
                 rebuild, by member name: ``{"cnn": {"module": SmallCNN()}}``), ``trusted_types`` (extra skops
@@ -440,9 +458,10 @@ class Ensemble:
                 ``trust_remote_code`` (run custom modelling code from model repositories: only when this call
                 passes True, whatever the saved config says).
         """
-        from .persistence import load_ensemble, load_options
+        from .persistence import load_ensemble, load_options, resolve_saved
 
-        return load_ensemble(cls, Path(directory), load_options(options), cache_dir)
+        checked = load_options(options)  # bad options fail before anything is downloaded
+        return load_ensemble(cls, resolve_saved(directory, revision), checked, cache_dir)
 
 
 def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:

@@ -449,3 +449,71 @@ def _load_once(cls: type[Ensemble], directory: Path, raw: bytes, options: LoadOp
 
         ensemble.report_ = Report.load(directory / REPORT_DIR / "report.json")
     return ensemble
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def resolve_saved(name: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local folder of a saved ensemble: ``name`` itself when it exists, else the snapshot of the hub
+    repository ``name`` (``ORG/NAME``, at ``revision``), downloaded or found in the Hugging Face cache."""
+    path = Path(name).expanduser()
+    text = os.fspath(name)
+    if path.exists() or not _REPO_ID.fullmatch(text) or text.startswith((".", "/", "~")):
+        if revision is not None:
+            raise ConfigError(f"from_pretrained(revision={revision!r}) applies to hub repositories; {text!r} is a "
+                              "local path.")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as err:  # offline without a cached copy, no such repository, no access
+        raise PersistenceError(
+            f"{text!r} is not a local folder, and the Hugging Face Hub could not provide it ({type(err).__name__}: "
+            f"{err}). Check the path or the repository id, log in for a private repository (`hf auth login`), or "
+            "download it while online (HF_HUB_OFFLINE=1 only uses what is already cached).") from err
+
+
+def local_models(config: EnsembleConfig) -> list[str]:
+    """Members whose model is a folder of this machine (not a hub id or an installed package): a copy of the
+    ensemble elsewhere cannot find those models."""
+    from ..members.hf_source import PACKAGE_PREFIX
+
+    found = []
+    for member in config.members:
+        model = member.config.get("model")
+        if isinstance(model, str) and not model.startswith(PACKAGE_PREFIX) and not member.fitted.get("finetuned") \
+                and (Path(model).is_absolute() or Path(model).expanduser().exists()):
+            found.append(f"{member.name} ({model})")
+    return found
+
+
+def push_ensemble(ensemble: Ensemble, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                  revision: str | None = None, commit_message: str | None = None,
+                  card_data: dict[str, Any] | None = None) -> str:
+    """Save ``ensemble`` to a temporary folder and upload it to the hub repository ``repo_id`` (created if
+    missing); returns the commit URL. Members whose model is a local folder are refused (they would not load
+    anywhere else); fine-tuned backbones travel inside the ensemble."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    if not _REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"push_to_hub({repo_id!r}): a repository id is ORG/NAME (or USER/NAME).")
+    with tempfile.TemporaryDirectory(prefix="fusion-push-") as tmp:
+        folder = save_ensemble(ensemble, Path(tmp) / "ensemble", card_data=card_data)
+        config = EnsembleConfig.read(folder)
+        local = local_models(config)
+        if local:
+            raise PersistenceError(
+                f"cannot push to {repo_id!r}: member(s) {', '.join(local)} use a model folder of this machine, which "
+                "nobody who downloads the ensemble has. Upload those models to the hub and build the members from "
+                "their hub ids (HFClassifier('ORG/NAME', revision=...)), or fine-tune them (a fine-tuned backbone "
+                "is saved inside the ensemble).")
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                 commit_message=commit_message or f"Upload fusion ensemble ({config.fuser.kind_name} "
+                                                                  f"of {len(config.members)} members)")
+    return str(getattr(info, "commit_url", info))
