@@ -146,3 +146,23 @@ def test_push_to_hub_refuses_members_that_use_a_folder_of_this_machine(bert_clas
     with pytest.raises(PersistenceError, match=r"member\(s\) local \(.*\) use a model folder of this machine"):
         ens.push_to_hub("me/local-ensemble")
     assert FakeApi.uploads == []
+
+
+def test_a_snapshot_folder_of_the_hub_cache_is_recorded_as_its_hub_id(hub_cache, toy_sentiment, tmp_path):
+    snapshot = hub_cache / "models--tiny-org--tiny-sentiment" / "snapshots" / COMMIT
+    member = HFClassifier(snapshot, show_progress=False)
+    assert (member.config.model, member.config.revision, member.name) == ("tiny-org/tiny-sentiment", COMMIT,
+                                                                           "tiny-sentiment")
+    ens = Ensemble([member], cache_dir="memory").fit(toy_sentiment["train"], toy_sentiment["validation"])
+    saved = json.loads((ens.save_pretrained(tmp_path / "e") / "fusion_config.json").read_text())
+    assert str(tmp_path) not in json.dumps(saved["members"])  # no path of this machine
+    assert saved["members"][0]["config"]["model"] == "tiny-org/tiny-sentiment"
+    texts = toy_sentiment["validation"]["text"]
+    assert (Ensemble.from_pretrained(tmp_path / "e", cache_dir="memory").predict_proba(texts)
+            == ens.predict_proba(texts)).all()
+
+
+def test_a_snapshot_folder_outside_the_hub_cache_stays_a_path(hub_cache, tmp_path):
+    elsewhere = tmp_path / "copy" / "models--tiny-org--tiny-sentiment" / "snapshots" / COMMIT
+    shutil.copytree(hub_cache / "models--tiny-org--tiny-sentiment" / "snapshots" / COMMIT, elsewhere)
+    assert HFClassifier(elsewhere).config.model == str(elsewhere)

@@ -13,7 +13,7 @@ from ..config import LoadOptions, at_least, digest, is_bool, optional, setting
 from ..engine import default_device, resolve_dtype
 from ..errors import ConfigError
 from .base import Member, MemberConfig
-from .hf_source import HFSource, ModelRef, model_ref, model_short_name
+from .hf_source import HFSource, ModelRef, hub_reference, model_ref, model_short_name
 
 _POSITIVE = (optional(at_least(1, integer=True)), "None or an integer >= 1")
 
@@ -51,6 +51,12 @@ class HFModelConfig(MemberConfig):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", model_ref(self.model))
+        portable = hub_reference(self.model)
+        if portable is not None and self.revision in (None, portable[1]):
+            # A snapshot folder of the Hugging Face cache is a hub model: record it as one (id and commit), so a
+            # saved ensemble names no path of this machine.
+            object.__setattr__(self, "model", model_ref(portable[0]))
+            object.__setattr__(self, "revision", portable[1])
         super().__post_init__()
 
     def validate(self) -> None:

@@ -33,6 +33,26 @@ def model_ref(value: str | os.PathLike) -> ModelRef:
     return ModelRef(os.fspath(value))
 
 
+def hub_reference(model: str) -> tuple[str, str] | None:
+    """``(hub id, commit)`` when ``model`` is a snapshot folder of this machine's Hugging Face cache
+    (``<HF_HUB_CACHE>/models--ORG--NAME/snapshots/<commit>``), else None."""
+    from huggingface_hub import constants
+
+    from ..io import hub_snapshot_repository
+
+    if model.startswith(PACKAGE_PREFIX):
+        return None
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    folder = path.resolve()
+    repository = hub_snapshot_repository(folder)
+    if repository is None or not repository.name.startswith("models--") \
+            or repository.parent != Path(constants.HF_HUB_CACHE).expanduser().resolve():
+        return None
+    return repository.name.removeprefix("models--").replace("--", "/"), folder.name
+
+
 def _refuse_package(model: str, module_name: str, why: str) -> ConfigError:
     return ConfigError(
         f"model {model!r}: refused to import module {module_name!r}: {why}. package: references must name a module "
