@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from helpers import RunCounter, tfidf_member
+from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.model_selection import StratifiedKFold
+from sklearn.naive_bayes import MultinomialNB
+from sklearn.pipeline import make_pipeline
 
 import fusion
 from fusion import (
@@ -20,6 +24,8 @@ from fusion import (
     MeanFuser,
     MLPHead,
     NotFittedError,
+    PersistenceError,
+    SklearnMember,
     StackingFuser,
     VoteFuser,
 )
@@ -180,6 +186,60 @@ def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sent
     assert {"torch", "transformers", "fusion"} <= set(config["versions"])
     assert "members/1-tfidf/estimator.skops" in config["files"] and "fuser.safetensors" in config["files"]
     assert not list(tmp_path.glob(".e.*")), "no temporary folder is left behind"
+
+
+SKOPS_TYPES = {"mlp": ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"],
+               "hist": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]}
+
+
+@pytest.fixture(scope="module")
+def saved_sklearn_stacking(tmp_path_factory, toy_sentiment):
+    """Ensembles stacked by an MLPClassifier and a HistGradientBoostingClassifier, saved: (ensemble, folder)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    metas = {"mlp": MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0),
+             "hist": HistGradientBoostingClassifier(max_iter=20, random_state=0)}
+    saved = {}
+    for name, meta in metas.items():
+        members = [tfidf_member("a"), SklearnMember(make_pipeline(CountVectorizer(), MultinomialNB()), name="b")]
+        ens = Ensemble(members, fuser=StackingFuser(meta=meta), cv=2, cache_dir="memory")
+        directory = tmp_path_factory.mktemp("stacking") / name
+        ens.fit(toy_sentiment["train"]).save_pretrained(directory)
+        saved[name] = ens, directory
+    return saved
+
+
+@pytest.mark.parametrize("meta", ["mlp", "hist"])
+def test_stacking_with_a_sklearn_meta_learner_saves_its_own_skops_file_and_reloads(saved_sklearn_stacking,
+                                                                                    toy_sentiment, meta):
+    ens, directory = saved_sklearn_stacking[meta]
+    config = json.loads((directory / "fusion_config.json").read_text())
+    assert "fuser/meta.skops" in config["files"]  # listed with its sha256, like every file loading reads
+    assert "estimator_skops" not in config["fuser"]["state_shapes"]  # no longer a uint8 tensor
+    loaded = Ensemble.from_pretrained(directory, cache_dir="memory", trusted_types=SKOPS_TYPES[meta])
+    texts = toy_sentiment["validation"]["text"]
+    np.testing.assert_array_equal(loaded.predict_proba(texts), ens.predict_proba(texts))
+    assert type(loaded.fuser_.estimator_) is type(ens.fuser_.estimator_)
+
+
+@pytest.mark.parametrize("meta", ["mlp", "hist"])
+def test_stacking_meta_learner_of_untrusted_types_needs_trusted_types(saved_sklearn_stacking, meta):
+    directory = saved_sklearn_stacking[meta][1]
+    with pytest.raises(PersistenceError, match=rf"fuser: stacking meta-learner \(meta.skops\): contains types that "
+                                               rf"skops does not trust by default: {re.escape(repr(SKOPS_TYPES[meta]))}"
+                                               rf"\. If you trust this file, pass trusted_types="):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+def test_an_unlisted_file_in_the_fuser_folder_is_refused(saved_sklearn_stacking, tmp_path):
+    import shutil
+
+    directory = tmp_path / "copy"
+    shutil.copytree(saved_sklearn_stacking["mlp"][1], directory)
+    (directory / "fuser" / "extra.skops").write_bytes(b"not listed")
+    with pytest.raises(PersistenceError, match=r"does not list 'fuser/extra.skops'"):
+        Ensemble.from_pretrained(directory, cache_dir="memory", trusted_types=SKOPS_TYPES["mlp"])
 
 
 def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
