@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 import fusion
 from fusion import (
     ConfigError,
+    DataError,
     Ensemble,
     HFClassifier,
     HFEncoder,
@@ -265,3 +266,69 @@ def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
     reloaded = OutputCache(tmp_path)
     reloaded.get("member", "data")
     assert reloaded.seconds("member", "data") == cache.seconds("member", "data")
+
+
+# ---------------------------------------------------------------- data users pass every day
+
+
+def _tfidf_ensemble() -> Ensemble:
+    return Ensemble([tfidf_member()], fuser=MeanFuser(), cache_dir="memory")
+
+
+def test_fit_on_a_dataset_dict_takes_its_train_and_validation_splits(toy_sentiment):
+    import datasets
+
+    splits = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows) for name, rows in toy_sentiment.items()})
+    texts = toy_sentiment["validation"]["text"]
+    ens = _tfidf_ensemble().fit(splits)
+    explicit = _tfidf_ensemble().fit(toy_sentiment["train"], toy_sentiment["validation"])
+    np.testing.assert_array_equal(ens.predict_proba(texts), explicit.predict_proba(texts))
+    assert ens.metrics_["split"] == "validation" and ens.metrics_["rows"] == 80  # the validation split was used
+    only_train = _tfidf_ensemble().fit(datasets.DatasetDict({"train": splits["train"]}))
+    assert only_train.metrics_ is None
+
+
+def test_a_dataset_dict_without_train_or_passed_to_predict_is_refused_naming_its_splits(toy_sentiment):
+    import datasets
+
+    splits = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows) for name, rows in
+                                   (("validation", toy_sentiment["validation"]), ("test", toy_sentiment["train"]))})
+    with pytest.raises(DataError, match=r"splits \['validation', 'test'\] and no 'train' split; pass the split to "
+                                        r"train on, e\.g\. fit\(ds\['validation'\], validation\)"):
+        _tfidf_ensemble().fit(splits)
+    ens = _tfidf_ensemble().fit(toy_sentiment["train"])
+    with pytest.raises(DataError, match=r"^data: got a DatasetDict with the splits \['validation', 'test'\], not one "
+                                        r"dataset; pass one split, e\.g\. ds\['test'\]\.$"):
+        ens.predict_proba(splits)
+
+
+@pytest.mark.parametrize("container", ["list", "array", "series", "names"])
+def test_fit_takes_labels_as_a_second_argument(toy_sentiment, container):
+    import pandas as pd
+
+    train, texts = toy_sentiment["train"], toy_sentiment["validation"]["text"]
+    labels = {"list": list(train["label"]), "array": np.asarray(train["label"]),
+              "series": pd.Series(train["label"]),
+              "names": [["negative", "positive"][y] for y in train["label"]]}[container]
+    ens = _tfidf_ensemble().fit(train["text"], labels)
+    np.testing.assert_array_equal(ens.predict_proba(texts), _tfidf_ensemble().fit(train).predict_proba(texts))
+    if container == "names":
+        assert list(ens.classes_) == ["negative", "positive"]
+
+
+def test_labels_beside_a_dataset_or_of_another_length_are_refused(toy_sentiment):
+    train = toy_sentiment["train"]
+    with pytest.raises(DataError, match=r"second a sequence of labels; it is ambiguous which labels count.*"
+                                        r"column 'label'"):
+        _tfidf_ensemble().fit(train, train["label"])
+    with pytest.raises(DataError, match=r"got 240 texts but 239 labels; pass one label per text"):
+        _tfidf_ensemble().fit(train["text"], train["label"][:-1])
+
+
+def test_a_pandas_series_of_texts_works_like_a_list(toy_sentiment):
+    import pandas as pd
+
+    train, texts = toy_sentiment["train"], toy_sentiment["validation"]["text"]
+    ens = _tfidf_ensemble().fit(pd.Series(train["text"], name="review"), pd.Series(train["label"]))
+    np.testing.assert_array_equal(ens.predict_proba(pd.Series(texts)), ens.predict_proba(texts))
+    np.testing.assert_array_equal(ens.predict(pd.Series(texts, index=range(100, 180))), ens.predict(texts))
