@@ -1,11 +1,13 @@
-"""Normalise what users pass as data (datasets.Dataset, dict of lists, DataFrame, list of str, feature arrays)
-into TextData."""
+"""Normalise what users pass as data (datasets.Dataset, a DatasetDict's splits, dict of lists, DataFrame, list or
+pandas Series of str, feature arrays, texts with a separate sequence of labels) into TextData."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Number
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,86 @@ def _hash_texts(texts: Sequence[str] | np.ndarray) -> str:
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
     return digest.hexdigest()
+
+
+def _instance_of(data: Any, module: str, *names: str) -> bool:
+    """``isinstance(data, module.name)`` for any of ``names``, without importing ``module`` (data of a library's
+    type exists only once the user has imported it)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and any(isinstance(data, getattr(loaded, n, ())) for n in names)
+
+
+def is_dataset_dict(data: Any) -> bool:
+    """True for a ``datasets.DatasetDict`` (or ``IterableDatasetDict``): splits by name, not one dataset."""
+    return _instance_of(data, "datasets", "DatasetDict", "IterableDatasetDict")
+
+
+def _is_series(data: Any) -> bool:
+    return _instance_of(data, "pandas", "Series")
+
+
+def _refuse_dataset_dict(data: Any, where: str) -> DataError:
+    splits = list(data)
+    example = next((s for s in ("test", "validation", "train") if s in splits), splits[0] if splits else "test")
+    return DataError(f"{where}: got a DatasetDict with the splits {splits}, not one dataset; pass one split, "
+                     f"e.g. ds[{example!r}].")
+
+
+def _is_label_sequence(value: Any) -> bool:
+    """True for a flat sequence of labels (a list, tuple, 1-D array or pandas Series of scalars), as opposed to
+    a dataset (columns), a DatasetDict or a feature array."""
+    if isinstance(value, (str, bytes, Mapping, TextData)) or hasattr(value, "column_names") or hasattr(value, "columns"):
+        return False
+    if isinstance(value, np.ndarray) or _is_series(value):
+        return np.ndim(value) == 1
+    return isinstance(value, Sequence) and all(isinstance(v, (str, Number, np.generic)) for v in value)
+
+
+def _has_columns(data: Any) -> bool:
+    return isinstance(data, Mapping) or hasattr(data, "column_names") or hasattr(data, "columns")
+
+
+def fit_arguments(train: Any, second: Any, *, text_column: str = "text",
+                  label_column: str = "label") -> tuple[Any, Any]:
+    """``Ensemble.fit``'s two positional arguments as (train, validation), each a dataset fusion reads.
+
+    - ``fit(dataset_dict)``: its ``"train"`` split, and its ``"validation"`` split when it has one (a second
+      argument, if given, is the validation data instead).
+    - ``fit(texts, y)``: texts (a list, pandas Series or feature array) and a flat sequence of labels (list,
+      array, Series) become one training dataset; no validation.
+    - ``fit(train, validation)``: as given.
+
+    Raises:
+        DataError: a DatasetDict without a ``"train"`` split (listing its splits), labels beside a dataset that
+            has columns (which labels count?), or labels and texts of different lengths.
+
+    Example:
+        >>> fit_arguments(["good", "bad"], [1, 0])
+        ({'text': ['good', 'bad'], 'label': [1, 0]}, None)
+    """
+    if is_dataset_dict(second):
+        raise _refuse_dataset_dict(second, "validation")
+    if is_dataset_dict(train):
+        splits = list(train)
+        if "train" not in splits:
+            raise DataError(f"train: got a DatasetDict with the splits {splits} and no 'train' split; pass the "
+                            f"split to train on, e.g. fit(ds[{splits[0] if splits else 'NAME'!r}], validation).")
+        if second is not None and _is_label_sequence(second):
+            raise DataError("fit: got a DatasetDict and a sequence of labels; the DatasetDict's splits carry their "
+                            f"own labels (column {label_column!r}). Pass fit(ds) or fit(ds['train'], ds['validation']).")
+        validation = second if second is not None else (train["validation"] if "validation" in splits else None)
+        return train["train"], validation
+    if second is None or not _is_label_sequence(second):
+        return train, second
+    if _has_columns(train) or isinstance(train, TextData):
+        raise DataError(f"fit: the first argument is a dataset with columns and the second a sequence of labels; "
+                        "it is ambiguous which labels count. Pass labels either as the dataset's column "
+                        f"{label_column!r} (fit(dataset)) or beside a list of texts (fit(texts, labels)).")
+    texts = [train] if isinstance(train, str) else train
+    labels = second.tolist() if hasattr(second, "tolist") else list(second)
+    if len(texts) != len(labels):
+        raise DataError(f"fit: got {len(texts)} texts but {len(labels)} labels; pass one label per text.")
+    return {text_column: texts.tolist() if _is_series(texts) else texts, label_column: labels}, None
 
 
 def dataset_label_names(data: Any, label_column: str) -> list[str] | None:
@@ -180,8 +262,8 @@ def as_text_data(
     """Turn user data into TextData.
 
     Args:
-        data: a ``datasets.Dataset``, a mapping of column -> list, a pandas DataFrame, a list of strings,
-            or a single string.
+        data: a ``datasets.Dataset``, a mapping of column -> list, a pandas DataFrame, a list or pandas Series
+            of strings, or a single string (a ``DatasetDict`` is refused, naming its splits: pass one).
         text_column / label_column: column names.
         label_names: the ensemble's label names; string labels are looked up in it, ids must be in range.
             When the data declares ClassLabel names in another order, ids are mapped by name.
@@ -189,12 +271,16 @@ def as_text_data(
         where: how error messages name this data ("train", "validation", ...).
 
     Raises:
-        DataError: empty data, a missing column, a non-string text or an unknown label.
+        DataError: empty data, a missing column, a non-string text, an unknown label or a DatasetDict.
 
     Example:
         >>> as_text_data({"text": ["good", "bad"], "label": [1, 0]}, label_names=["neg", "pos"]).labels
         array([1, 0])
     """
+    if is_dataset_dict(data):
+        raise _refuse_dataset_dict(data, where)
+    if _is_series(data):
+        data = data.tolist()  # a pandas Series of texts reads like a list
     if isinstance(data, TextData):
         texts, raw_labels = data.texts, None if data.labels is None else data.labels.tolist()
     elif isinstance(data, str):

@@ -376,3 +376,39 @@ def unpack_directory(packed: Mapping[str, torch.Tensor], directory: str | os.Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(tensor.contiguous().numpy().tobytes())
     return root
+
+
+def save_skops(obj: Any, path: str | os.PathLike) -> None:
+    """Write a scikit-learn object as a skops file (no pickle), atomically."""
+    import skops.io
+
+    with atomic_file(path) as tmp:
+        skops.io.dump(obj, tmp)
+
+
+def load_skops(path: Path, what: str, trusted_types: list[str] | tuple[str, ...] | None = None) -> Any:
+    """Load a skops file (see ``load_skops_bytes``); a missing file is a PersistenceError."""
+    if not path.is_file():
+        raise PersistenceError(f"{what}: {path} is missing; restore it or save the ensemble again.")
+    return load_skops_bytes(path.read_bytes(), f"{what} ({path.name})", trusted_types)
+
+
+def load_skops_bytes(data: bytes, what: str, trusted_types: list[str] | tuple[str, ...] | None = None) -> Any:
+    """Load skops bytes, refusing types outside skops' defaults unless the caller trusts them by name
+    (``from_pretrained(..., trusted_types=[...])``)."""
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as err:
+        raise PersistenceError(f"{what}: not a readable skops file ({err}).") from err
+    refused = sorted(set(untrusted) - set(trusted_types or []))
+    if refused:
+        raise PersistenceError(
+            f"{what}: contains types that skops does not trust by default: {refused}. If you trust this file, "
+            f"pass trusted_types={refused} to from_pretrained."
+        )
+    try:
+        return skops.io.loads(data, trusted=untrusted or None)
+    except Exception as err:
+        raise PersistenceError(f"{what}: not a readable skops file ({err}).") from err

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from helpers import RunCounter, tfidf_member
+from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.model_selection import StratifiedKFold
+from sklearn.naive_bayes import MultinomialNB
+from sklearn.pipeline import make_pipeline
 
 import fusion
 from fusion import (
     ConfigError,
+    DataError,
     Ensemble,
     HFClassifier,
     HFEncoder,
@@ -20,6 +25,8 @@ from fusion import (
     MeanFuser,
     MLPHead,
     NotFittedError,
+    PersistenceError,
+    SklearnMember,
     StackingFuser,
     VoteFuser,
 )
@@ -182,6 +189,60 @@ def test_saved_config_records_members_by_reference(bert_classifier_dir, toy_sent
     assert not list(tmp_path.glob(".e.*")), "no temporary folder is left behind"
 
 
+SKOPS_TYPES = {"mlp": ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"],
+               "hist": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]}
+
+
+@pytest.fixture(scope="module")
+def saved_sklearn_stacking(tmp_path_factory, toy_sentiment):
+    """Ensembles stacked by an MLPClassifier and a HistGradientBoostingClassifier, saved: (ensemble, folder)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    metas = {"mlp": MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0),
+             "hist": HistGradientBoostingClassifier(max_iter=20, random_state=0)}
+    saved = {}
+    for name, meta in metas.items():
+        members = [tfidf_member("a"), SklearnMember(make_pipeline(CountVectorizer(), MultinomialNB()), name="b")]
+        ens = Ensemble(members, fuser=StackingFuser(meta=meta), cv=2, cache_dir="memory")
+        directory = tmp_path_factory.mktemp("stacking") / name
+        ens.fit(toy_sentiment["train"]).save_pretrained(directory)
+        saved[name] = ens, directory
+    return saved
+
+
+@pytest.mark.parametrize("meta", ["mlp", "hist"])
+def test_stacking_with_a_sklearn_meta_learner_saves_its_own_skops_file_and_reloads(saved_sklearn_stacking,
+                                                                                    toy_sentiment, meta):
+    ens, directory = saved_sklearn_stacking[meta]
+    config = json.loads((directory / "fusion_config.json").read_text())
+    assert "fuser/meta.skops" in config["files"]  # listed with its sha256, like every file loading reads
+    assert "estimator_skops" not in config["fuser"]["state_shapes"]  # no longer a uint8 tensor
+    loaded = Ensemble.from_pretrained(directory, cache_dir="memory", trusted_types=SKOPS_TYPES[meta])
+    texts = toy_sentiment["validation"]["text"]
+    np.testing.assert_array_equal(loaded.predict_proba(texts), ens.predict_proba(texts))
+    assert type(loaded.fuser_.estimator_) is type(ens.fuser_.estimator_)
+
+
+@pytest.mark.parametrize("meta", ["mlp", "hist"])
+def test_stacking_meta_learner_of_untrusted_types_needs_trusted_types(saved_sklearn_stacking, meta):
+    directory = saved_sklearn_stacking[meta][1]
+    with pytest.raises(PersistenceError, match=rf"fuser: stacking meta-learner \(meta.skops\): contains types that "
+                                               rf"skops does not trust by default: {re.escape(repr(SKOPS_TYPES[meta]))}"
+                                               rf"\. If you trust this file, pass trusted_types="):
+        Ensemble.from_pretrained(directory, cache_dir="memory")
+
+
+def test_an_unlisted_file_in_the_fuser_folder_is_refused(saved_sklearn_stacking, tmp_path):
+    import shutil
+
+    directory = tmp_path / "copy"
+    shutil.copytree(saved_sklearn_stacking["mlp"][1], directory)
+    (directory / "fuser" / "extra.skops").write_bytes(b"not listed")
+    with pytest.raises(PersistenceError, match=r"does not list 'fuser/extra.skops'"):
+        Ensemble.from_pretrained(directory, cache_dir="memory", trusted_types=SKOPS_TYPES["mlp"])
+
+
 def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
     import time
 
@@ -205,3 +266,69 @@ def test_cache_records_from_scratch_cost_including_reused_entries(tmp_path):
     reloaded = OutputCache(tmp_path)
     reloaded.get("member", "data")
     assert reloaded.seconds("member", "data") == cache.seconds("member", "data")
+
+
+# ---------------------------------------------------------------- data users pass every day
+
+
+def _tfidf_ensemble() -> Ensemble:
+    return Ensemble([tfidf_member()], fuser=MeanFuser(), cache_dir="memory")
+
+
+def test_fit_on_a_dataset_dict_takes_its_train_and_validation_splits(toy_sentiment):
+    import datasets
+
+    splits = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows) for name, rows in toy_sentiment.items()})
+    texts = toy_sentiment["validation"]["text"]
+    ens = _tfidf_ensemble().fit(splits)
+    explicit = _tfidf_ensemble().fit(toy_sentiment["train"], toy_sentiment["validation"])
+    np.testing.assert_array_equal(ens.predict_proba(texts), explicit.predict_proba(texts))
+    assert ens.metrics_["split"] == "validation" and ens.metrics_["rows"] == 80  # the validation split was used
+    only_train = _tfidf_ensemble().fit(datasets.DatasetDict({"train": splits["train"]}))
+    assert only_train.metrics_ is None
+
+
+def test_a_dataset_dict_without_train_or_passed_to_predict_is_refused_naming_its_splits(toy_sentiment):
+    import datasets
+
+    splits = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows) for name, rows in
+                                   (("validation", toy_sentiment["validation"]), ("test", toy_sentiment["train"]))})
+    with pytest.raises(DataError, match=r"splits \['validation', 'test'\] and no 'train' split; pass the split to "
+                                        r"train on, e\.g\. fit\(ds\['validation'\], validation\)"):
+        _tfidf_ensemble().fit(splits)
+    ens = _tfidf_ensemble().fit(toy_sentiment["train"])
+    with pytest.raises(DataError, match=r"^data: got a DatasetDict with the splits \['validation', 'test'\], not one "
+                                        r"dataset; pass one split, e\.g\. ds\['test'\]\.$"):
+        ens.predict_proba(splits)
+
+
+@pytest.mark.parametrize("container", ["list", "array", "series", "names"])
+def test_fit_takes_labels_as_a_second_argument(toy_sentiment, container):
+    import pandas as pd
+
+    train, texts = toy_sentiment["train"], toy_sentiment["validation"]["text"]
+    labels = {"list": list(train["label"]), "array": np.asarray(train["label"]),
+              "series": pd.Series(train["label"]),
+              "names": [["negative", "positive"][y] for y in train["label"]]}[container]
+    ens = _tfidf_ensemble().fit(train["text"], labels)
+    np.testing.assert_array_equal(ens.predict_proba(texts), _tfidf_ensemble().fit(train).predict_proba(texts))
+    if container == "names":
+        assert list(ens.classes_) == ["negative", "positive"]
+
+
+def test_labels_beside_a_dataset_or_of_another_length_are_refused(toy_sentiment):
+    train = toy_sentiment["train"]
+    with pytest.raises(DataError, match=r"second a sequence of labels; it is ambiguous which labels count.*"
+                                        r"column 'label'"):
+        _tfidf_ensemble().fit(train, train["label"])
+    with pytest.raises(DataError, match=r"got 240 texts but 239 labels; pass one label per text"):
+        _tfidf_ensemble().fit(train["text"], train["label"][:-1])
+
+
+def test_a_pandas_series_of_texts_works_like_a_list(toy_sentiment):
+    import pandas as pd
+
+    train, texts = toy_sentiment["train"], toy_sentiment["validation"]["text"]
+    ens = _tfidf_ensemble().fit(pd.Series(train["text"], name="review"), pd.Series(train["label"]))
+    np.testing.assert_array_equal(ens.predict_proba(pd.Series(texts)), ens.predict_proba(texts))
+    np.testing.assert_array_equal(ens.predict(pd.Series(texts, index=range(100, 180))), ens.predict(texts))

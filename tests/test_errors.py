@@ -62,6 +62,26 @@ def test_generic_label_names_need_a_map(generic_label_classifier_dir):
     assert Ensemble([mapped], labels=LABELS).fit(TRAIN).predict_proba(["good"]).shape == (1, 2)
 
 
+@pytest.mark.parametrize("label_map", [None, {"LABEL_0": "negative", "LABEL_1": "positive"}],
+                         ids=["no-label-map", "label-map"])
+def test_classifier_without_trained_head_is_refused(bert_encoder_dir, label_map):
+    """An encoder checkpoint has no classification weights: refused before any label check or output, with
+    the missing weights named and HFEncoder suggested (transformers would draw a new random head each load)."""
+    member = HFClassifier(bert_encoder_dir, name="enc", label_map=label_map, show_progress=False)
+    expected = (r"member 'enc': checkpoint '.*bert_encoder.*' has no trained classification weights "
+                r"\(missing: \['classifier.bias', 'classifier.weight'\]\).*HFEncoder\('.*', head=LinearHead\(\)\)")
+    with pytest.raises(ConfigError, match=expected):
+        Ensemble([member], labels=LABELS).fit(TRAIN)
+    with pytest.raises(ConfigError, match=expected):
+        member.load_model()  # the load report itself, whatever config.json declares
+
+
+def test_classifier_with_its_head_loads_the_same_model_twice(bert_classifier_dir):
+    first, second = (HFClassifier(bert_classifier_dir, show_progress=False).load_model()[0] for _ in range(2))
+    assert first.config.architectures == ["BertForSequenceClassification"]
+    assert torch.equal(first.classifier.weight, second.classifier.weight)
+
+
 def test_predict_before_fit():
     with pytest.raises(NotFittedError, match="call Ensemble.fit"):
         Ensemble([tfidf_member()], labels=LABELS).predict_proba(["good"])

@@ -196,12 +196,33 @@ def test_constraint_violations_name_the_kind_config_and_field(name):
 def test_save_and_reload_give_identical_outputs(case, tmp_path):
     fuser, outputs = fitted(case), DATA[3][0]
     save_file(fuser.state_dict(), tmp_path / "fuser.safetensors")
+    fuser.save_files(tmp_path)
     config = json.loads(json.dumps(fuser.to_config()))
-    reloaded = Fuser.from_config(config).load_state_dict(load_file(tmp_path / "fuser.safetensors"))
+
+    def reload() -> Fuser:
+        return Fuser.from_config(config).load_files(tmp_path).load_state_dict(load_file(tmp_path / "fuser.safetensors"))
+
+    reloaded = reload()
     np.testing.assert_array_equal(reloaded.predict_proba(outputs), fuser.predict_proba(outputs))
     np.testing.assert_array_equal(reloaded.predict(outputs), fuser.predict(outputs))
-    again = Fuser.from_config(config).load_state_dict(load_file(tmp_path / "fuser.safetensors"))
+    again = reload()
     assert reloaded.fingerprint == again.fingerprint != Fuser.from_config(config).fingerprint  # set at load
+
+
+def test_stacking_sklearn_meta_is_read_from_its_file_or_a_legacy_state_tensor(tmp_path):
+    """The meta-learner lives in meta.skops (load_files); saves from before kept its skops bytes as a uint8
+    tensor in the state, which still loads; neither present is a PersistenceError naming load_files."""
+    import skops.io
+
+    fuser, outputs = fitted("stacking-sklearn"), DATA[3][0]
+    fuser.save_files(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.skops"]
+    legacy = {**fuser.state_dict(),
+              "estimator_skops": torch.frombuffer(bytearray(skops.io.dumps(fuser.estimator_)), dtype=torch.uint8)}
+    old = Fuser.from_config(fuser.to_config()).load_state_dict(legacy)
+    np.testing.assert_array_equal(old.predict_proba(outputs), fuser.predict_proba(outputs))
+    with pytest.raises(PersistenceError, match=r"meta-learner \(meta.skops\) was not read; call load_files"):
+        Fuser.from_config(fuser.to_config()).load_state_dict(fuser.state_dict())
 
 
 def test_a_reloaded_fuser_keeps_the_fingerprint_of_its_fit():

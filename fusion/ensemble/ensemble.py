@@ -21,7 +21,7 @@ from ..cache.store import OutputCache, Outputs
 from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError
 from ..evaluation import metrics
 from ..fusers import Fuser, MemberOutputs
-from ..inputs import TextData, as_text_data, column_values, dataset_label_names
+from ..inputs import TextData, as_text_data, column_values, dataset_label_names, fit_arguments
 from ..labels import alignment
 from ..members.base import Member, check_inputs
 from .crossfit import folds, out_of_fold_outputs
@@ -272,9 +272,15 @@ class Ensemble:
         Members fitted earlier by this ensemble on the same data are kept, and member outputs come from the
         cache, so calling ``fit`` again after changing ``ens.fuser`` trains only fusers.
 
+        ``train`` may be a ``DatasetDict``: its ``"train"`` split, and its ``"validation"`` split unless
+        ``validation`` is given. ``fit(texts, labels)`` takes a flat sequence of labels (list, array, pandas
+        Series) as the second argument, scikit-learn style (see ``fusion.inputs.fit_arguments``).
+
         Raises:
             DataError / LabelMismatchError / MemberOutputError: bad data, labels or member outputs.
         """
+        train, validation = fit_arguments(train, validation, text_column=self.text_column,
+                                          label_column=self.label_column)
         self.label_note_ = None
         labels = self._label_names(train)
         if self.labels_ != labels:

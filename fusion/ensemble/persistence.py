@@ -6,7 +6,8 @@ Layout::
                            state, the fuser's config and tensor shapes, how the fuser was chosen, validation
                            metrics, library versions, the sha256 of every other file in the folder, and
                            ``checksum``: the sha256 of the config itself (canonical JSON without that key)
-    fuser.safetensors      the fuser's learned state
+    fuser.safetensors      the fuser's learned tensors
+    fuser/                 the fuser's other learned files, if any (a scikit-learn meta-learner: meta.skops)
     members/<i>-<name>/    what each member learned (state.safetensors, estimator.skops, backbone/)
     report/                the evaluation report on the validation split (HTML, Markdown, JSON), if any
     README.md              model card, with the report
@@ -14,7 +15,7 @@ Layout::
 ``fusion inspect`` and the model card read the same ``EnsembleConfig`` that loading reads.
 
 Trust: an edited ``fusion_config.json`` is refused (its checksum), and so is any file that loading would read
-(``fuser.safetensors``, anything in a member's folder) but that ``files`` does not list with its sha256. The
+(``fuser.safetensors``, anything in ``fuser/`` or a member's folder) but that ``files`` does not list with its sha256. The
 checksum catches edits and corruption, not a forger who recomputes it; against those, loading runs no code
 from the folder (see ``LoadOptions``) and reads nothing outside it.
 
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "fusion_config.json"
 REPORT_DIR = "report"  # report.html / report.md / report.json of the validation split, when there was one
 FUSER_FILE = "fuser.safetensors"
+FUSER_DIR = "fuser"  # what Fuser.save_files writes (a scikit-learn meta-learner's skops file)
 FORMAT = "fusion-ensemble"
 FORMAT_VERSION = 3  # 2: members saved as {kind, config, fitted, dir}; fuser as {kind, config, state_shapes}
 #                     3: the config carries its own checksum; every file loading reads is listed in ``files``
@@ -170,13 +172,15 @@ class EnsembleConfig(Config):
             path_inside(directory, member.dir, f"{CONFIG_NAME}: member [{index}] {member.name!r} dir")
         for relative in self.files:
             path_inside(directory, relative, f"{CONFIG_NAME}: files entry")
-        for relative in (FUSER_FILE, f"{REPORT_DIR}/report.json"):
+        for relative in (FUSER_FILE, FUSER_DIR, f"{REPORT_DIR}/report.json"):
             path_inside(directory, relative, "ensemble file")
 
     def unlisted(self, directory: Path) -> list[str]:
-        """Files that loading reads (the fuser's, anything in a member's folder) but ``files`` does not list."""
-        reads = [FUSER_FILE] + [p.relative_to(directory).as_posix() for m in self.members
-                                for p in sorted((directory / m.dir).rglob("*")) if p.is_file() or p.is_symlink()]
+        """Files that loading reads (the fuser's, anything in ``fuser/`` or a member's folder) but ``files`` does
+        not list."""
+        folders = [FUSER_DIR] + [m.dir for m in self.members]
+        reads = [FUSER_FILE] + [p.relative_to(directory).as_posix() for folder in folders
+                                for p in sorted((directory / folder).rglob("*")) if p.is_file() or p.is_symlink()]
         return [r for r in reads if r not in self.files]
 
     def check_listed(self, directory: Path) -> None:
@@ -332,6 +336,10 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False,
         members = _save_members(ensemble.members_, staging)
         state = ensemble.fuser_.state_dict()
         atomic_save_tensors(staging / FUSER_FILE, state, {"fuser": ensemble.fuser_.kind})
+        (staging / FUSER_DIR).mkdir()
+        ensemble.fuser_.save_files(staging / FUSER_DIR)
+        if not any((staging / FUSER_DIR).iterdir()):
+            (staging / FUSER_DIR).rmdir()  # most fusers have only tensors
         fuser = SavedFuser(ensemble.fuser_.kind, ensemble.fuser_.config.to_dict(),
                            {k: list(v.shape) for k, v in state.items()})
         if ensemble.report_ is not None:
@@ -390,6 +398,7 @@ def _load_member(saved: SavedMember, directory: Path, options: LoadOptions) -> M
 def _load_fuser(saved: SavedFuser, directory: Path, sha256: str, n_members: int, n_labels: int,
                 options: LoadOptions) -> Fuser:
     fuser = FUSERS.get(saved.kind_name).from_config({"kind": saved.kind_name, **saved.config}, options)
+    fuser.load_files(path_inside(directory, FUSER_DIR, "ensemble file"), options)  # listed files, verified
     shapes = {k: tuple(v) for k, v in saved.state_shapes.items()}
     fuser.load_state_dict(load_tensors(directory / FUSER_FILE, "fuser state", sha256=sha256, expected_shapes=shapes))
     if fuser.n_members_ != n_members or fuser.n_classes_ != n_labels:

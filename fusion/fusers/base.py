@@ -3,7 +3,8 @@ persistence.
 
 A fuser is a :class:`~fusion.config.Component`: a frozen, typed config per kind (``LinearFuser.Config``) whose
 fields are the constructor's parameters, plus the state it learns in ``fit`` (tensors, through
-``state_dict()``). ``fuser.kind`` is the registered kind (``"linear"``); fusers have no instance name.
+``state_dict()``; anything else, such as a scikit-learn meta-learner, as files through ``save_files`` /
+``load_files``). ``fuser.kind`` is the registered kind (``"linear"``); fusers have no instance name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -252,6 +254,21 @@ class Fuser(Component):
     def state_hash(self) -> str:
         """Hash of the learned state (computed once per fit or load, for the ``fingerprint``)."""
         return sha256_tensors(self.state_dict())
+
+    def save_files(self, directory: Path) -> None:
+        """Write learned state that is not tensors (a scikit-learn meta-learner as skops) into ``directory``
+        (the saved ensemble's ``fuser/`` folder, which exists); most fusers write nothing.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; nothing to save.")
+
+    def load_files(self, directory: Path, options: LoadOptions | None = None) -> Fuser:
+        """Read what ``save_files`` wrote in ``directory`` (in place), before ``load_state_dict``; ``options``
+        carries ``trusted_types`` for skops files."""
+        return self
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {}

@@ -8,16 +8,17 @@ import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import joblib
 import numpy as np
 import torch
 
-from ..config import at_least, coerced, digest, in_range, is_bool, one_of
-from ..errors import ConfigError, MemberOutputError
+from ..config import LoadOptions, at_least, coerced, digest, in_range, is_bool, one_of
+from ..errors import ConfigError, MemberOutputError, PersistenceError
 from ..inputs import holdout_split
-from ..io import sha256_tensors
+from ..io import load_skops, load_skops_bytes, save_skops, sha256_tensors
 from ..losses import per_example_cross_entropy
 from ..members.heads import Head, LinearHead, MLPHead
 from ..train_config import TrainConfig
@@ -30,7 +31,8 @@ META_TEXT = "'logreg', 'mlp' or a scikit-learn classifier"
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-2, max_epochs=300, batch_size=512, weight_decay=1e-2, patience=15,
                                show_progress=False)
 _BOOL = (is_bool, "True or False")
-_SKOPS = "estimator_skops"  # the state tensor holding a scikit-learn meta-learner's skops bytes
+META_FILE = "meta.skops"  # a scikit-learn meta-learner, written by save_files (the ensemble's fuser/meta.skops)
+_LEGACY_SKOPS = "estimator_skops"  # where saves before META_FILE kept its skops bytes: a uint8 state tensor
 
 
 # The only scikit-learn classes a meta spec may name (public dotted names). A spec is rebuilt by calling the
@@ -210,6 +212,7 @@ class StackingFuser(Fuser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.estimator_: Any = None  # a fitted scikit-learn meta-learner
+        self._trusted_types: tuple[str, ...] = ()  # load_files' skops types, for a legacy state tensor
 
     @property
     def uses_embeddings(self) -> bool:  # type: ignore[override]
@@ -268,20 +271,34 @@ class StackingFuser(Fuser):
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {"mean_": self.mean_, "std_": self.std_}
-        if self._sklearn:
-            import skops.io
-
-            state[_SKOPS] = torch.frombuffer(bytearray(skops.io.dumps(self.estimator_)), dtype=torch.uint8)
-        else:
+        if not self._sklearn:
             state.update({f"head.{k}": v.detach() for k, v in self.head_.state_dict().items()})
         return state
+
+    def save_files(self, directory: Path) -> None:
+        """A scikit-learn meta-learner goes to ``directory/meta.skops`` (read back by ``load_files``)."""
+        super().save_files(directory)
+        if self._sklearn:
+            save_skops(self.estimator_, directory / META_FILE)
+
+    def load_files(self, directory: Path, options: LoadOptions | None = None) -> StackingFuser:
+        """Read the scikit-learn meta-learner from ``directory/meta.skops``, trusting only skops' default types
+        and ``options.trusted_types`` (a refused type is a PersistenceError naming it)."""
+        self._trusted_types = tuple((options or LoadOptions()).trusted_types)
+        if self._sklearn and (directory / META_FILE).is_file():
+            self.estimator_ = load_skops(directory / META_FILE, "fuser: stacking meta-learner", self._trusted_types)
+        return self
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.mean_, self.std_ = state["mean_"], state["std_"]
         if self._sklearn:
-            from ..members.sklearn_member import load_skops_bytes
-
-            self.estimator_ = load_skops_bytes(state[_SKOPS].numpy().tobytes(), "stacking meta-learner")
+            if _LEGACY_SKOPS in state:  # saved before meta.skops existed
+                self.estimator_ = load_skops_bytes(state[_LEGACY_SKOPS].numpy().tobytes(),
+                                                   "fuser: stacking meta-learner", self._trusted_types)
+            if self.estimator_ is None:
+                raise PersistenceError(f"stacking fuser: the scikit-learn meta-learner ({META_FILE}) was not read; "
+                                       "call load_files(folder, options) before load_state_dict, or load the whole "
+                                       "ensemble with Ensemble.from_pretrained.")
             return
         self.head_ = self._new_head().build(self.mean_.shape[0], self.n_classes_)
         self.head_.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
@@ -292,5 +309,4 @@ class StackingFuser(Fuser):
         ids and timestamps), so identical fits share a fingerprint."""
         if not self._sklearn:
             return super().state_hash()
-        tensors = {k: v for k, v in self.state_dict().items() if k != _SKOPS}
-        return digest(sha256_tensors(tensors), joblib.hash(self.estimator_))
+        return digest(sha256_tensors(self.state_dict()), joblib.hash(self.estimator_))

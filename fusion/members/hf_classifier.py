@@ -13,6 +13,7 @@ import torch
 from ..cache.store import OutputCache, Outputs
 from ..config import LoadOptions
 from ..engine import run_model
+from ..errors import ConfigError
 from ..inputs import TextData
 from ..labels import apply_label_map
 from .base import MEMBERS, label_map_field
@@ -56,17 +57,47 @@ class HFClassifier(HFMember):
         return [id2label[k] for k in sorted(id2label, key=int)]
 
     def output_labels(self, ensemble_labels: list[str] | None) -> list[str]:
+        if not self._declares_classifier():
+            self.load_model()  # confirms (and refuses) a checkpoint without a trained head before any label check
         return apply_label_map(self.name, self._config_labels(), self.config.label_map)
 
+    def _declares_classifier(self) -> bool:
+        """False when ``config.json`` names architectures and none is a sequence classifier (an encoder
+        checkpoint such as ``BertModel``): a cheap hint, confirmed by the load report in ``load_model``."""
+        architectures = json.loads((self.source.local_dir / "config.json").read_text()).get("architectures") or []
+        return not architectures or any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
     def load_model(self) -> tuple[torch.nn.Module, Any]:
-        """The model (eval mode) and tokenizer, loaded once (``load`` rebuilds a saved member)."""
+        """The model (eval mode) and tokenizer, loaded once (``load`` rebuilds a saved member).
+
+        Raises:
+            ConfigError: the checkpoint lacks weights the model needs (an encoder without a classification
+                head): transformers would initialise them at random on every load.
+        """
         if self._model is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             path, remote = str(self.source.local_dir), self.config.trust_remote_code
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=remote, output_loading_info=True)
+            self._refuse_new_weights(info)
             self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-            self._model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=remote).eval()
+            self._model = model.eval()
         return self._model, self._tokenizer
+
+    def _refuse_new_weights(self, info: Mapping[str, Any]) -> None:
+        """Raise ConfigError if transformers reports weights missing from the checkpoint: they are newly
+        initialised at random, so predictions would be at chance and change on every load. (Weights of another
+        shape already make transformers raise, since ``ignore_mismatched_sizes`` is off.)"""
+        missing = sorted(str(k) for k in info.get("missing_keys") or ())
+        if missing:
+            raise ConfigError(
+                f"member {self.name!r}: checkpoint {self.source.model!r} has no trained classification weights "
+                f"(missing: {missing}); transformers would initialise them at random on every load, so predictions "
+                "would be at chance and differ between loads. For an encoder checkpoint, train a head on it: "
+                f"HFEncoder({self.source.model!r}, head=LinearHead()); or point HFClassifier at a fine-tuned "
+                "sequence-classification checkpoint."
+            )
 
     def compute(self, data: TextData, cache: OutputCache) -> Outputs:
         model, tokenizer = self.load_model()

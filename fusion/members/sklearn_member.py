@@ -16,9 +16,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..cache.store import OutputCache, Outputs
 from ..config import RECIPE_KEY, LoadOptions, digest, object_field
-from ..errors import ConfigError, PersistenceError
+from ..errors import ConfigError
 from ..inputs import TextData
-from ..io import atomic_file
+from ..io import load_skops, save_skops
 from ..labels import apply_label_map
 from .base import MEMBERS, Member, MemberConfig, label_map_field
 
@@ -167,10 +167,7 @@ class SklearnMember(Member):
         return {**super().fitted_state(), "trainable": self._trainable}
 
     def _save_files(self, directory: Path) -> None:
-        import skops.io
-
-        with atomic_file(directory / ESTIMATOR_FILE) as tmp:
-            skops.io.dump(self.estimator_, tmp)
+        save_skops(self.estimator_, directory / ESTIMATOR_FILE)
 
     @classmethod
     def _objects_from_files(cls, directory: Path, fitted: Mapping[str, Any], options: LoadOptions) -> dict[str, Any]:
@@ -187,29 +184,3 @@ class SklearnMember(Member):
     def describe(self) -> str:
         return f"scikit-learn `{type(self.config.estimator).__name__}`"
 
-
-def load_skops(path: Path, what: str, trusted_types: list[str] | None = None) -> Any:
-    """Load a skops file (see ``load_skops_bytes``)."""
-    if not path.is_file():
-        raise PersistenceError(f"{what}: {path} is missing; restore it or save the ensemble again.")
-    return load_skops_bytes(path.read_bytes(), f"{what} ({path.name})", trusted_types)
-
-
-def load_skops_bytes(data: bytes, what: str, trusted_types: list[str] | None = None) -> Any:
-    """Load skops bytes, refusing types outside skops' defaults unless the caller trusts them by name."""
-    import skops.io
-
-    try:
-        untrusted = skops.io.get_untrusted_types(data=data)
-    except Exception as err:
-        raise PersistenceError(f"{what}: not a readable skops file ({err}).") from err
-    refused = sorted(set(untrusted) - set(trusted_types or []))
-    if refused:
-        raise PersistenceError(
-            f"{what}: contains types that skops does not trust by default: {refused}. If you trust this file, "
-            f"pass trusted_types={refused} to from_pretrained."
-        )
-    try:
-        return skops.io.loads(data, trusted=untrusted or None)
-    except Exception as err:
-        raise PersistenceError(f"{what}: not a readable skops file ({err}).") from err
