@@ -133,7 +133,7 @@ def evaluate(
         outputs, y, labels = ensemble.member_outputs(rows), rows.labels, ensemble.labels_
         seconds = {m.name: c for m in ensemble.members_  # own and shared apart: shared passes count once
                    if (c := ensemble.cache.cost(m.fingerprint, rows.fingerprint)) is not None}
-    member_proba = {name: outputs.probabilities()[:, i].double().numpy() for i, name in enumerate(outputs.member_names)}
+    member_proba = {name: outputs.probabilities(torch.float64)[:, i].numpy() for i, name in enumerate(outputs.member_names)}
     fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
                         member_weights=weights, weights_method=methods, **report_options)
