@@ -98,7 +98,12 @@ def test_metrics_agree_with_sklearn(n_classes):
 def test_binary_brier_is_twice_sklearns_positive_class_score():
     proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
     labels = np.array([0, 1, 1, 0])
-    assert brier(proba, labels) == pytest.approx(2 * sklearn.metrics.brier_score_loss(labels, proba[:, 1]))
+    assert brier(proba, labels) == pytest.approx(2 * sklearn.metrics.brier_score_loss(labels, proba[:, 1]), rel=1e-12)
+    rng = np.random.default_rng(3)
+    positive = rng.random(500)
+    random_labels = rng.integers(0, 2, 500)
+    assert brier(np.stack([1 - positive, positive], 1), random_labels) == pytest.approx(
+        2 * sklearn.metrics.brier_score_loss(random_labels, positive), rel=1e-12)
     # by hand: 2 * mean of (0.1^2, 0.3^2, 0.6^2, 0.8^2) = 2 * 1.1 / 4
     assert brier(proba, labels) == pytest.approx(0.55)
 
@@ -417,14 +422,33 @@ def test_html_escapes_caller_text():
 
 def test_markdown_has_the_metric_table_and_notes(report):
     text = report.to_markdown()
-    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier | ECE | AUROC | s / 1k rows |" in text
-    assert "Higher is better: accuracy, macro-F1, AUROC. Lower is better: log-loss, Brier, ECE." in text
+    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier (sum over classes) | ECE | AUROC | s / 1k rows |" in text
+    assert "Higher is better: accuracy, macro-F1, AUROC. Lower is better: log-loss, Brier (sum over classes), ECE." in text
     m2 = report.model("m2")
     lo, hi = m2.ci95["accuracy"]
     assert f"| m2 (best) | member | {m2.metrics['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] |" in text
     assert "> - fusers scored in-sample" in text
     for heading in ("## Metrics", "## Fusers against the best member", "## Per-class metrics", "## Member diversity"):
         assert heading in text
+
+
+def test_the_report_and_model_card_say_which_brier_score(report, toy_sentiment, tmp_path):
+    from helpers import tfidf_member
+
+    from fusion import Ensemble
+    from fusion.fusers import MeanFuser
+
+    definition = ("Brier (sum over classes): mean over rows of the sum over classes of (p - onehot)^2, in [0, 2]; "
+                  "with two classes twice scikit-learn's brier_score_loss.")
+    for text in (report.to_markdown(), report.to_html()):
+        assert definition.replace("'", "&#x27;") in text or definition in text
+        assert "| Brier |" not in text and "<th>Brier</th>" not in text
+    assert "<th>Brier (sum over classes)</th>" in report.to_html()
+    ens = Ensemble([tfidf_member("a"), tfidf_member("b")], fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    ens.save_pretrained(tmp_path / "ens")
+    card = (tmp_path / "ens" / "README.md").read_text()
+    assert "| Brier (sum over classes) |" in card and definition in card
 
 
 def test_multiclass_report_has_per_class_metrics_for_every_model():

@@ -28,7 +28,7 @@ Example:
     >>> round(accuracy(proba, labels), 4), round(brier(proba, labels), 4), auroc(proba, labels)
     (0.6667, 0.54, 1.0)
     >>> [m.header for m in METRICS.values()]
-    ['accuracy', 'macro-F1', 'log-loss', 'Brier', 'ECE', 'AUROC']
+    ['accuracy', 'macro-F1', 'log-loss', 'Brier (sum over classes)', 'ECE', 'AUROC']
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ MACRO_F1 = Metric("macro_f1", "macro-F1", True, "unweighted mean of per-class F1
                   rows=_row_class_counts, total=_macro_f1_total)
 LOG_LOSS = Metric("log_loss", "log-loss", False, "natural log",
                   rows=lambda p, y: row_log_loss(p, y)[:, None], total=mean_total)
-BRIER = Metric("brier", "Brier", False, "multi-class score (sum over classes), in [0, 2]",
+BRIER = Metric("brier", "Brier (sum over classes)", False, "mean over rows of the sum over classes of "
+               "(p - onehot)^2, in [0, 2]; with two classes twice scikit-learn's brier_score_loss",
                rows=lambda p, y: row_brier(p, y)[:, None], total=mean_total)
 ECE = ece_metric(ECE_BINS)
 AUROC = Metric("auroc", "AUROC", True, "the second class's with two classes, else one-vs-rest and macro-averaged "

@@ -17,7 +17,8 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
     - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
     - ``metrics`` (object): one value per key of ``metric_info``, a float or null where undefined. The
       default table: ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at 1e-15),
-      ``brier`` (multi-class: mean over rows of sum over classes of (p - onehot)^2, in [0, 2]), ``ece``
+      ``brier`` (shown as "Brier (sum over classes)": mean over rows of the sum over classes of (p - onehot)^2,
+      in [0, 2], twice scikit-learn's ``brier_score_loss`` with two classes), ``ece``
       (expected calibration error, ``ece_bins`` bins over the max probability), ``auroc`` (one-vs-rest macro
       AUROC over the classes among the labels, binary AUROC for two classes; null with one class only).
     - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval over the resamples
@@ -178,7 +179,7 @@ class Report:
             fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "metric_info"}
             fields["models"] = [ModelResult(**m) for m in data["models"]]
             fields["tests"] = [PairedTest(**t) for t in data["tests"]]
-            fields["metric_info"] = data.get("metric_info") or _metric_info_of(fields["models"])
+            fields["metric_info"] = _renamed(data.get("metric_info")) or _metric_info_of(fields["models"])
         except (KeyError, TypeError) as err:
             raise PersistenceError(f"{SCHEMA} report is incomplete or has unexpected fields: {err}.") from err
         return cls(**fields)
@@ -229,6 +230,16 @@ class Report:
             written[fmt] = directory / FILE_NAMES[fmt]
             atomic_write_text(written[fmt], render[fmt]())
         return written
+
+
+def _renamed(metric_info: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """Stored ``metric_info`` with the entries whose header was ambiguous replaced by today's: "Brier" (since
+    renamed "Brier (sum over classes)": it is twice scikit-learn's ``brier_score_loss`` with two classes)."""
+    if not metric_info or metric_info.get("brier", {}).get("header") != "Brier":
+        return metric_info
+    from .metrics import METRICS
+
+    return {**metric_info, "brier": METRICS["brier"].info()}
 
 
 def _metric_info_of(models: list[ModelResult]) -> dict[str, dict[str, Any]]:
