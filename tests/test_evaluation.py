@@ -371,7 +371,7 @@ def test_report_fields_follow_the_schema(report):
     assert list(model["metrics"]) == ["accuracy", "macro_f1", "log_loss", "brier", "ece", "auroc"]
     assert list(data["metric_info"]) == list(model["metrics"])
     assert data["metric_info"]["log_loss"] == {"header": "log-loss", "higher_is_better": False,
-                                               "description": "natural log"}
+                                               "description": "natural log", "interval": "percentile"}
     assert set(model["ci95"]) == set(model["metrics"])
     assert [m["kind"] for m in data["models"]] == ["member"] * 3 + ["fuser"] * 2
     assert data["weights"] == {"weighted": pytest.approx({"m0": 1 / 6, "m1": 2 / 6, "m2": 3 / 6})}
@@ -532,3 +532,45 @@ def test_metric_functions_refuse_mismatched_rows():
         accuracy(GOOD[:2], LABELS)
     with pytest.raises(DataError, match="out of range"):
         log_loss(GOOD, np.array([0, 1, 5]))
+
+
+# ---------------------------------------------------------------- ECE's interval: basic bootstrap
+
+
+def binary_scores(seed: int, sharpen: float, n: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes whose score d ~ N(+-1.5, 2) has true log-odds 1.5 d: probabilities from ``sharpen * d``
+    are calibrated at 1.5 and overconfident above it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    d = rng.normal(1.5, np.sqrt(2), n) * np.where(labels == 1, 1, -1)
+    positive = 1 / (1 + np.exp(-sharpen * d))
+    return np.stack([1 - positive, positive], 1), labels
+
+
+def test_ece_interval_is_the_basic_bootstrap_one_and_contains_the_estimate():
+    proba, labels = binary_scores(seed=3, sharpen=1.7)  # mildly overconfident, 800 rows
+    report = build_report({"m": proba}, {}, labels, ["neg", "pos"], n_bootstrap=1000, seed=0)
+    value, (lo, hi) = report.model("m").metrics["ece"], report.model("m").ci95["ece"]
+    samples = bootstrap_metrics({"m": proba}, labels, 1000, 0)["m"]["ece"]
+    assert 0.04 < (samples < value).mean() < 0.07  # the estimate sits low among its resamples (ECE is biased up)
+    q_lo, q_hi = np.percentile(samples, [2.5, 97.5])
+    assert q_lo < value < q_lo + 0.1 * (q_hi - q_lo)  # so the percentile interval sits above it
+    assert (lo, hi) == pytest.approx((max(2 * value - q_hi, 0.0), 2 * value - q_lo), rel=1e-12)
+    assert lo <= value <= hi and (lo + hi) / 2 < value  # the basic interval moves down by the estimated bias
+    text = "95% bootstrap intervals from 1000 resamples of the rows (seed 0) in brackets: percentile bootstrap, " \
+           "except ECE: basic (reverse-percentile) bootstrap."
+    assert text in report.to_markdown()
+    assert report.metric_info["ece"]["interval"] == "basic" and report.metric_info["accuracy"]["interval"] == "percentile"
+
+
+def test_ece_interval_reaches_the_true_value_of_a_calibrated_model_where_the_percentile_one_cannot():
+    basic = percentile = 0
+    for seed in range(10):  # labels drawn from the probabilities: the true ECE is 0
+        rng = np.random.default_rng(seed)
+        positive = rng.beta(0.6, 0.6, 800)
+        proba, labels = np.stack([1 - positive, positive], 1), (rng.random(800) < positive).astype(int)
+        report = build_report({"m": proba}, {}, labels, ["neg", "pos"], n_bootstrap=200, seed=seed)
+        basic += report.model("m").ci95["ece"][0] == 0.0
+        samples = bootstrap_metrics({"m": proba}, labels, 200, seed)["m"]["ece"]
+        percentile += np.percentile(samples, 2.5) <= 0.0
+    assert percentile == 0 and basic >= 5

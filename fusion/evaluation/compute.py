@@ -137,8 +137,10 @@ def _model_result(
     name: str, kind: str, proba: np.ndarray, labels: np.ndarray, label_names: list[str],
     samples: dict[str, np.ndarray], seconds_per_1k: float | None, metrics: list[Metric],
 ) -> ModelResult:
+    values = all_metrics(proba, labels, metrics)
     return ModelResult(
-        name=name, kind=kind, metrics=all_metrics(proba, labels, metrics), ci95=metric_intervals(samples),
+        name=name, kind=kind, metrics=values,
+        ci95=metric_intervals(samples, values=values, metrics={m.name: m for m in metrics}),
         seconds_per_1k=seconds_per_1k, per_class=per_class(proba, labels, label_names),
         reliability=reliability(proba, labels, ECE_BINS),
     )

@@ -53,6 +53,10 @@ RANKING = ("accuracy", "log_loss")  # reports rank models by these, so the table
 Contributions = np.ndarray | sparse.csr_matrix  # [rows, k] per-row contributions, dense or sparse
 
 
+# How a metric's bootstrap interval is formed (``Metric.interval``), in the words the report uses.
+INTERVALS = {"percentile": "percentile bootstrap", "basic": "basic (reverse-percentile) bootstrap"}
+
+
 @dataclass(frozen=True)
 class Metric:
     """One metric of the report: its names, its direction, and how it is computed.
@@ -69,6 +73,10 @@ class Metric:
         total: ``(sums [..., k], n_rows) -> [...]``: the metric from the contributions summed over rows
             (leading axes: resamples).
         whole: ``(proba, labels) -> float``: the metric on all rows at once, NaN where undefined.
+        interval: how its bootstrap interval is formed: ``"percentile"`` (the resamples' 2.5th and 97.5th
+            percentiles) or ``"basic"`` (the reverse percentile one, ``2 * value - `` those percentiles, for a
+            biased statistic whose resamples sit on the far side of its value, as ECE's above it).
+        lowest: the smallest value the metric can take (a basic interval is clipped to it); None for none.
 
     Example:
         >>> import numpy as np
@@ -85,8 +93,13 @@ class Metric:
     rows: Callable[[np.ndarray, np.ndarray], Contributions] | None = None
     total: Callable[[np.ndarray, int], np.ndarray] | None = None
     whole: Callable[[np.ndarray, np.ndarray], float] | None = None
+    interval: str = "percentile"
+    lowest: float | None = None
 
     def __post_init__(self) -> None:
+        if self.interval not in INTERVALS:
+            raise ConfigError(f"metric {self.name!r}: interval must be one of {sorted(INTERVALS)}; got "
+                              f"{self.interval!r}.")
         if (self.rows is None) != (self.total is None) or (self.total is None) == (self.whole is None):
             raise ConfigError(f"metric {self.name!r}: give either rows and total (a metric summed over rows) "
                               "or whole (a metric of all rows at once), not both nor neither.")
@@ -112,8 +125,10 @@ class Metric:
         return -value if self.higher_is_better else value
 
     def info(self) -> dict[str, Any]:
-        """What a rendering needs: ``{"header", "higher_is_better", "description"}`` (stored in reports)."""
-        return {"header": self.header, "higher_is_better": self.higher_is_better, "description": self.description}
+        """What a rendering needs: ``{"header", "higher_is_better", "description", "interval"}`` (stored in
+        reports)."""
+        return {"header": self.header, "higher_is_better": self.higher_is_better, "description": self.description,
+                "interval": self.interval}
 
 
 def _inputs(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +210,10 @@ def ece_from_gap_sums(gap_sums: np.ndarray, n_rows: float) -> np.ndarray:
 
 def ece_metric(n_bins: int = ECE_BINS) -> Metric:
     """The ECE table entry for ``n_bins`` confidence bins (the table holds ``ECE_BINS``)."""
-    return Metric("ece", "ECE", False, f"{n_bins} equal-width confidence bins",
-                  rows=partial(_row_calibration_gaps, n_bins=n_bins), total=ece_from_gap_sums)
+    return Metric("ece", "ECE", False, f"{n_bins} equal-width confidence bins; biased upward (a calibrated "
+                  "model still scores above 0), so its interval is the basic bootstrap one, which corrects for that",
+                  rows=partial(_row_calibration_gaps, n_bins=n_bins), total=ece_from_gap_sums, interval="basic",
+                  lowest=0.0)
 
 
 ACCURACY = Metric("accuracy", "accuracy", True, rows=_row_correct, total=mean_total)

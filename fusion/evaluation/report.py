@@ -11,7 +11,7 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
 - ``bootstrap`` (object): ``{"resamples": int, "seed": int, "level": 0.95}``; 0 resamples: no intervals.
 - ``ece_bins`` (int): number of equal-width confidence bins of ECE and the reliability diagram (15).
 - ``metric_info`` (object): metric name -> ``{"header": str, "higher_is_better": bool | null, "description":
-  str}``, in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
+  str, "interval": "percentile" | "basic"}`` (no ``interval``: percentile), in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
   built. Reports written before this key existed get it on loading, from the table, for the metrics they hold.
 - ``models`` (list[object]): members first (input order), then fusers; each:
     - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
@@ -21,8 +21,10 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
       in [0, 2], twice scikit-learn's ``brier_score_loss`` with two classes), ``ece``
       (expected calibration error, ``ece_bins`` bins over the max probability), ``auroc`` (one-vs-rest macro
       AUROC over the classes among the labels, binary AUROC for two classes; null with one class only).
-    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval over the resamples
-      where the metric is defined; empty without resamples, and no key for a metric defined on none.
+    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% bootstrap interval over the resamples where the
+      metric is defined, of the kind its ``metric_info`` ``interval`` names: ``"percentile"``, or ``"basic"``
+      (reverse percentile, for ECE; see :mod:`fusion.evaluation.uncertainty`); empty without resamples, and no
+      key for a metric defined on none.
     - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model on its
       own (a cached backbone pass it shares with other members included), a fuser's is combining cached
       member outputs (add the ``cost_accuracy`` subset of all members for the fuser's full cost).
@@ -239,13 +241,16 @@ def _renamed(metric_info: dict[str, dict[str, Any]] | None) -> dict[str, dict[st
         return metric_info
     from .metrics import METRICS
 
-    return {**metric_info, "brier": METRICS["brier"].info()}
+    return {**metric_info, "brier": {**metric_info["brier"], "header": METRICS["brier"].header,
+                                     "description": METRICS["brier"].description}}
 
 
 def _metric_info_of(models: list[ModelResult]) -> dict[str, dict[str, Any]]:
-    """``metric_info`` for a report written before it was stored: today's table entries for its metrics."""
+    """``metric_info`` for a report written before it was stored: today's table entries for its metrics, with
+    the percentile intervals such reports hold."""
     from .metrics import METRICS
 
     names = models[0].metrics if models else {}
     unknown = {"higher_is_better": None, "description": ""}
-    return {name: METRICS[name].info() if name in METRICS else {"header": name, **unknown} for name in names}
+    return {name: {**METRICS[name].info(), "interval": "percentile"} if name in METRICS
+            else {"header": name, **unknown} for name in names}
