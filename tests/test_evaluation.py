@@ -21,6 +21,7 @@ from fusion.evaluation import (
     Report,
     accuracy,
     all_metrics,
+    auroc,
     brier,
     build_report,
     confusion_matrix,
@@ -574,3 +575,28 @@ def test_ece_interval_reaches_the_true_value_of_a_calibrated_model_where_the_per
         samples = bootstrap_metrics({"m": proba}, labels, 200, seed)["m"]["ece"]
         percentile += np.percentile(samples, 2.5) <= 0.0
     assert percentile == 0 and basic >= 5
+
+
+# ---------------------------------------------------------------- public metric functions refuse logits as build_report does
+
+PUBLIC_METRICS = {
+    "accuracy": accuracy, "macro_f1": macro_f1, "log_loss": log_loss, "brier": brier, "ece": ece,
+    "auroc": auroc,
+    "all_metrics": all_metrics, "summary": summary, "confusion_matrix": confusion_matrix,
+    "reliability": reliability, "per_class": lambda p, y: per_class(p, y, ["x", "y", "z"]),
+}
+LOGITS = np.array([[2.0, -1.0, 0.5], [0.1, 1.3, -0.4], [-2.0, 0.3, 1.1]])  # negative, rows not summing to one
+SCORES = np.array([[2.0, 1.0, 0.5], [0.1, 1.3, 0.4], [0.2, 0.3, 1.1]])  # non-negative, rows not summing to one
+
+
+@pytest.mark.parametrize("scores", [LOGITS, SCORES], ids=["logits", "scores"])
+@pytest.mark.parametrize("name", PUBLIC_METRICS)
+def test_public_metric_functions_refuse_logits_like_build_report(name, scores):
+    labels = np.array([0, 1, 2])
+    with pytest.raises(MemberOutputError) as report_error:
+        build_report({"probabilities": scores}, {}, labels, ["x", "y", "z"], n_bootstrap=0)
+    with pytest.raises(MemberOutputError) as metric_error:
+        PUBLIC_METRICS[name](scores, labels)
+    expected = str(report_error.value).replace("member 'probabilities'", "probabilities")
+    assert str(metric_error.value) == expected
+    assert "not logits" in expected

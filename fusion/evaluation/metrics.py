@@ -1,7 +1,9 @@
 """Classification metrics on probability matrices (numpy), each defined once in the metric table ``METRICS``.
 
 Every function takes ``proba`` ``[rows, classes]`` (rows sum to one, the ensemble's label order) and
-``labels`` ``[rows]`` integer class ids. The prediction of a row is its most probable class (first on ties).
+``labels`` ``[rows]`` integer class ids. Probabilities get ``build_report``'s check
+(:func:`fusion.evaluation.checks.check_proba`): logits or scores (negative values, rows not summing to one
+within ``PROBA_ATOL``) raise ``MemberOutputError``; the values are used as given. The prediction of a row is its most probable class (first on ties).
 
 Definitions:
     accuracy: share of rows whose prediction is the label.
@@ -133,7 +135,7 @@ class Metric:
 
 def _inputs(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
-    proba = check_proba(proba, len(labels), normalised=False)
+    proba = check_proba(proba, len(labels), renormalise=False)  # build_report's check: logits refused alike
     return proba, check_labels(labels, proba.shape[1])
 
 
