@@ -600,3 +600,73 @@ def test_public_metric_functions_refuse_logits_like_build_report(name, scores):
     expected = str(report_error.value).replace("member 'probabilities'", "probabilities")
     assert str(metric_error.value) == expected
     assert "not logits" in expected
+
+
+# ---------------------------------------------------------------- plots and title name everything in full
+
+LONG_MEMBERS = ["minilm-cls-mlp-classifier-head", "minilm-mean-linear-classifier", "tfidf-logreg"]
+
+
+def long_named_report() -> Report:
+    members, fusers, labels, _ = synthetic()
+    members = dict(zip(LONG_MEMBERS, members.values(), strict=True))
+    return build_report(members, fusers, labels, ["label0", "label1", "label2"], n_bootstrap=50,
+                        seconds={LONG_MEMBERS[0]: 3.7, LONG_MEMBERS[1]: 3.7, LONG_MEMBERS[2]: 0.02,
+                                 "mean": 0.01, "weighted": 0.01}, split="test", data_name="glue/sst2")
+
+
+def svg_text(svg: bytes) -> str:
+    """The SVG's text elements, joined (lines of a wrapped label become one string again)."""
+    return "".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg.decode()))
+
+
+def test_plots_name_every_member_in_full_and_tell_members_from_fusers():
+    from fusion.evaluation import plots
+
+    report = long_named_report()
+    models = report.models
+    intervals = svg_text(plots.metric_intervals_png([m.name for m in models], [m.kind for m in models],
+                                                    [m.metrics["accuracy"] for m in models],
+                                                    [m.ci95.get("accuracy") for m in models], fmt="svg"))
+    assert all(name in intervals for name in LONG_MEMBERS) and "…" not in intervals
+    assert "members" in intervals and "fusers" in intervals
+    fusers = [(f.name, f.metrics["accuracy"], report.full_seconds_per_1k(f.name)) for f in report.fusers]
+    cost = svg_text(plots.cost_png(report.cost_accuracy, fusers, fmt="svg"))
+    front = [p for p in report.cost_accuracy if p["pareto"]]
+    assert len(front) >= 2 and any(len(p["members"]) >= 2 for p in front)
+    for rank, point in enumerate(sorted(front, key=lambda p: (p["seconds_per_1k"], p["accuracy"])), 1):
+        assert f"{rank}: {' + '.join(point['members'])}" in cost  # each Pareto point names its members
+    assert not re.search(r"\d+ members", cost)  # no point labelled only by its size
+    assert "fuser: mean" in cost and "members: soft vote of a subset" in cost
+    weights = svg_text(plots.weights_png({"weighted": {m: 1 / 3 for m in LONG_MEMBERS}}, LONG_MEMBERS, fmt="svg"))
+    assert all(name in weights for name in LONG_MEMBERS)
+    heat = svg_text(plots.disagreement_png(LONG_MEMBERS, report.diversity["disagreement"],
+                                           report.diversity["error_correlation"], fmt="svg"))
+    assert all(name in heat for name in LONG_MEMBERS)
+
+
+def test_report_title_names_the_ensemble_and_the_data():
+    report = long_named_report()
+    expected = ("Ensemble of minilm-cls-mlp-classifier-head + minilm-mean-linear-classifier + tfidf-logreg, "
+                "fused by mean, weighted, on glue/sst2 (test split)")
+    assert report.title == expected
+    assert f"<h1>{expected}</h1>" in report.to_html() and report.to_markdown().startswith(f"# {expected}\n")
+    members, _, labels, _ = synthetic()
+    assert build_report(members, {}, labels, ["a", "b", "c"], n_bootstrap=0).title == \
+        "Ensemble of m0 + m1 + m2, on the validation split"
+
+
+def test_evaluate_takes_the_data_name_and_split_from_a_hugging_face_dataset(toy_sentiment):
+    datasets = pytest.importorskip("datasets")
+    from helpers import tfidf_member
+
+    from fusion import Ensemble, evaluate
+    from fusion.fusers import MeanFuser
+
+    ens = Ensemble([tfidf_member("a"), tfidf_member("b")], fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    info = datasets.DatasetInfo(dataset_name="toy_reviews", config_name="plain")
+    data = datasets.Dataset.from_dict(dict(toy_sentiment["validation"]), info=info, split="test")
+    report = evaluate(ens, None, data, n_bootstrap=0)
+    assert report.title == "Ensemble of a + b, fused by mean, on toy_reviews/plain (test split)"
+    assert report.split == "test"
