@@ -21,6 +21,7 @@ from fusion.evaluation import (
     Report,
     accuracy,
     all_metrics,
+    auroc,
     brier,
     build_report,
     confusion_matrix,
@@ -98,7 +99,12 @@ def test_metrics_agree_with_sklearn(n_classes):
 def test_binary_brier_is_twice_sklearns_positive_class_score():
     proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
     labels = np.array([0, 1, 1, 0])
-    assert brier(proba, labels) == pytest.approx(2 * sklearn.metrics.brier_score_loss(labels, proba[:, 1]))
+    assert brier(proba, labels) == pytest.approx(2 * sklearn.metrics.brier_score_loss(labels, proba[:, 1]), rel=1e-12)
+    rng = np.random.default_rng(3)
+    positive = rng.random(500)
+    random_labels = rng.integers(0, 2, 500)
+    assert brier(np.stack([1 - positive, positive], 1), random_labels) == pytest.approx(
+        2 * sklearn.metrics.brier_score_loss(random_labels, positive), rel=1e-12)
     # by hand: 2 * mean of (0.1^2, 0.3^2, 0.6^2, 0.8^2) = 2 * 1.1 / 4
     assert brier(proba, labels) == pytest.approx(0.55)
 
@@ -366,7 +372,7 @@ def test_report_fields_follow_the_schema(report):
     assert list(model["metrics"]) == ["accuracy", "macro_f1", "log_loss", "brier", "ece", "auroc"]
     assert list(data["metric_info"]) == list(model["metrics"])
     assert data["metric_info"]["log_loss"] == {"header": "log-loss", "higher_is_better": False,
-                                               "description": "natural log"}
+                                               "description": "natural log", "interval": "percentile"}
     assert set(model["ci95"]) == set(model["metrics"])
     assert [m["kind"] for m in data["models"]] == ["member"] * 3 + ["fuser"] * 2
     assert data["weights"] == {"weighted": pytest.approx({"m0": 1 / 6, "m1": 2 / 6, "m2": 3 / 6})}
@@ -417,14 +423,33 @@ def test_html_escapes_caller_text():
 
 def test_markdown_has_the_metric_table_and_notes(report):
     text = report.to_markdown()
-    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier | ECE | AUROC | s / 1k rows |" in text
-    assert "Higher is better: accuracy, macro-F1, AUROC. Lower is better: log-loss, Brier, ECE." in text
+    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier (sum over classes) | ECE | AUROC | s / 1k rows |" in text
+    assert "Higher is better: accuracy, macro-F1, AUROC. Lower is better: log-loss, Brier (sum over classes), ECE." in text
     m2 = report.model("m2")
     lo, hi = m2.ci95["accuracy"]
     assert f"| m2 (best) | member | {m2.metrics['accuracy']:.4f} [{lo:.4f}, {hi:.4f}] |" in text
     assert "> - fusers scored in-sample" in text
     for heading in ("## Metrics", "## Fusers against the best member", "## Per-class metrics", "## Member diversity"):
         assert heading in text
+
+
+def test_the_report_and_model_card_say_which_brier_score(report, toy_sentiment, tmp_path):
+    from helpers import tfidf_member
+
+    from fusion import Ensemble
+    from fusion.fusers import MeanFuser
+
+    definition = ("Brier (sum over classes): mean over rows of the sum over classes of (p - onehot)^2, in [0, 2]; "
+                  "with two classes twice scikit-learn's brier_score_loss.")
+    for text in (report.to_markdown(), report.to_html()):
+        assert definition.replace("'", "&#x27;") in text or definition in text
+        assert "| Brier |" not in text and "<th>Brier</th>" not in text
+    assert "<th>Brier (sum over classes)</th>" in report.to_html()
+    ens = Ensemble([tfidf_member("a"), tfidf_member("b")], fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    ens.save_pretrained(tmp_path / "ens")
+    card = (tmp_path / "ens" / "README.md").read_text()
+    assert "| Brier (sum over classes) |" in card and definition in card
 
 
 def test_multiclass_report_has_per_class_metrics_for_every_model():
@@ -508,3 +533,140 @@ def test_metric_functions_refuse_mismatched_rows():
         accuracy(GOOD[:2], LABELS)
     with pytest.raises(DataError, match="out of range"):
         log_loss(GOOD, np.array([0, 1, 5]))
+
+
+# ---------------------------------------------------------------- ECE's interval: basic bootstrap
+
+
+def binary_scores(seed: int, sharpen: float, n: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes whose score d ~ N(+-1.5, 2) has true log-odds 1.5 d: probabilities from ``sharpen * d``
+    are calibrated at 1.5 and overconfident above it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    d = rng.normal(1.5, np.sqrt(2), n) * np.where(labels == 1, 1, -1)
+    positive = 1 / (1 + np.exp(-sharpen * d))
+    return np.stack([1 - positive, positive], 1), labels
+
+
+def test_ece_interval_is_the_basic_bootstrap_one_and_contains_the_estimate():
+    proba, labels = binary_scores(seed=3, sharpen=1.7)  # mildly overconfident, 800 rows
+    report = build_report({"m": proba}, {}, labels, ["neg", "pos"], n_bootstrap=1000, seed=0)
+    value, (lo, hi) = report.model("m").metrics["ece"], report.model("m").ci95["ece"]
+    samples = bootstrap_metrics({"m": proba}, labels, 1000, 0)["m"]["ece"]
+    assert 0.04 < (samples < value).mean() < 0.07  # the estimate sits low among its resamples (ECE is biased up)
+    q_lo, q_hi = np.percentile(samples, [2.5, 97.5])
+    assert q_lo < value < q_lo + 0.1 * (q_hi - q_lo)  # so the percentile interval sits above it
+    assert (lo, hi) == pytest.approx((max(2 * value - q_hi, 0.0), 2 * value - q_lo), rel=1e-12)
+    assert lo <= value <= hi and (lo + hi) / 2 < value  # the basic interval moves down by the estimated bias
+    text = "95% bootstrap intervals from 1000 resamples of the rows (seed 0) in brackets: percentile bootstrap, " \
+           "except ECE: basic (reverse-percentile) bootstrap."
+    assert text in report.to_markdown()
+    assert report.metric_info["ece"]["interval"] == "basic" and report.metric_info["accuracy"]["interval"] == "percentile"
+
+
+def test_ece_interval_reaches_the_true_value_of_a_calibrated_model_where_the_percentile_one_cannot():
+    basic = percentile = 0
+    for seed in range(10):  # labels drawn from the probabilities: the true ECE is 0
+        rng = np.random.default_rng(seed)
+        positive = rng.beta(0.6, 0.6, 800)
+        proba, labels = np.stack([1 - positive, positive], 1), (rng.random(800) < positive).astype(int)
+        report = build_report({"m": proba}, {}, labels, ["neg", "pos"], n_bootstrap=200, seed=seed)
+        basic += report.model("m").ci95["ece"][0] == 0.0
+        samples = bootstrap_metrics({"m": proba}, labels, 200, seed)["m"]["ece"]
+        percentile += np.percentile(samples, 2.5) <= 0.0
+    assert percentile == 0 and basic >= 5
+
+
+# ---------------------------------------------------------------- public metric functions refuse logits as build_report does
+
+PUBLIC_METRICS = {
+    "accuracy": accuracy, "macro_f1": macro_f1, "log_loss": log_loss, "brier": brier, "ece": ece,
+    "auroc": auroc,
+    "all_metrics": all_metrics, "summary": summary, "confusion_matrix": confusion_matrix,
+    "reliability": reliability, "per_class": lambda p, y: per_class(p, y, ["x", "y", "z"]),
+}
+LOGITS = np.array([[2.0, -1.0, 0.5], [0.1, 1.3, -0.4], [-2.0, 0.3, 1.1]])  # negative, rows not summing to one
+SCORES = np.array([[2.0, 1.0, 0.5], [0.1, 1.3, 0.4], [0.2, 0.3, 1.1]])  # non-negative, rows not summing to one
+
+
+@pytest.mark.parametrize("scores", [LOGITS, SCORES], ids=["logits", "scores"])
+@pytest.mark.parametrize("name", PUBLIC_METRICS)
+def test_public_metric_functions_refuse_logits_like_build_report(name, scores):
+    labels = np.array([0, 1, 2])
+    with pytest.raises(MemberOutputError) as report_error:
+        build_report({"probabilities": scores}, {}, labels, ["x", "y", "z"], n_bootstrap=0)
+    with pytest.raises(MemberOutputError) as metric_error:
+        PUBLIC_METRICS[name](scores, labels)
+    expected = str(report_error.value).replace("member 'probabilities'", "probabilities")
+    assert str(metric_error.value) == expected
+    assert "not logits" in expected
+
+
+# ---------------------------------------------------------------- plots and title name everything in full
+
+LONG_MEMBERS = ["minilm-cls-mlp-classifier-head", "minilm-mean-linear-classifier", "tfidf-logreg"]
+
+
+def long_named_report() -> Report:
+    members, fusers, labels, _ = synthetic()
+    members = dict(zip(LONG_MEMBERS, members.values(), strict=True))
+    return build_report(members, fusers, labels, ["label0", "label1", "label2"], n_bootstrap=50,
+                        seconds={LONG_MEMBERS[0]: 3.7, LONG_MEMBERS[1]: 3.7, LONG_MEMBERS[2]: 0.02,
+                                 "mean": 0.01, "weighted": 0.01}, split="test", data_name="glue/sst2")
+
+
+def svg_text(svg: bytes) -> str:
+    """The SVG's text elements, joined (lines of a wrapped label become one string again)."""
+    return "".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg.decode()))
+
+
+def test_plots_name_every_member_in_full_and_tell_members_from_fusers():
+    from fusion.evaluation import plots
+
+    report = long_named_report()
+    models = report.models
+    intervals = svg_text(plots.metric_intervals_png([m.name for m in models], [m.kind for m in models],
+                                                    [m.metrics["accuracy"] for m in models],
+                                                    [m.ci95.get("accuracy") for m in models], fmt="svg"))
+    assert all(name in intervals for name in LONG_MEMBERS) and "…" not in intervals
+    assert "members" in intervals and "fusers" in intervals
+    fusers = [(f.name, f.metrics["accuracy"], report.full_seconds_per_1k(f.name)) for f in report.fusers]
+    cost = svg_text(plots.cost_png(report.cost_accuracy, fusers, fmt="svg"))
+    front = [p for p in report.cost_accuracy if p["pareto"]]
+    assert len(front) >= 2 and any(len(p["members"]) >= 2 for p in front)
+    for rank, point in enumerate(sorted(front, key=lambda p: (p["seconds_per_1k"], p["accuracy"])), 1):
+        assert f"{rank}: {' + '.join(point['members'])}" in cost  # each Pareto point names its members
+    assert not re.search(r"\d+ members", cost)  # no point labelled only by its size
+    assert "fuser: mean" in cost and "members: soft vote of a subset" in cost
+    weights = svg_text(plots.weights_png({"weighted": {m: 1 / 3 for m in LONG_MEMBERS}}, LONG_MEMBERS, fmt="svg"))
+    assert all(name in weights for name in LONG_MEMBERS)
+    heat = svg_text(plots.disagreement_png(LONG_MEMBERS, report.diversity["disagreement"],
+                                           report.diversity["error_correlation"], fmt="svg"))
+    assert all(name in heat for name in LONG_MEMBERS)
+
+
+def test_report_title_names_the_ensemble_and_the_data():
+    report = long_named_report()
+    expected = ("Ensemble of minilm-cls-mlp-classifier-head + minilm-mean-linear-classifier + tfidf-logreg, "
+                "fused by mean, weighted, on glue/sst2 (test split)")
+    assert report.title == expected
+    assert f"<h1>{expected}</h1>" in report.to_html() and report.to_markdown().startswith(f"# {expected}\n")
+    members, _, labels, _ = synthetic()
+    assert build_report(members, {}, labels, ["a", "b", "c"], n_bootstrap=0).title == \
+        "Ensemble of m0 + m1 + m2, on the validation split"
+
+
+def test_evaluate_takes_the_data_name_and_split_from_a_hugging_face_dataset(toy_sentiment):
+    datasets = pytest.importorskip("datasets")
+    from helpers import tfidf_member
+
+    from fusion import Ensemble, evaluate
+    from fusion.fusers import MeanFuser
+
+    ens = Ensemble([tfidf_member("a"), tfidf_member("b")], fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
+    info = datasets.DatasetInfo(dataset_name="toy_reviews", config_name="plain")
+    data = datasets.Dataset.from_dict(dict(toy_sentiment["validation"]), info=info, split="test")
+    report = evaluate(ens, None, data, n_bootstrap=0)
+    assert report.title == "Ensemble of a + b, fused by mean, on toy_reviews/plain (test split)"
+    assert report.split == "test"

@@ -597,3 +597,35 @@ def test_linear_fuser_temperatures_stay_bounded_so_flat_members_cannot_overflow(
     logits = torch.tensor([[[-0.0044, 0.0108], [-1.3, -0.3]]])
     assert torch.isfinite(model(logits)).all()
     assert torch.allclose(model.temperature(), torch.full((2, 1), float(np.exp(-LOG_TEMPERATURE_BOUND))))
+
+
+@pytest.mark.parametrize("weights", [None, [3, 1, 2]], ids=["equal", "weighted"])
+def test_mean_fuser_equals_sklearn_soft_voting_exactly_whatever_the_batching(weights):
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.frozen import FrozenEstimator
+
+    outputs, labels = member_outputs(n=400, n_classes=3, seed=5)
+    member_proba = outputs.probabilities(torch.float64).numpy()  # [rows, members, classes], float64
+
+    class Fixed(LogisticRegression):  # a prefitted member whose predict_proba is that member's probabilities
+        def __init__(self, member=0):
+            super().__init__()
+            self.member = member
+
+        def predict_proba(self, rows):
+            return member_proba[rows[:, 0].astype(int), self.member]
+
+    rows = np.arange(outputs.n_rows)[:, None].astype(float)
+    estimators = [(f"m{m}", FrozenEstimator(Fixed(m).fit(rows, labels))) for m in range(3)]
+    voting = VotingClassifier(estimators, voting="soft", weights=weights).fit(rows, labels)
+    fuser = MeanFuser(weights=weights).fit(outputs, labels)
+    proba = fuser.predict_proba(outputs)
+    assert proba.dtype == np.float64
+    np.testing.assert_array_equal(proba, voting.predict_proba(rows))  # 0 difference
+    reference = np.average(member_proba, axis=1, weights=weights)
+    np.testing.assert_array_equal(proba, reference)
+    if weights is None:
+        np.testing.assert_array_equal(proba, np.mean(member_proba, axis=1))
+    batched = np.concatenate([fuser.predict_proba(outputs.subset(np.arange(i, min(i + b, outputs.n_rows))))
+                              for b in (1, 7, 64) for i in range(0, outputs.n_rows, b)])
+    np.testing.assert_array_equal(batched, np.tile(proba, (3, 1)))

@@ -59,10 +59,14 @@ GOLDEN_SUMS = {
 
 
 def test_bootstrap_intervals_of_the_original_metrics_are_unchanged():
+    """The resamples are unchanged; ECE's interval is now the basic one formed from the same percentiles."""
     report = make_report()
     for model, intervals in GOLDEN_CI95.items():
-        ci95 = report.model(model).ci95
-        np.testing.assert_allclose([ci95[m] for m in ORIGINAL], intervals, rtol=1e-12, atol=0)
+        ci95, ece = report.model(model).ci95, report.model(model).metrics["ece"]
+        lo, hi = intervals[ORIGINAL.index("ece")]
+        expected = [[max(2 * ece - hi, 0.0), max(2 * ece - lo, 0.0)] if m == "ece" else interval
+                    for m, interval in zip(ORIGINAL, intervals, strict=True)]
+        np.testing.assert_allclose([ci95[m] for m in ORIGINAL], expected, rtol=1e-12, atol=0)
     for test in report.tests:
         np.testing.assert_allclose(test.accuracy_delta_ci95, GOLDEN_DELTA_CI95[test.fuser], rtol=1e-12, atol=0)
 
@@ -245,7 +249,7 @@ def test_a_report_written_before_the_metric_table_loads_and_renders(tmp_path):
     assert list(report.metric_info) == list(ORIGINAL)
     assert report.metric_info["brier"] == METRICS["brier"].info()
     text = report.to_markdown()
-    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier | ECE | s / 1k rows |" in text
+    assert "| model | kind | accuracy | macro-F1 | log-loss | Brier (sum over classes) | ECE | s / 1k rows |" in text
     assert "| a (best) | member | 0.6667 [0.3333, 1.0000] |" in text and "AUROC" not in text
     assert Report.from_dict(json.loads(report.to_json())) == report
     assert 'id="metrics"' in report.to_html()
@@ -258,3 +262,12 @@ def test_a_report_with_a_metric_no_longer_in_the_table_renders_its_name():
     report = Report.from_dict(data)
     assert report.metric_info["retired"] == {"header": "retired", "higher_is_better": None, "description": ""}
     assert "| ECE | retired | s / 1k rows |" in report.to_markdown()
+
+
+def test_a_stored_report_whose_brier_header_was_ambiguous_shows_which_brier_score():
+    data = json.loads(REPORT_BEFORE_METRIC_TABLE)
+    data["metric_info"] = {name: {**METRICS[name].info(), "header": "Brier" if name == "brier" else METRICS[name].header}
+                           for name in ORIGINAL}
+    report = Report.from_dict(data)
+    assert report.metric_info["brier"]["header"] == "Brier (sum over classes)"
+    assert "| Brier (sum over classes) |" in report.to_markdown()

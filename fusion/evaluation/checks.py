@@ -39,9 +39,11 @@ def check_labels(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray
 
 def check_proba(
     proba: np.ndarray, n_rows: int, name: str = "probabilities", n_classes: int | None = None,
-    *, normalised: bool = True,
+    *, renormalise: bool = True,
 ) -> np.ndarray:
-    """Return ``proba`` as float64 ``[n_rows, classes]``; with ``normalised``, rows renormalised to sum to one.
+    """Return ``proba`` as float64 ``[n_rows, classes]``: the one check of probabilities, shared by
+    ``build_report`` and every public metric function. With ``renormalise`` (build_report) rows are divided by
+    their sums; without (a metric function) the values are kept as given, ties between classes included.
 
     Raises:
         MemberOutputError: wrong shape or row count, NaN/inf, negative values, or rows not summing to one
@@ -65,10 +67,10 @@ def check_proba(
     if not np.isfinite(arr).all():
         row = int(np.flatnonzero(~np.isfinite(arr).all(1))[0])
         raise MemberOutputError(f"{name}: NaN or inf probabilities at row {row}; check the model's outputs.")
-    return _normalised(arr, name) if normalised else arr
+    return _checked(arr, name, renormalise)
 
 
-def _normalised(arr: np.ndarray, name: str) -> np.ndarray:
+def _checked(arr: np.ndarray, name: str, renormalise: bool) -> np.ndarray:
     if (arr < -PROBA_ATOL).any():
         row = int(np.flatnonzero((arr < -PROBA_ATOL).any(1))[0])
         raise MemberOutputError(f"{name}: negative probability at row {row}; pass softmax outputs, not logits.")
@@ -79,6 +81,8 @@ def _normalised(arr: np.ndarray, name: str) -> np.ndarray:
             f"{name}: probabilities of row {bad[0]} sum to {sums[bad[0]]:.6g}, not 1 ({bad.size} rows off by more "
             f"than {PROBA_ATOL}); pass softmax outputs (probabilities), not logits or scores."
         )
+    if not renormalise:
+        return arr
     arr = np.clip(arr, 0.0, None)
     return arr / arr.sum(1, keepdims=True)
 

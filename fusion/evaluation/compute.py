@@ -52,9 +52,10 @@ def build_report(
     weights_method: Mapping[str, str] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    title: str = "fusion evaluation",
+    title: str | None = None,
     split: str = "validation",
     notes: list[str] | None = None,
+    data_name: str | None = None,
 ) -> Report:
     """Evaluate members and fusers on the same labelled rows.
 
@@ -73,7 +74,9 @@ def build_report(
             (permutation importance shares, see ``fusion.permutation_importance``).
         n_bootstrap: bootstrap resamples for the 95% intervals (0: no intervals).
         seed: seed of ``numpy.random.default_rng`` drawing the resamples.
-        title, split: shown in every rendering.
+        title, split: shown in every rendering; the default title names the ensemble and the data
+            (:func:`default_title`).
+        data_name: the dataset's name (e.g. ``"glue/sst2"``) for the default title; None when unknown.
         notes: caveats shown in every rendering (e.g. that a fuser was trained on these rows).
 
     Returns:
@@ -115,7 +118,8 @@ def build_report(
     diversity = member_diversity(members, labels)
     confused = best_fuser or best_member
     return Report(
-        title=str(title), split=str(split), rows=len(labels), labels=label_names,
+        title=str(default_title(list(members), list(fusers), split, data_name) if title is None else title),
+        split=str(split), rows=len(labels), labels=label_names,
         notes=[str(n) for n in notes or []] + _automatic_notes(diversity, len(members), n_bootstrap),
         bootstrap={"resamples": n_bootstrap, "seed": int(seed), "level": CI_LEVEL}, ece_bins=ECE_BINS,
         metric_info={m.name: m.info() for m in metrics}, models=models, best_member=best_member,
@@ -123,6 +127,19 @@ def build_report(
         cost_accuracy=cost_accuracy(members, labels, {n: costs.get(n) for n in members}),
         confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
     )
+
+
+def default_title(members: list[str], fusers: list[str], split: str, data_name: str | None = None) -> str:
+    """What a report is about: its members and fusers, and the data (name when known, and split).
+
+    Example:
+        >>> default_title(["minilm-mean-linear", "tfidf-logreg"], ["stacking"], "validation", "glue/sst2")
+        'Ensemble of minilm-mean-linear + tfidf-logreg, fused by stacking, on glue/sst2 (validation split)'
+    """
+    shown = " + ".join(members) if len(members) <= 4 else f"{' + '.join(members[:3])} + {len(members) - 3} more"
+    fused = f", fused by {', '.join(fusers)}" if fusers else ""
+    data = f"{data_name} ({split} split)" if data_name else f"the {split} split"
+    return f"Ensemble of {shown}{fused}, on {data}"
 
 
 def _costs_per_1k(seconds: Mapping[str, float | EntryCost] | None, known: list[str],
@@ -137,8 +154,10 @@ def _model_result(
     name: str, kind: str, proba: np.ndarray, labels: np.ndarray, label_names: list[str],
     samples: dict[str, np.ndarray], seconds_per_1k: float | None, metrics: list[Metric],
 ) -> ModelResult:
+    values = all_metrics(proba, labels, metrics)
     return ModelResult(
-        name=name, kind=kind, metrics=all_metrics(proba, labels, metrics), ci95=metric_intervals(samples),
+        name=name, kind=kind, metrics=values,
+        ci95=metric_intervals(samples, values=values, metrics={m.name: m for m in metrics}),
         seconds_per_1k=seconds_per_1k, per_class=per_class(proba, labels, label_names),
         reliability=reliability(proba, labels, ECE_BINS),
     )

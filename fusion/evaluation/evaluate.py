@@ -91,6 +91,18 @@ def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser], labels: np.
     return proba, seconds, weights, methods
 
 
+def _data_facts(data: Any) -> dict[str, str]:
+    """``data_name`` and ``split`` of a Hugging Face ``Dataset`` (or anything with ``info.dataset_name`` /
+    ``info.builder_name`` and ``split``), for the report's title; empty for plain rows."""
+    info = getattr(data, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    config = getattr(info, "config_name", None)
+    split = getattr(data, "split", None)
+    facts = {"data_name": f"{name}/{config}" if name and config and config != "default" else name,
+             "split": str(split) if split else None}
+    return {k: v for k, v in facts.items() if isinstance(v, str) and v}
+
+
 def evaluate(
     source: Ensemble | Sequence[Member] | MemberOutputs,
     fusers: Fuser | Sequence[Fuser] | Mapping[str, Fuser] | None,
@@ -111,7 +123,8 @@ def evaluate(
         fused: precomputed fused probabilities by fuser name that replace ``predict_proba`` on these rows
             (out-of-fold predictions on the rows a fuser learnt from).
         **report_options: passed to ``fusion.evaluation.build_report`` (``n_bootstrap``, ``seed``, ``title``,
-            ``split``, ``notes``).
+            ``split``, ``notes``, ``data_name``); ``data_name`` and ``split`` default to what a Hugging Face
+            ``Dataset`` says of itself (``info.dataset_name``, ``split``), for the report's title.
 
     Example:
         >>> report = evaluate(ensemble, [LinearFuser().fit(...)], validation)  # doctest: +SKIP
@@ -133,7 +146,8 @@ def evaluate(
         outputs, y, labels = ensemble.member_outputs(rows), rows.labels, ensemble.labels_
         seconds = {m.name: c for m in ensemble.members_  # own and shared apart: shared passes count once
                    if (c := ensemble.cache.cost(m.fingerprint, rows.fingerprint)) is not None}
-    member_proba = {name: outputs.probabilities()[:, i].double().numpy() for i, name in enumerate(outputs.member_names)}
+    member_proba = {name: outputs.probabilities(torch.float64)[:, i].numpy() for i, name in enumerate(outputs.member_names)}
     fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
+    report_options = {**_data_facts(data), **report_options}
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
                         member_weights=weights, weights_method=methods, **report_options)

@@ -1,7 +1,9 @@
 """Classification metrics on probability matrices (numpy), each defined once in the metric table ``METRICS``.
 
 Every function takes ``proba`` ``[rows, classes]`` (rows sum to one, the ensemble's label order) and
-``labels`` ``[rows]`` integer class ids. The prediction of a row is its most probable class (first on ties).
+``labels`` ``[rows]`` integer class ids. Probabilities get ``build_report``'s check
+(:func:`fusion.evaluation.checks.check_proba`): logits or scores (negative values, rows not summing to one
+within ``PROBA_ATOL``) raise ``MemberOutputError``; the values are used as given. The prediction of a row is its most probable class (first on ties).
 
 Definitions:
     accuracy: share of rows whose prediction is the label.
@@ -28,7 +30,7 @@ Example:
     >>> round(accuracy(proba, labels), 4), round(brier(proba, labels), 4), auroc(proba, labels)
     (0.6667, 0.54, 1.0)
     >>> [m.header for m in METRICS.values()]
-    ['accuracy', 'macro-F1', 'log-loss', 'Brier', 'ECE', 'AUROC']
+    ['accuracy', 'macro-F1', 'log-loss', 'Brier (sum over classes)', 'ECE', 'AUROC']
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ RANKING = ("accuracy", "log_loss")  # reports rank models by these, so the table
 Contributions = np.ndarray | sparse.csr_matrix  # [rows, k] per-row contributions, dense or sparse
 
 
+# How a metric's bootstrap interval is formed (``Metric.interval``), in the words the report uses.
+INTERVALS = {"percentile": "percentile bootstrap", "basic": "basic (reverse-percentile) bootstrap"}
+
+
 @dataclass(frozen=True)
 class Metric:
     """One metric of the report: its names, its direction, and how it is computed.
@@ -69,6 +75,10 @@ class Metric:
         total: ``(sums [..., k], n_rows) -> [...]``: the metric from the contributions summed over rows
             (leading axes: resamples).
         whole: ``(proba, labels) -> float``: the metric on all rows at once, NaN where undefined.
+        interval: how its bootstrap interval is formed: ``"percentile"`` (the resamples' 2.5th and 97.5th
+            percentiles) or ``"basic"`` (the reverse percentile one, ``2 * value - `` those percentiles, for a
+            biased statistic whose resamples sit on the far side of its value, as ECE's above it).
+        lowest: the smallest value the metric can take (a basic interval is clipped to it); None for none.
 
     Example:
         >>> import numpy as np
@@ -85,8 +95,13 @@ class Metric:
     rows: Callable[[np.ndarray, np.ndarray], Contributions] | None = None
     total: Callable[[np.ndarray, int], np.ndarray] | None = None
     whole: Callable[[np.ndarray, np.ndarray], float] | None = None
+    interval: str = "percentile"
+    lowest: float | None = None
 
     def __post_init__(self) -> None:
+        if self.interval not in INTERVALS:
+            raise ConfigError(f"metric {self.name!r}: interval must be one of {sorted(INTERVALS)}; got "
+                              f"{self.interval!r}.")
         if (self.rows is None) != (self.total is None) or (self.total is None) == (self.whole is None):
             raise ConfigError(f"metric {self.name!r}: give either rows and total (a metric summed over rows) "
                               "or whole (a metric of all rows at once), not both nor neither.")
@@ -112,13 +127,15 @@ class Metric:
         return -value if self.higher_is_better else value
 
     def info(self) -> dict[str, Any]:
-        """What a rendering needs: ``{"header", "higher_is_better", "description"}`` (stored in reports)."""
-        return {"header": self.header, "higher_is_better": self.higher_is_better, "description": self.description}
+        """What a rendering needs: ``{"header", "higher_is_better", "description", "interval"}`` (stored in
+        reports)."""
+        return {"header": self.header, "higher_is_better": self.higher_is_better, "description": self.description,
+                "interval": self.interval}
 
 
 def _inputs(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
-    proba = check_proba(proba, len(labels), normalised=False)
+    proba = check_proba(proba, len(labels), renormalise=False)  # build_report's check: logits refused alike
     return proba, check_labels(labels, proba.shape[1])
 
 
@@ -195,8 +212,10 @@ def ece_from_gap_sums(gap_sums: np.ndarray, n_rows: float) -> np.ndarray:
 
 def ece_metric(n_bins: int = ECE_BINS) -> Metric:
     """The ECE table entry for ``n_bins`` confidence bins (the table holds ``ECE_BINS``)."""
-    return Metric("ece", "ECE", False, f"{n_bins} equal-width confidence bins",
-                  rows=partial(_row_calibration_gaps, n_bins=n_bins), total=ece_from_gap_sums)
+    return Metric("ece", "ECE", False, f"{n_bins} equal-width confidence bins; biased upward (a calibrated "
+                  "model still scores above 0), so its interval is the basic bootstrap one, which corrects for that",
+                  rows=partial(_row_calibration_gaps, n_bins=n_bins), total=ece_from_gap_sums, interval="basic",
+                  lowest=0.0)
 
 
 ACCURACY = Metric("accuracy", "accuracy", True, rows=_row_correct, total=mean_total)
@@ -204,7 +223,8 @@ MACRO_F1 = Metric("macro_f1", "macro-F1", True, "unweighted mean of per-class F1
                   rows=_row_class_counts, total=_macro_f1_total)
 LOG_LOSS = Metric("log_loss", "log-loss", False, "natural log",
                   rows=lambda p, y: row_log_loss(p, y)[:, None], total=mean_total)
-BRIER = Metric("brier", "Brier", False, "multi-class score (sum over classes), in [0, 2]",
+BRIER = Metric("brier", "Brier (sum over classes)", False, "mean over rows of the sum over classes of "
+               "(p - onehot)^2, in [0, 2]; with two classes twice scikit-learn's brier_score_loss",
                rows=lambda p, y: row_brier(p, y)[:, None], total=mean_total)
 ECE = ece_metric(ECE_BINS)
 AUROC = Metric("auroc", "AUROC", True, "the second class's with two classes, else one-vs-rest and macro-averaged "

@@ -1,13 +1,16 @@
-"""Report plots as PNG bytes, drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas.
+"""Report plots as PNG bytes (SVG with ``fmt="svg"``, its text kept as text), drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas.
 
 pyplot is never imported and ``matplotlib.use`` never called: a user's interactive backend and pyplot's
 figure registry stay untouched, and each figure is garbage once its bytes are written (nothing to close).
 Every function takes plain data (what the JSON report holds), so a saved report re-renders identically.
+Names are never cut: long ones wrap at their separators, and the layout makes room for them.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import textwrap
 from collections.abc import Sequence
 from itertools import cycle
 
@@ -15,6 +18,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
 DPI = 110
@@ -28,21 +32,36 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Figure, fmt: str = "png") -> bytes:
+    """The figure as PNG bytes, or SVG (``fmt="svg"``) whose text stays text (searchable, testable)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fusion"}):
+        figure.savefig(buffer, format=fmt, dpi=DPI, metadata={"Software": None} if fmt == "png" else {"Date": None})
     figure.clear()
     return buffer.getvalue()
 
 
-def _short(name: str, limit: int = 24) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+def _wrap(name: str, width: int = 22) -> str:
+    r"""``name`` whole, on lines of about ``width`` characters broken after ``-``, ``_``, ``/``, ``.`` or spaces.
+
+    Example:
+        >>> _wrap("minilm-cls-mlp-classifier-head", 16)
+        'minilm-cls-mlp-\nclassifier-head'
+    """
+    lines: list[str] = []
+    for piece in re.findall(r"[^-_/. ]*[-_/. ]?", name):
+        if lines and len(lines[-1]) + len(piece) <= width:
+            lines[-1] += piece
+        elif piece:
+            lines.append(piece)
+    return "\n".join(lines) or name
 
 
 def metric_intervals_png(names: Sequence[str], kinds: Sequence[str], accuracy: Sequence[float],
-                         intervals: Sequence[Sequence[float] | None]) -> bytes:
-    """Accuracy of each model with its 95% interval (members grey, fusers orange)."""
-    figure = _figure(6.4, 0.9 + 0.32 * len(names))
+                         intervals: Sequence[Sequence[float] | None], fmt: str = "png") -> bytes:
+    """Accuracy of each model with its 95% interval (members grey, fusers orange, told apart by a legend)."""
+    lines = sum(_wrap(n).count("\n") + 1 for n in names)
+    figure = _figure(6.4, 1.3 + 0.2 * lines + 0.12 * len(names))
     axes = figure.add_subplot()
     ys = np.arange(len(names))[::-1]
     for y, kind, acc, ci in zip(ys, kinds, accuracy, intervals, strict=True):
@@ -50,13 +69,17 @@ def metric_intervals_png(names: Sequence[str], kinds: Sequence[str], accuracy: S
         if ci is not None:
             axes.plot(ci, [y, y], color=color, linewidth=2.5, alpha=0.5, solid_capstyle="butt")
         axes.plot([acc], [y], "o", color=color, markersize=6)
-    axes.set_yticks(ys, [_short(n) for n in names])
+    axes.set_yticks(ys, [_wrap(n) for n in names], fontsize=8)
     axes.set_xlabel("accuracy (dot) with 95% bootstrap interval")
     axes.grid(axis="x", alpha=0.3)
-    return _png(figure)
+    handles = [Line2D([], [], marker="o", color=color, linewidth=2.5, alpha=0.8, label=label)
+               for label, color in (("members", MEMBER_COLOR), ("fusers", FUSER_COLOR))
+               if label[:-1] in kinds]
+    figure.legend(handles=handles, loc="outside upper center", ncols=2, fontsize=8, frameon=False)
+    return _png(figure, fmt)
 
 
-def reliability_png(curves: dict[str, dict[str, list]], counts_of: str) -> bytes:
+def reliability_png(curves: dict[str, dict[str, list]], counts_of: str, fmt: str = "png") -> bytes:
     """Reliability diagram: accuracy against confidence per bin for each curve; bin counts of ``counts_of``."""
     figure = _figure(5.6, 5.2)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -65,7 +88,7 @@ def reliability_png(curves: dict[str, dict[str, list]], counts_of: str) -> bytes
         pairs = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True) if c is not None]
         if pairs:
             xs, ys = zip(*pairs, strict=True)
-            top.plot(xs, ys, marker="o", markersize=4, color=color, label=_short(name))
+            top.plot(xs, ys, marker="o", markersize=4, color=color, label=_wrap(name, 40))
     top.set_ylabel("accuracy in bin")
     top.set_ylim(0, 1.02)
     top.legend(fontsize=8, loc="upper left")
@@ -75,15 +98,15 @@ def reliability_png(curves: dict[str, dict[str, list]], counts_of: str) -> bytes
     bottom.bar((np.arange(len(counts)) + 0.5) * width, counts, width=width * 0.9, color=PALETTE[0], alpha=0.7)
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence (max probability)")
-    bottom.set_ylabel(f"rows\n({_short(counts_of, 14)})", fontsize=8)
-    return _png(figure)
+    bottom.set_ylabel(f"rows of\n{_wrap(counts_of, 16)}", fontsize=8)
+    return _png(figure, fmt)
 
 
 def _heatmap(axes, matrix: np.ndarray, labels: Sequence[str], *, vmin: float, vmax: float, cmap: str,
              fmt: str, annotate: bool) -> None:
     colours = matplotlib.colormaps[cmap].with_extremes(bad="#e9ecef")  # a copy: the registry stays untouched
     axes.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap=colours)
-    ticks = [_short(x, 16) for x in labels]
+    ticks = [_wrap(x, 18) for x in labels]
     axes.set_xticks(range(len(labels)), ticks, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(range(len(labels)), ticks, fontsize=8)
     if annotate:
@@ -94,7 +117,7 @@ def _heatmap(axes, matrix: np.ndarray, labels: Sequence[str], *, vmin: float, vm
             axes.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
 
 
-def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], model: str) -> bytes:
+def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], model: str, fmt: str = "png") -> bytes:
     """Confusion matrix (counts annotated; colour = share of the true class's rows)."""
     counts = np.asarray(matrix, dtype=float)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -108,11 +131,11 @@ def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], model:
                       color="white" if shares[i, j] > 0.5 else "black")
     axes.set_xlabel("predicted label")
     axes.set_ylabel("true label")
-    axes.set_title(f"{_short(model, 40)} (colour: share of row)", fontsize=9)
-    return _png(figure)
+    axes.set_title(f"{_wrap(model, 48)} (colour: share of row)", fontsize=9)
+    return _png(figure, fmt)
 
 
-def weights_png(weights: dict[str, dict[str, float]], members: Sequence[str]) -> bytes:
+def weights_png(weights: dict[str, dict[str, float]], members: Sequence[str], fmt: str = "png") -> bytes:
     """Grouped bars: each fuser's weight or importance per member."""
     figure = _figure(max(5.0, 1.2 + 0.6 * len(members) * max(1, len(weights)) ** 0.5), 3.6)
     axes = figure.add_subplot()
@@ -120,17 +143,17 @@ def weights_png(weights: dict[str, dict[str, float]], members: Sequence[str]) ->
     xs = np.arange(len(members))
     for k, (color, (fuser, per_member)) in enumerate(zip(cycle(PALETTE), weights.items(), strict=False)):
         heights = [per_member.get(m, 0.0) for m in members]
-        axes.bar(xs - 0.4 + width * (k + 0.5), heights, width=width * 0.95, color=color, label=_short(fuser))
+        axes.bar(xs - 0.4 + width * (k + 0.5), heights, width=width * 0.95, color=color, label=_wrap(fuser, 40))
     axes.axhline(0, color="#495057", linewidth=0.8)
-    axes.set_xticks(xs, [_short(m, 16) for m in members], rotation=30, ha="right", fontsize=8)
+    axes.set_xticks(xs, [_wrap(m, 18) for m in members], rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("weight / importance")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, title="fusers", title_fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return _png(figure, fmt)
 
 
 def disagreement_png(members: Sequence[str], disagreement: Sequence[Sequence[float]],
-                     error_correlation: Sequence[Sequence[float | None]]) -> bytes:
+                     error_correlation: Sequence[Sequence[float | None]], fmt: str = "png") -> bytes:
     """Two heatmaps: pairwise disagreement (0..1) and error correlation (-1..1, grey = undefined)."""
     size = min(7.0, 2.4 + 0.5 * len(members))
     figure = _figure(2 * size + 1.0, size)
@@ -143,48 +166,49 @@ def disagreement_png(members: Sequence[str], disagreement: Sequence[Sequence[flo
     correlation = np.array([[np.nan if v is None else v for v in row] for row in error_correlation], dtype=float)
     _heatmap(right, correlation, members, vmin=-1, vmax=1, cmap="RdBu_r", fmt=".2f", annotate=annotate)
     right.set_title("error correlation (Pearson)", fontsize=9)
-    return _png(figure)
+    return _png(figure, fmt)
 
 
-def _note(axes, text: str, x: float, y: float, offset: tuple[int, int], color: str, ha: str = "left") -> None:
-    """A small label beside a point; clipped to the axes and left out of the layout so it cannot squeeze it."""
-    label = axes.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color,
-                          ha=ha, annotation_clip=True, clip_on=True)
-    label.set_in_layout(False)
-
-
-def cost_png(points: Sequence[dict], fusers: Sequence[tuple[str, float, float | None]]) -> bytes:
-    """Accuracy against cost per 1,000 rows: member subsets (grey), Pareto front (blue), fusers (stars).
+def cost_png(points: Sequence[dict], fusers: Sequence[tuple[str, float, float | None]], fmt: str = "png") -> bytes:
+    """Accuracy against cost per 1,000 rows: member subsets (grey), Pareto front (blue, numbered; a key under
+    the plot names each point's members in full), fusers (stars).
 
     Without known costs the x axis is the number of members in the subset.
     """
     known = all(p["seconds_per_1k"] is not None for p in points)
-    figure = _figure(6.4, 4.2)
-    axes = figure.add_subplot()
 
     def x_of(p: dict) -> float:
         return p["seconds_per_1k"] if known else len(p["members"])
 
-    axes.scatter([x_of(p) for p in points], [p["accuracy"] for p in points], s=18, color=MEMBER_COLOR,
-                 alpha=0.6, label="soft vote of a subset")
     front = sorted((x_of(p), p["accuracy"], p["members"]) for p in points if p["pareto"])
+    key = [line for rank, (_, _, names) in enumerate(front, 1)
+           for line in textwrap.wrap(f"{rank}: {' + '.join(names)}", 100, subsequent_indent="    ",
+                                     break_on_hyphens=False)]
+    figure = _figure(6.4, 4.2 + 0.16 * (len(key) + 1))
+    axes, legend = figure.subplots(2, 1, height_ratios=[4.0, 0.1 + 0.16 * (len(key) + 1)]) if key else (
+        figure.add_subplot(), None)
+    axes.scatter([x_of(p) for p in points], [p["accuracy"] for p in points], s=18, color=MEMBER_COLOR,
+                 alpha=0.6, label="members: soft vote of a subset")
     if front:
-        axes.plot([f[0] for f in front], [f[1] for f in front], marker="o", color=PARETO_COLOR, label="Pareto front")
-        labelled = front if len(front) <= 6 else [f for f in front if len(f[2]) == 1] + [front[-1]]
-        for rank, (x, y, names) in enumerate(labelled):
-            text = "+".join(names) if len("+".join(names)) <= 28 else f"{len(names)} members"
-            left_half = rank < len(labelled) / 2  # labels lean inwards so that the edges do not clip them
-            _note(axes, text, x, y, (5, -11) if left_half else (-6, 5), PARETO_COLOR, "left" if left_half else "right")
+        axes.plot([f[0] for f in front], [f[1] for f in front], marker="o", color=PARETO_COLOR,
+                  label="Pareto front (numbered, see key)")
+        for rank, (x, y, _) in enumerate(front, 1):
+            axes.annotate(str(rank), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                          color=PARETO_COLOR)
     placed = [(name, acc, cost) for name, acc, cost in fusers if known and cost is not None]
     for color, (name, accuracy, cost) in zip(cycle(p for p in PALETTE if p != PARETO_COLOR), placed, strict=False):
         axes.scatter([cost], [accuracy], marker="*", s=150, color=color, zorder=3, edgecolors="white",
-                     linewidths=0.5, label=f"fuser {_short(name)}")
-    axes.margins(x=0.06, y=0.06)
+                     linewidths=0.5, label=f"fuser: {_wrap(name, 40)}")
+    axes.margins(x=0.08, y=0.08)
     axes.set_xlabel("seconds per 1,000 rows" if known else "members in subset (costs unknown)")
     axes.set_ylabel("accuracy")
     if known and len(points) > 1 and max(x_of(p) for p in points) > 20 * max(min(x_of(p) for p in points), 1e-9):
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(ScalarFormatter())
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
-    return _png(figure)
+    axes.legend(fontsize=8, loc="best")
+    if legend is not None:
+        legend.axis("off")
+        legend.text(0, 1, "Pareto front:\n" + "\n".join(key), va="top", ha="left", fontsize=7.5,
+                    color=PARETO_COLOR, transform=legend.transAxes)
+    return _png(figure, fmt)

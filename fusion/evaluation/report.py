@@ -11,17 +11,20 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
 - ``bootstrap`` (object): ``{"resamples": int, "seed": int, "level": 0.95}``; 0 resamples: no intervals.
 - ``ece_bins`` (int): number of equal-width confidence bins of ECE and the reliability diagram (15).
 - ``metric_info`` (object): metric name -> ``{"header": str, "higher_is_better": bool | null, "description":
-  str}``, in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
+  str, "interval": "percentile" | "basic"}`` (no ``interval``: percentile), in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
   built. Reports written before this key existed get it on loading, from the table, for the metrics they hold.
 - ``models`` (list[object]): members first (input order), then fusers; each:
     - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
     - ``metrics`` (object): one value per key of ``metric_info``, a float or null where undefined. The
       default table: ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at 1e-15),
-      ``brier`` (multi-class: mean over rows of sum over classes of (p - onehot)^2, in [0, 2]), ``ece``
+      ``brier`` (shown as "Brier (sum over classes)": mean over rows of the sum over classes of (p - onehot)^2,
+      in [0, 2], twice scikit-learn's ``brier_score_loss`` with two classes), ``ece``
       (expected calibration error, ``ece_bins`` bins over the max probability), ``auroc`` (one-vs-rest macro
       AUROC over the classes among the labels, binary AUROC for two classes; null with one class only).
-    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% percentile bootstrap interval over the resamples
-      where the metric is defined; empty without resamples, and no key for a metric defined on none.
+    - ``ci95`` (object): metric name -> ``[lo, hi]`` 95% bootstrap interval over the resamples where the
+      metric is defined, of the kind its ``metric_info`` ``interval`` names: ``"percentile"``, or ``"basic"``
+      (reverse percentile, for ECE; see :mod:`fusion.evaluation.uncertainty`); empty without resamples, and no
+      key for a metric defined on none.
     - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model on its
       own (a cached backbone pass it shares with other members included), a fuser's is combining cached
       member outputs (add the ``cost_accuracy`` subset of all members for the fuser's full cost).
@@ -178,7 +181,7 @@ class Report:
             fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "metric_info"}
             fields["models"] = [ModelResult(**m) for m in data["models"]]
             fields["tests"] = [PairedTest(**t) for t in data["tests"]]
-            fields["metric_info"] = data.get("metric_info") or _metric_info_of(fields["models"])
+            fields["metric_info"] = _renamed(data.get("metric_info")) or _metric_info_of(fields["models"])
         except (KeyError, TypeError) as err:
             raise PersistenceError(f"{SCHEMA} report is incomplete or has unexpected fields: {err}.") from err
         return cls(**fields)
@@ -231,10 +234,23 @@ class Report:
         return written
 
 
+def _renamed(metric_info: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """Stored ``metric_info`` with the entries whose header was ambiguous replaced by today's: "Brier" (since
+    renamed "Brier (sum over classes)": it is twice scikit-learn's ``brier_score_loss`` with two classes)."""
+    if not metric_info or metric_info.get("brier", {}).get("header") != "Brier":
+        return metric_info
+    from .metrics import METRICS
+
+    return {**metric_info, "brier": {**metric_info["brier"], "header": METRICS["brier"].header,
+                                     "description": METRICS["brier"].description}}
+
+
 def _metric_info_of(models: list[ModelResult]) -> dict[str, dict[str, Any]]:
-    """``metric_info`` for a report written before it was stored: today's table entries for its metrics."""
+    """``metric_info`` for a report written before it was stored: today's table entries for its metrics, with
+    the percentile intervals such reports hold."""
     from .metrics import METRICS
 
     names = models[0].metrics if models else {}
     unknown = {"higher_is_better": None, "description": ""}
-    return {name: METRICS[name].info() if name in METRICS else {"header": name, **unknown} for name in names}
+    return {name: {**METRICS[name].info(), "interval": "percentile"} if name in METRICS
+            else {"header": name, **unknown} for name in names}

@@ -81,6 +81,22 @@ def metric_notes(metric_info: dict[str, dict]) -> str:
     return " ".join(sentences)
 
 
+def interval_methods(metric_info: dict[str, dict]) -> str:
+    """Which bootstrap interval each metric's brackets hold (stored reports without the key: percentile).
+
+    Example:
+        >>> from fusion.evaluation.metrics import ACCURACY, ECE, LOG_LOSS
+        >>> interval_methods({"accuracy": ACCURACY.info(), "log_loss": LOG_LOSS.info(), "ece": ECE.info()})
+        'percentile bootstrap, except ECE: basic (reverse-percentile) bootstrap'
+    """
+    from .metrics import INTERVALS
+
+    methods = {name: info.get("interval", "percentile") for name, info in metric_info.items()}
+    others = [f"{metric_info[name]['header']}: {INTERVALS[method]}" for name, method in methods.items()
+              if method != "percentile"]
+    return INTERVALS["percentile"] + (f", except {'; '.join(others)}" if others else "")
+
+
 def _tests_section(report: Report) -> Section:
     rows = [[t.fuser, t.against, f"{t.accuracy_delta:+.4f}",
              "n/a" if t.accuracy_delta_ci95 is None else f"[{t.accuracy_delta_ci95[0]:+.4f}, {t.accuracy_delta_ci95[1]:+.4f}]",
@@ -213,8 +229,9 @@ def sections(report: Report) -> list[Section]:
                                     [m.metrics["accuracy"] for m in report.models],
                                     [m.ci95.get("accuracy") for m in report.models])
 
-    intervals = (f"95% percentile bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows "
-                 f"(seed {report.bootstrap['seed']}) in brackets. " if report.bootstrap["resamples"] else "")
+    intervals = (f"95% bootstrap intervals from {report.bootstrap['resamples']} resamples of the rows (seed "
+                 f"{report.bootstrap['seed']}) in brackets: {interval_methods(report.metric_info)}. "
+                 if report.bootstrap["resamples"] else "")
     metrics = Section("metrics", "Metrics", f"{intervals}{metric_notes(report.metric_info)} Seconds per 1,000 rows: "
                       "a fuser's include running all its members, a cached pass they share counted once.",
                       [metric_table(report)], metric_plot, "accuracy with intervals")

@@ -3,7 +3,11 @@
 Bootstrap: ``n_resamples`` resamples of the rows with replacement from ``numpy.random.default_rng(seed)``;
 the same resamples serve every model and every metric, so differences between models are paired. Intervals
 are percentile intervals (2.5th and 97.5th percentiles for 95%) over the resamples where the metric is
-defined (AUROC is not on a resample holding one class only). Nothing is refitted. Metrics of the table
+defined (AUROC is not on a resample holding one class only), except for metrics whose ``Metric.interval`` is
+``"basic"`` (ECE): the basic (reverse-percentile) bootstrap interval ``[2v - q97.5, 2v - q2.5]`` around the
+value ``v``, clipped at the metric's lowest value. ECE is biased upward (sampling noise looks like
+miscalibration), and a resample adds that bias again: for a well-calibrated model most resamples lie above
+the value and a percentile interval sits above it, while the basic one moves down by the estimated bias. Nothing is refitted. Metrics of the table
 (:data:`fusion.evaluation.metrics.METRICS`) that decompose over rows are computed for every model and resample
 at once: each model is reduced once to per-row contributions (``Metric.rows``), a resample is a vector of row
 counts, and the sums follow from one product of the counts with the contributions (dense ones in float64,
@@ -140,13 +144,41 @@ def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[fl
     return [float(lo), float(hi)]
 
 
-def metric_intervals(samples: Mapping[str, np.ndarray], level: float = CI_LEVEL) -> dict[str, list[float]]:
+def basic_interval(samples: np.ndarray, value: float, level: float = CI_LEVEL,
+                   lowest: float | None = None) -> list[float]:
+    """``[lo, hi]`` basic (reverse-percentile) bootstrap interval: ``2 * value`` minus the percentile interval's
+    ends, swapped; both ends clipped at ``lowest`` when given.
+
+    Example:
+        >>> basic_interval(np.array([0.2, 0.3, 0.4]), 0.25, level=0.0)
+        [0.2, 0.2]
+    """
+    lo, hi = percentile_interval(samples, level)
+    ends = [2.0 * value - hi, 2.0 * value - lo]
+    return [max(end, lowest) for end in ends] if lowest is not None else ends
+
+
+def metric_intervals(samples: Mapping[str, np.ndarray], level: float = CI_LEVEL,
+                     values: Mapping[str, float | None] | None = None,
+                     metrics: Mapping[str, Metric] | None = None) -> dict[str, list[float]]:
     """``{metric: [lo, hi]}`` from one model's ``{metric: samples}``, over the resamples where it is defined.
 
-    A metric without any defined sample (none drawn, or undefined on every resample) gets no interval.
+    A metric without any defined sample (none drawn, or undefined on every resample) gets no interval. A
+    metric of ``metrics`` (default the table) whose ``interval`` is ``"basic"`` and whose value on all rows is
+    in ``values`` gets the basic interval; every other one the percentile interval.
     """
-    finite = {name: values[np.isfinite(values)] for name, values in samples.items()}
-    return {name: percentile_interval(values, level) for name, values in finite.items() if values.size}
+    metrics = METRICS if metrics is None else metrics
+    finite = {name: values_[np.isfinite(values_)] for name, values_ in samples.items()}
+    intervals = {}
+    for name, drawn in finite.items():
+        metric, value = metrics.get(name), (values or {}).get(name)
+        if not drawn.size:
+            continue
+        if metric is not None and metric.interval == "basic" and value is not None:
+            intervals[name] = basic_interval(drawn, value, level, metric.lowest)
+        else:
+            intervals[name] = percentile_interval(drawn, level)
+    return intervals
 
 
 def mcnemar_p_value(only_first_correct: int, only_second_correct: int) -> float:

@@ -70,9 +70,9 @@ class MemberOutputs:
     def n_classes(self) -> int:
         return self.logits.shape[2]
 
-    def probabilities(self) -> torch.Tensor:
-        """Per-member class probabilities, softmax over classes."""
-        return self.logits.softmax(-1)
+    def probabilities(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Per-member class probabilities, softmax over classes (computed in ``dtype``, default the scores')."""
+        return self.logits.to(dtype or self.logits.dtype).softmax(-1)
 
     def subset(self, rows: Sequence[int] | np.ndarray | torch.Tensor) -> MemberOutputs:
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
@@ -128,6 +128,9 @@ class Fuser(Component):
 
     Config: ClassVar[type[FuserConfig]] = FuserConfig
     uses_embeddings: ClassVar[bool] = False
+    # True where ``_predict_proba`` returns float64 probability rows already (an average of them): dividing
+    # by the row sum again would move them off the reference value by rounding.
+    sums_to_one: ClassVar[bool] = False
 
     # --- config ---------------------------------------------------------------------------------------
     @classmethod
@@ -207,7 +210,7 @@ class Fuser(Component):
     def predict_proba(self, outputs: MemberOutputs | torch.Tensor | np.ndarray) -> np.ndarray:
         """Fused class probabilities ``[rows, classes]`` (float64, rows sum to one)."""
         proba = self._predict_proba(self._check_input(outputs)).double()
-        return (proba / proba.sum(-1, keepdim=True)).numpy()
+        return proba.numpy() if self.sums_to_one else (proba / proba.sum(-1, keepdim=True)).numpy()
 
     def predict(self, outputs: MemberOutputs | torch.Tensor | np.ndarray) -> np.ndarray:
         """Fused class ids ``[rows]``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .base import FUSERS, FixedWeightsFuser, MemberOutputs, WeightsConfig
@@ -12,6 +13,10 @@ from .base import FUSERS, FixedWeightsFuser, MemberOutputs, WeightsConfig
 @FUSERS.register("mean")
 class MeanFuser(FixedWeightsFuser):
     """Average of member class probabilities, optionally with fixed weights.
+
+    The average is taken in float64 (each member's softmax too), row by row: it equals scikit-learn's soft
+    ``VotingClassifier`` (``np.average`` of the members' probabilities, with the same weights) exactly, and a
+    row's result does not depend on the rows batched with it.
 
     Args:
         weights: one non-negative weight per member (normalised to sum to one); None for equal weights.
@@ -27,5 +32,9 @@ class MeanFuser(FixedWeightsFuser):
     class Config(WeightsConfig):
         """MeanFuser's config: the fixed member weights."""
 
+    sums_to_one = True
+
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
-        return torch.einsum("nmc,m->nc", outputs.probabilities(), self.weights_)
+        proba = outputs.probabilities(torch.float64).numpy()
+        weights = None if self.config.weights is None else np.asarray(self.config.weights, dtype=np.float64)
+        return torch.from_numpy(np.average(proba, axis=1, weights=weights))
