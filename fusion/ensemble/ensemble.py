@@ -361,8 +361,9 @@ class Ensemble:
         Example:
             >>> ens.evaluate(validation).save("out/report")  # report.html, report.md, report.json  # doctest: +SKIP
         """
-        from ..evaluation.evaluate import evaluate
+        from ..evaluation.evaluate import data_facts, evaluate
 
+        report_options = {**data_facts(data), **report_options}  # a Dataset's name and split, for the title
         rows = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
         named = {self._fuser_label(): self._fitted_fuser(), **self._others(fusers)}
         fused = {k: v for k, v in self._cv_proba.items() if k in named} if self._is_fuser_rows(rows) else {}

@@ -91,7 +91,7 @@ def _fuser_results(outputs: MemberOutputs, fusers: dict[str, Fuser], labels: np.
     return proba, seconds, weights, methods
 
 
-def _data_facts(data: Any) -> dict[str, str]:
+def data_facts(data: Any) -> dict[str, str]:
     """``data_name`` and ``split`` of a Hugging Face ``Dataset`` (or anything with ``info.dataset_name`` /
     ``info.builder_name`` and ``split``), for the report's title; empty for plain rows."""
     info = getattr(data, "info", None)
@@ -148,6 +148,6 @@ def evaluate(
                    if (c := ensemble.cache.cost(m.fingerprint, rows.fingerprint)) is not None}
     member_proba = {name: outputs.probabilities(torch.float64)[:, i].numpy() for i, name in enumerate(outputs.member_names)}
     fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
-    report_options = {**_data_facts(data), **report_options}
+    report_options = {**data_facts(data), **report_options}
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
                         member_weights=weights, weights_method=methods, **report_options)
