@@ -121,3 +121,18 @@ def test_predict_refuses_to_overwrite_out_unless_asked(saved, tmp_path):
         assert code == 0, err
         assert "wrote 2 predictions" in stdout
         assert out.read_text().startswith("text,label,proba_")
+
+
+def test_a_set_typo_in_a_new_parent_key_is_reported_at_the_set_not_at_line_1(tmp_path):
+    path = recipe(tmp_path, ["pos", "neg"] * 6)
+    code, _, err = run("build", path, "--check", "--set", "ensembl.cv=3")
+    assert code == 2
+    assert f"error: {path} (--set ensembl.cv): unknown key 'ensembl'" in err
+    assert "line 1" not in err
+
+
+def test_a_set_index_out_of_range_names_the_recipe(tmp_path):
+    path = recipe(tmp_path, ["pos", "neg"] * 6)
+    code, _, err = run("build", path, "--check", "--set", "members.3.name=x")
+    assert code == 2
+    assert f"error: {path} (--set members.3.name): members is a list of 1 items" in err
