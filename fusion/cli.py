@@ -15,6 +15,7 @@ unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
@@ -30,6 +31,7 @@ from .datafiles import DataSpec, load_data, load_split, read_table
 from .errors import ChecksumError, ConfigError, DataError, FusionError, LabelMismatchError, PersistenceError
 from .inputs import check_texts
 from .io import atomic_file, atomic_write_text
+from .progress import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.quiet:
             _silence_progress_bars()
-        return args.run(args, console)
+        with progress_disabled() if args.quiet else contextlib.nullcontext():  # fusion's bars
+            return args.run(args, console)
     except FusionError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
