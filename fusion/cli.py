@@ -53,10 +53,9 @@ class Console:
 
 
 def _silence_progress_bars() -> None:
-    import transformers
+    """Downloads' bars (transformers' are silenced around each model load by fusion's switch, then restored)."""
     from huggingface_hub.utils import disable_progress_bars
 
-    transformers.utils.logging.disable_progress_bar()
     disable_progress_bars()
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
@@ -519,8 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.quiet:
             _silence_progress_bars()
-        with progress_disabled() if args.quiet else contextlib.nullcontext():  # fusion's bars
-            return args.run(args, console)
+        with progress_disabled() if args.quiet else contextlib.nullcontext():  # fusion's bars, and transformers'
+            return args.run(args, console)                                   # while fusion loads models
     except FusionError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,7 +4,8 @@
     fusion.set_verbosity(logging.WARNING)    # the level of the "fusion" logger
 
 The switch is read each time a bar starts, on top of each component's own ``show_progress``: a bar shows only
-when both allow it. The environment variable mirrors
+when both allow it. While it is off, transformers' own bars and load reports are silenced too around the model
+loads fusion makes (``quiet_transformers``), and restored afterwards. The environment variable mirrors
 ``HF_HUB_DISABLE_PROGRESS_BARS``; a call to ``set_progress`` overrides it.
 
 ``stage("fold 2/5")`` names the part of the work a bar belongs to: a training bar started inside it reads
@@ -28,7 +29,7 @@ _stages: ContextVar[tuple[str, ...]] = ContextVar("fusion_progress_stages", defa
 
 def set_progress(enabled: bool) -> None:
     """Show (``True``) or hide (``False``) every progress bar fusion draws, whatever each component's
-    ``show_progress`` says."""
+    ``show_progress`` says; ``False`` also silences transformers' bars while fusion loads models."""
     global _enabled
     _enabled = bool(enabled)
 
@@ -71,3 +72,23 @@ def describe(desc: str) -> str:
     """``desc`` with the enclosing stages: ``"ft head (fold 2/5)"``."""
     stages = _stages.get()
     return f"{desc} ({', '.join(stages)})" if stages else desc
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """While fusion's progress is off: transformers' progress bars off and its logs at ERROR (no "Loading
+    weights" bars or load reports), then both restored as they were."""
+    if progress_enabled():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -1,16 +1,21 @@
-"""The library-wide progress switch (``fusion.set_progress`` / ``FUSION_DISABLE_PROGRESS_BARS``), and what the
-training bar says (its fold; no ETA to ``max_epochs`` when early stopping may end the run)."""
+"""The library-wide progress switch (``fusion.set_progress`` / ``FUSION_DISABLE_PROGRESS_BARS``), what the
+training bar says (its fold; no ETA to ``max_epochs`` when early stopping may end the run), and transformers'
+own bars and load reports kept out of fusion's quiet output, restored afterwards."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 
 import pytest
 import torch
 from tiny_models import make_toy_sentiment
+from transformers.utils import logging as hf_logging
 
 import fusion
-from fusion import Ensemble, HFEncoder, LinearHead, TrainConfig
+from fusion import Ensemble, HFClassifier, HFEncoder, LinearHead, TrainConfig
+from fusion.cli import main
 from fusion.progress import ENV_DISABLE, describe, progress_enabled, stage
 from fusion.training import TensorRows, train
 
@@ -84,3 +89,26 @@ def test_set_verbosity_sets_fusions_logger():
         assert not logging.getLogger("fusion.ensemble").isEnabledFor(logging.INFO)
     finally:
         logger.setLevel(before)
+
+
+def test_progress_off_silences_transformers_loads_and_restores_them(bert_classifier_dir, capfd):
+    HFClassifier(bert_classifier_dir, name="on").load_model()
+    assert "Loading weights" in capfd.readouterr().err  # transformers draws it while fusion's progress is on
+    fusion.set_progress(False)
+    HFClassifier(bert_classifier_dir, name="off").load_model()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # scoped: transformers' own setting is back
+
+
+def test_predict_quiet_prints_no_loading_weights(bert_classifier_dir, tmp_path, capfd):
+    member = HFClassifier(bert_classifier_dir, name="bert", show_progress=False)
+    saved = Ensemble([member], labels=["negative", "positive"]).fit(make_toy_sentiment(40, 0)).save_pretrained(
+        tmp_path / "ens")
+    capfd.readouterr()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["predict", str(saved), "--text", "a good film", "--quiet"]) == 0
+    assert "Loading weights" not in err.getvalue() + capfd.readouterr().err
+    assert "a good film" in out.getvalue()
+    assert hf_logging.is_progress_bar_enabled()  # a quiet command leaves transformers as it found it
+    assert progress_enabled()

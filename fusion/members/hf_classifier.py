@@ -15,6 +15,7 @@ from ..config import LoadOptions
 from ..engine import run_model
 from ..inputs import TextData
 from ..labels import apply_label_map
+from ..progress import quiet_transformers
 from .base import MEMBERS, label_map_field
 from .hf_model import HFMember, HFModelConfig
 
@@ -64,8 +65,9 @@ class HFClassifier(HFMember):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             path, remote = str(self.source.local_dir), self.config.trust_remote_code
-            self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-            self._model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=remote).eval()
+            with quiet_transformers():  # no "Loading weights" bar or load report while fusion's progress is off
+                self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+                self._model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=remote).eval()
         return self._model, self._tokenizer
 
     def compute(self, data: TextData, cache: OutputCache) -> Outputs:
