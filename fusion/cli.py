@@ -3,13 +3,14 @@
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
     fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR]
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
+                   [--overwrite]
     fusion report DIR [--out DIR]
     fusion inspect DIR
     fusion cache info|clear [--older-than 30d] [--cache-dir DIR]
 
 Exit codes: 0 success, 2 a usage, recipe or data error (``error: ...`` on stderr, no traceback), 1 anything
 unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars and step messages,
-``--verbose`` shows the library's INFO logs.
+``--verbose`` shows the library's INFO logs; both are accepted before or after the subcommand.
 """
 
 from __future__ import annotations
