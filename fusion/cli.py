@@ -270,7 +270,7 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
         if Path(args.out).exists() and not args.overwrite:
             raise ConfigError(f"--out {args.out} already exists; give --overwrite to replace it, or another --out.")
     else:
-        texts = check_texts(args.text, "--text")  # an invalid UTF-8 byte in argv arrives as a lone surrogate
+        texts = check_texts(args.text, "--text", first_row=1)  # an invalid UTF-8 byte in argv: a lone surrogate
     ensemble = _load_ensemble(args.dir, args.quiet)
     proba = ensemble.predict_proba(texts)
     predicted = ensemble.classes_[proba.argmax(1)]

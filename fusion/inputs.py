@@ -118,7 +118,7 @@ def check_texts(texts: Sequence[Any], where: str, column: str | None = None, *, 
         fusion.errors.DataError: data: row 1 is NoneType (None), not a string; drop or fill missing texts first.
     """
     place = f"{where}: column {column!r} row" if column is not None else f"{where}: row"
-    counted = " (counting data rows from 1)" if first_row == 1 else ""
+    counted = " (counted from 1)" if first_row == 1 else ""
     for row, text in enumerate(texts, first_row):
         if not isinstance(text, str):
             raise DataError(

@@ -89,7 +89,7 @@ def test_empty_text_in_a_data_file_names_the_file_and_the_1_based_row(tmp_path):
     texts[2] = ""
     code, _, err = run("build", recipe(tmp_path, ["pos", "neg"] * 6, texts=texts), "--quiet")
     assert code == 2
-    assert f"{tmp_path / 'data' / 'train.csv'}: column 'text' row 3 (counting data rows from 1) is an empty text" in err
+    assert f"{tmp_path / 'data' / 'train.csv'}: column 'text' row 3 (counted from 1) is an empty text" in err
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_predict_file_rows_are_counted_from_1(saved, tmp_path):
     source.write_text('text\ngood\n""\n')
     code, _, err = run("predict", saved, "--file", source, "--out", tmp_path / "p.csv", "--quiet")
     assert code == 2
-    assert f"{source}: column 'text' row 2 (counting data rows from 1) is an empty text" in err
+    assert f"{source}: column 'text' row 2 (counted from 1) is an empty text" in err
 
 
 def test_predict_refuses_to_overwrite_out_unless_asked(saved, tmp_path):
@@ -136,3 +136,9 @@ def test_a_set_index_out_of_range_names_the_recipe(tmp_path):
     code, _, err = run("build", path, "--check", "--set", "members.3.name=x")
     assert code == 2
     assert f"error: {path} (--set members.3.name): members is a list of 1 items" in err
+
+
+def test_predict_text_values_are_counted_from_1(saved):
+    code, _, err = run("predict", saved, "--text", "good fun", "--text", "", "--quiet")
+    assert code == 2
+    assert "--text: row 2 (counted from 1) is an empty text" in err
