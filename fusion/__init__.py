@@ -26,11 +26,13 @@ from .evaluation.evaluate import evaluate, permutation_importance
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
 from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
+from .progress import set_progress, set_verbosity
 from .train_config import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "set_progress", "set_verbosity",
     "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",

@@ -3,18 +3,20 @@
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
     fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR]
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
+                   [--overwrite]
     fusion report DIR [--out DIR]
     fusion inspect DIR
     fusion cache info|clear [--older-than 30d] [--cache-dir DIR]
 
 Exit codes: 0 success, 2 a usage, recipe or data error (``error: ...`` on stderr, no traceback), 1 anything
 unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars and step messages,
-``--verbose`` shows the library's INFO logs.
+``--verbose`` shows the library's INFO logs; both are accepted before or after the subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
@@ -27,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .datafiles import DataSpec, load_data, load_split, read_table
-from .errors import ChecksumError, ConfigError, DataError, FusionError, PersistenceError
+from .errors import ChecksumError, ConfigError, DataError, FusionError, LabelMismatchError, PersistenceError
 from .inputs import check_texts
 from .io import atomic_file, atomic_write_text
+from .progress import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +54,9 @@ class Console:
 
 
 def _silence_progress_bars() -> None:
-    import transformers
+    """Downloads' bars (transformers' are silenced around each model load by fusion's switch, then restored)."""
     from huggingface_hub.utils import disable_progress_bars
 
-    transformers.utils.logging.disable_progress_bar()
     disable_progress_bars()
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
@@ -150,6 +152,30 @@ def _print_build_table(ensemble: Any, report: Report) -> None:
               f"{selection['rows']} rows ({cv}; ties: lower log-loss, then the first listed)")
 
 
+NAME_THE_LABELS = ("name the labels in id order with a `labels:` list under `data:` in the recipe (e.g. `labels: "
+                   "[negative, positive]`), or a labels.json beside train.csv in the data folder "
+                   "(`{\"0\": \"negative\", \"1\": \"positive\"}`)")
+
+
+def _unnamed_ids(labels: Sequence[Any] | None) -> bool:
+    """True when the labels are integer ids (the data gave no names for them)."""
+    return bool(labels) and all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+
+
+def _fit_with_cli_advice(ensemble: Any, splits: Any, console: Console) -> None:
+    """Fit; when the labels are bare ids, say how a command-line user names them (the library's own messages
+    speak of ``Ensemble(labels=...)``, which a recipe user cannot call)."""
+    unnamed = splits.labels is None and _unnamed_ids(splits.train.get("label"))
+    if unnamed:
+        console.step(f"the labels are ids without names, so the ids are used as names; to {NAME_THE_LABELS}")
+    try:
+        ensemble.fit(splits.train, splits.validation)
+    except (DataError, LabelMismatchError) as err:
+        if not unnamed:
+            raise
+        raise type(err)(f"{err} From the command line: {NAME_THE_LABELS}.") from err
+
+
 def run_build(args: argparse.Namespace, console: Console) -> int:
     from .ensemble.persistence import check_replaceable
     from .recipe import load_recipe, parse_override
@@ -177,7 +203,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     print(f"data: {len(splits.train['text'])} train, {len(splits.validation['text'])} validation rows{carved}")
     ensemble = recipe.build_ensemble(members, labels=splits.labels, fusers=recipe.build_fusers(show_progress))
     console.step(f"fitting members and {len(ensemble.fusers)} fuser(s)")
-    ensemble.fit(splits.train, splits.validation)
+    _fit_with_cli_advice(ensemble, splits, console)
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
     _print_build_table(ensemble, ensemble.report_)
     saved = ensemble.save_pretrained(recipe.output / "ensemble")
@@ -237,12 +263,14 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
         if args.text_column not in table:
             raise DataError(f"{args.file}: no column {args.text_column!r}; it has columns {list(table)}. "
                             "Choose one with --text-column.")
-        texts = check_texts(table[args.text_column], str(args.file), args.text_column)  # as the Python API checks
+        texts = check_texts(table[args.text_column], str(args.file), args.text_column, first_row=1)  # as in Python
         if not texts:
             raise DataError(f"{args.file}: no rows to predict.")
         _check_output_file(Path(args.out), "--out")
+        if Path(args.out).exists() and not args.overwrite:
+            raise ConfigError(f"--out {args.out} already exists; give --overwrite to replace it, or another --out.")
     else:
-        texts = check_texts(args.text, "--text")  # an invalid UTF-8 byte in argv arrives as a lone surrogate
+        texts = check_texts(args.text, "--text", first_row=1)  # an invalid UTF-8 byte in argv: a lone surrogate
     ensemble = _load_ensemble(args.dir, args.quiet)
     proba = ensemble.predict_proba(texts)
     predicted = ensemble.classes_[proba.argmax(1)]
@@ -399,10 +427,12 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
 # --- the parser -------------------------------------------------------------------------------------------------
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """``--quiet`` / ``--verbose``, accepted before and after the subcommand: the subcommand's copies default to
+    SUPPRESS, so they leave the top-level value alone unless given (argparse lets a subparser's default win)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step messages")
-    common.add_argument("-v", "--verbose", action="store_true", help="show the library's INFO logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars or step messages")
+    common.add_argument("-v", "--verbose", action="store_true", default=default, help="show the library's INFO logs")
     return common
 
 
@@ -415,7 +445,8 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="fusion", description="Build, evaluate and ship ensembles of text classifiers.",
-                                     epilog="Run `fusion COMMAND --help` for each command's options.")
+                                     epilog="Run `fusion COMMAND --help` for each command's options.",
+                                     parents=[_common(default=False)])
     parser.add_argument("--version", action="version", version=f"fusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -423,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Load data, build the members, fit the ensemble once per listed fuser (members "
                                        "run once), keep the best fuser on validation accuracy (ties: first listed), "
                                        "save OUTPUT/ensemble, OUTPUT/recipe.yaml and the report in OUTPUT/report.")
-    build.add_argument("recipe", help="the YAML recipe (see fusion/recipe.py for the schema)")
+    build.add_argument("recipe", help="the YAML recipe (its keys: the README's 'Recipes' section, "
+                                            "and the docstring of fusion/recipe/__init__.py)")
     build.add_argument("--data", help="replace the recipe's data source: a directory, a file, or hub:DATASET_ID")
     build.add_argument("--output", help="replace the recipe's output directory")
     build.add_argument("--limit", type=int, help="use at most N rows per split (quick runs)")
@@ -451,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--text", action="append", help="a text to classify (repeatable)")
     given.add_argument("--file", help="a .csv, .tsv, .jsonl, .json or .txt (one text per line) file")
     predict.add_argument("--text-column", default="text", help="column holding the texts in --file (default: text)")
-    predict.add_argument("--out", default="predictions.csv", help="CSV to write for --file (default: predictions.csv)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV to write for --file (default: predictions.csv); "
+                                                                  "an existing file is refused unless --overwrite")
+    predict.add_argument("--overwrite", "--force", action="store_true", help="replace an existing --out file")
     predict.set_defaults(run=run_predict)
 
     report = sub.add_parser("report", parents=[common], help="re-render a report from its report.json",
@@ -485,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.quiet:
             _silence_progress_bars()
-        return args.run(args, console)
+        with progress_disabled() if args.quiet else contextlib.nullcontext():  # fusion's bars, and transformers'
+            return args.run(args, console)                                   # while fusion loads models
     except FusionError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .inputs import check_texts
 
 __all__ = ["DataSpec", "Splits", "SPLIT_SUFFIXES", "load_data", "load_split", "read_table", "find_split_file"]
 
@@ -216,14 +217,31 @@ def _label_value(value: Any, names: list[str] | None) -> Any:
     return value
 
 
+def _source(spec: DataSpec, split: str) -> str:
+    """Where a split's rows come from, as a person would look for them: its file, or the hub dataset's split."""
+    if spec.hub is not None:
+        return f"{spec.describe()} ({split} split)"
+    path = Path(spec.path) if spec.path is not None else None
+    if path is not None and path.is_dir():
+        found = find_split_file(path, split)
+        return str(found) if found is not None else f"{path} ({split})"
+    if path is not None:
+        return f"{path} ({split})"
+    file = spec.train if split == "train" else spec.validation
+    return f"{file} ({split})"
+
+
 def _normalise(table: Table, spec: DataSpec, names: list[str] | None, where: str, need_labels: bool = True) -> Table:
     missing = [c for c in (spec.text_column, spec.label_column if need_labels else None) if c and c not in table]
     if missing:
-        raise DataError(f"{where}: no column {missing[0]!r}; the data has columns {list(table)}. "
-                        "Set data.text_column / data.label_column (or --text-column / --label-column).")
+        option = "text" if missing[0] == spec.text_column else "label"
+        raise DataError(f"{where}: no column {missing[0]!r}; the data has columns {list(table)}. Name the column "
+                        f"with the recipe key data.{option}_column (fusion build: --set data.{option}_column=NAME; "
+                        f"fusion evaluate: --{option}-column NAME).")
     out: Table = {"text": list(table[spec.text_column])}
     if not out["text"]:
         raise DataError(f"{where}: no rows (the file holds no examples, only a header or nothing); add examples.")
+    check_texts(out["text"], where, spec.text_column, first_row=1)  # numbered as a person counts rows in the file
     if spec.label_column in table:
         out["label"] = [_label_value(v, names) for v in table[spec.label_column]]
     return out
@@ -295,8 +313,8 @@ def load_data(spec: DataSpec) -> Splits:
     names = list(spec.labels) if spec.labels is not None else found_names
     if train_raw is None:
         raise DataError(f"{spec.describe()}: no training split found.")
-    train = _normalise(train_raw, spec, names, f"{spec.describe()} (train)")
-    validation = _normalise(val_raw, spec, names, f"{spec.describe()} (validation)") if val_raw is not None else None
+    train = _normalise(train_raw, spec, names, _source(spec, "train"))
+    validation = _normalise(val_raw, spec, names, _source(spec, "validation")) if val_raw is not None else None
     carved = False
     if validation is None and spec.validation_fraction is not None:
         train, validation = _carve(train, spec.validation_fraction, spec.seed)
@@ -322,4 +340,4 @@ def load_split(spec: DataSpec, split: str) -> tuple[Table, list[str] | None]:
         files = Path(where).iterdir() if Path(where).is_dir() else []
         available = sorted({p.stem for p in files if p.suffix in SPLIT_SUFFIXES and p.name != "labels.json"})
         raise DataError(f"{where}: no {split!r} split; available splits: {available or 'none'}. Choose one with --split.")
-    return _sample(_normalise(table, spec, names, f"{spec.describe()} ({split})"), spec.limit, spec.seed), names
+    return _sample(_normalise(table, spec, names, _source(spec, split)), spec.limit, spec.seed), names

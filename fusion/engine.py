@@ -28,6 +28,7 @@ from .batching import (
 )
 from .cache.store import OutputCache
 from .errors import ConfigError, ResourceError
+from .progress import describe, progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ def run_model(
     budget = max_tokens or auto_max_tokens(work, device, dtype)
     batches = length_sorted_batches(tokens.lengths, batch_size, budget)
     results: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(texts), desc=desc, unit="ex", disable=not show_progress or probe, leave=False,
+    show = show_progress and progress_enabled() and not probe
+    with tqdm(total=len(texts), desc=describe(desc), unit="ex", disable=not show, leave=False,
               delay=0.5) as bar:  # quick calls (a few texts to predict) show no bar
         host_batches = prefetched(lambda rows: _host_batch(tokens, rows, pad_id), batches, pin=device.type == "cuda")
         for rows, batch in host_batches:

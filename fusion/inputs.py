@@ -185,12 +185,13 @@ def column_values(data: Any, name: str, where: str) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-def check_texts(texts: Sequence[Any], where: str, column: str | None = None) -> list[str]:
+def check_texts(texts: Sequence[Any], where: str, column: str | None = None, *, first_row: int = 0) -> list[str]:
     """Texts as a list of str; refuses (DataError naming the row) a value that is not a string (None, a number,
     a list), an empty or blank text, and an unpaired surrogate (what an undecodable byte becomes under
     ``errors="surrogateescape"``, e.g. in ``sys.argv``), which no tokenizer can encode.
 
-    The one check of texts for the Python API and the ``fusion`` command alike.
+    The one check of texts for the Python API and the ``fusion`` command alike. Rows are numbered from
+    ``first_row``: 0 for Python sequences, 1 where a person counts data rows in a file (the command line).
 
     Example:
         >>> check_texts(["good", None], "data")
@@ -199,20 +200,21 @@ def check_texts(texts: Sequence[Any], where: str, column: str | None = None) -> 
         fusion.errors.DataError: data: row 1 is NoneType (None), not a string; drop or fill missing texts first.
     """
     place = f"{where}: column {column!r} row" if column is not None else f"{where}: row"
-    for row, text in enumerate(texts):
+    counted = " (counted from 1)" if first_row == 1 else ""
+    for row, text in enumerate(texts, first_row):
         if not isinstance(text, str):
             raise DataError(
-                f"{place} {row} is {type(text).__name__} ({text!r}), not a string; "
+                f"{place} {row}{counted} is {type(text).__name__} ({text!r}), not a string; "
                 "drop or fill missing texts first."
             )
         if not text.strip():
-            raise DataError(f"{place} {row} is an empty text ({text!r}); "
+            raise DataError(f"{place} {row}{counted} is an empty text ({text!r}); "
                             "drop that row or fill it in.")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
             raise DataError(
-                f"{place} {row} holds {text[err.start]!r} at character "
+                f"{place} {row}{counted} holds {text[err.start]!r} at character "
                 f"{err.start}, an unpaired surrogate that is not valid Unicode (an undecodable byte, such as invalid "
                 "UTF-8 read with errors='surrogateescape'); decode the source as UTF-8 or remove that character."
             ) from None

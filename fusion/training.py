@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .batching import grouped_micro_batches, length_sorted_batches, prefetched
 from .errors import ConfigError, DataError, FusionError
+from .progress import describe, progress_enabled
 from .train_config import TrainConfig
 
 __all__ = ["Rows", "TensorRows", "TrainConfig", "TrainResult", "TrainingError", "seeded", "train"]
@@ -345,8 +346,12 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     config, generator = run.config, torch.Generator()
     sizes = [len(train_rows)] + ([len(val_rows)] if val_rows is not None else [])
     result, best_state = TrainResult(best_epoch=0, epochs_run=0, best_loss=math.inf), {}
-    show = config.show_progress and run.state.is_main_process
-    with tqdm(total=config.max_epochs, desc=run.desc, unit="epoch", disable=not show, leave=False) as bar:
+    show = config.show_progress and progress_enabled() and run.state.is_main_process
+    # With early stopping the run may end long before max_epochs: the bar counts epochs without a total (so
+    # it shows no ETA to max_epochs) and names the cap in its postfix.
+    stops_early = config.patience is not None
+    with tqdm(total=None if stops_early else config.max_epochs, desc=describe(run.desc), unit="epoch",
+              disable=not show, leave=False) as bar:
         for epoch in range(1, config.max_epochs + 1):
             lbfgs = config.optimizer == "lbfgs"
             sums = [_lbfgs_epoch(run, train_rows, generator) if lbfgs else _train_epoch(run, train_rows, generator, epoch)]
@@ -356,7 +361,9 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
             result.epochs_run = epoch
             logger.debug("%s epoch %d: train_loss=%.6g val_loss=%s", run.desc, epoch, train_loss, val_loss)
             bar.set_postfix(
-                train=f"{train_loss:.4g}", val="-" if val_loss is None else f"{val_loss:.4g}", refresh=False
+                train=f"{train_loss:.4g}", val="-" if val_loss is None else f"{val_loss:.4g}",
+                **({"max": f"{config.max_epochs} (early stopping, patience {config.patience})"} if stops_early else {}),
+                refresh=False,
             )
             bar.update(1)
             monitored = train_loss if val_loss is None else val_loss

@@ -13,6 +13,7 @@ from ..cache.store import OutputCache, Outputs
 from ..fusers import Fuser, MemberOutputs
 from ..inputs import TextData
 from ..members.base import Member
+from ..progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ def out_of_fold_outputs(
 
     def fold_outputs(k: int, fit_rows: np.ndarray, out_rows: np.ndarray) -> Outputs:
         logger.info("cross-fitting member %s: fold %d/%d", member.name, k + 1, cv)
-        fold_member = spec.clone().fit(train.subset(fit_rows), label_names, cache)
-        return fold_member.compute(train.subset(out_rows), cache)
+        with stage(f"fold {k + 1}/{cv}"):  # the fold's bars say which fold they are
+            fold_member = spec.clone().fit(train.subset(fit_rows), label_names, cache)
+            return fold_member.compute(train.subset(out_rows), cache)
 
     def compute() -> Outputs:
         result: dict[str, torch.Tensor] = {}

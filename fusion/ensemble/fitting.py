@@ -18,6 +18,7 @@ from ..errors import FusionError
 from ..inputs import TextData
 from ..io import pack_directory, unpack_directory
 from ..members.base import Member
+from ..progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,19 @@ def fitted_member(spec: Member, train: TextData, labels: list[str], cache: Outpu
         >>> member = fitted_member(SklearnMember(pipeline), train, ["neg", "pos"], OutputCache())  # doctest: +SKIP
     """
     if cache.directory is None:
-        return spec.clone().fit(train, labels, cache)
+        return _fit(spec, train, labels, cache)
     rows = digest(train.label_fingerprint, labels)
     packed = cache.get(spec.fingerprint, rows, FITTED_VARIANT)
     member = _restored(spec, packed) if packed is not None else None
     if member is None:
-        member = spec.clone().fit(train, labels, cache)
+        member = _fit(spec, train, labels, cache)
         _store(member, spec.fingerprint, rows, cache)
     return member
+
+
+def _fit(spec: Member, train: TextData, labels: list[str], cache: OutputCache) -> Member:
+    with stage("all training rows"):  # its bars apart from the cross-fitting folds' ("fold 2/5")
+        return spec.clone().fit(train, labels, cache)
 
 
 def _restored(spec: Member, packed: dict) -> Member | None:

@@ -16,6 +16,7 @@ from ..engine import run_model
 from ..errors import ConfigError
 from ..inputs import TextData
 from ..labels import apply_label_map
+from ..progress import quiet_transformers
 from .base import MEMBERS, label_map_field
 from .hf_model import HFMember, HFModelConfig
 
@@ -78,10 +79,11 @@ class HFClassifier(HFMember):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             path, remote = str(self.source.local_dir), self.config.trust_remote_code
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, trust_remote_code=remote, output_loading_info=True)
-            self._refuse_new_weights(info)
-            self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+            with quiet_transformers():  # no "Loading weights" bar or load report while fusion's progress is off
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    path, trust_remote_code=remote, output_loading_info=True)
+                self._refuse_new_weights(info)
+                self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
             self._model = model.eval()
         return self._model, self._tokenizer
 

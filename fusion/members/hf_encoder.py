@@ -19,6 +19,7 @@ from ..engine import max_input_length, run_model
 from ..inputs import TextData, holdout_split
 from ..io import sha256_tensors
 from ..losses import per_example_cross_entropy
+from ..progress import quiet_transformers
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, train_config_field, with_progress
@@ -160,8 +161,9 @@ class HFEncoder(HFMember):
             from transformers import AutoModel, AutoTokenizer
 
             path, remote = str(self._files.local_dir), self.config.trust_remote_code
-            self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-            self._backbone = AutoModel.from_pretrained(path, trust_remote_code=remote).eval()
+            with quiet_transformers():  # no "Loading weights" bar or load report while fusion's progress is off
+                self._tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+                self._backbone = AutoModel.from_pretrained(path, trust_remote_code=remote).eval()
         return self._backbone, self._tokenizer
 
     @property

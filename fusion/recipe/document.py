@@ -79,27 +79,32 @@ class Document:
     def set(self, dotted: str, value: Any, label: str, base: Path | None = None) -> None:
         """Set ``a.b.0.c`` to ``value`` (creating mappings on the way); its origin becomes ``label``."""
         keys = [int(k) if re.fullmatch(r"-?\d+", k) else k for k in dotted.split(".")]
+        where = f"{self.name} {label}"  # the recipe too: an override is read against one
         if not dotted or "" in keys:
-            raise RecipeError(f"{label}: {dotted!r} is not a key path such as data.limit or members.0.model.")
+            raise RecipeError(f"{where}: {dotted!r} is not a key path such as data.limit or members.0.model.")
         if not isinstance(self.data, dict):
             self.data = {}
-        node, path = self.data, ()
+        node, path, created = self.data, (), []
         for depth, key in enumerate(keys):
             if isinstance(node, list):
                 if not isinstance(key, int) or not -len(node) <= key < len(node):
-                    raise RecipeError(f"{label}: {fmt(path)} is a list of {len(node)} items; {key!r} is not an index in it.")
+                    raise RecipeError(f"{where}: {fmt(path)} is a list of {len(node)} items; {key!r} is not an index in it.")
                 key %= len(node)
             elif isinstance(node, dict):
                 key = key if key in node or not isinstance(key, int) else str(key)
                 if depth < len(keys) - 1 and key not in node:
                     node[key] = {}
+                    created.append(path + (key,))
             else:
-                raise RecipeError(f"{label}: {fmt(path)} is {describe(node)}, so {dotted!r} cannot be set.")
+                raise RecipeError(f"{where}: {fmt(path)} is {describe(node)}, so {dotted!r} cannot be set.")
             path += (key,)
             if depth == len(keys) - 1:
                 node[key] = value
             node = node[key]
-        self.mark(path, value, Origin(label, base or Path.cwd()))
+        origin = Origin(label, base or Path.cwd())
+        self.mark(path, value, origin)
+        for made in created:  # a mapping the override created is reported at the override, not the recipe's top
+            self.origins[made] = origin
 
     def remove(self, path: KeyPath) -> None:
         parent = self.data
