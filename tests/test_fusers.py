@@ -26,6 +26,7 @@ from fusion.fusers import (
     LinearFuser,
     MeanFuser,
     MemberOutputs,
+    PickFuser,
     StackingFuser,
     VoteFuser,
 )
@@ -487,7 +488,7 @@ BAD_INPUT = [
                  "registered fusers are: " + ", ".join(FUSERS.names()) + r"\. Did you mean 'linear'\?",
                  id="unknown-name"),
     pytest.param(lambda: Fuser.from_config({"kind": "stackin"}), UnknownNameError,
-                 r"unknown fuser 'stackin'; registered fusers are: linear, mean, stacking, vote\. Did you mean 'stacking'",
+                 r"unknown fuser 'stackin'; registered fusers are: linear, mean, pick, stacking, vote\. Did you mean 'stacking'",
                  id="unknown-kind-in-config"),
     pytest.param(lambda: Fuser.from_config({"name": "stackin"}), UnknownNameError, "Did you mean 'stacking'",
                  id="unknown-name-in-format-1-config"),
@@ -576,3 +577,14 @@ def test_linear_fuser_temperatures_stay_bounded_so_flat_members_cannot_overflow(
     logits = torch.tensor([[[-0.0044, 0.0108], [-1.3, -0.3]]])
     assert torch.isfinite(model(logits)).all()
     assert torch.allclose(model.temperature(), torch.full((2, 1), float(np.exp(-LOG_TEMPERATURE_BOUND))))
+
+
+def test_pick_fuser_passes_one_member_through():
+    outputs = outputs_from_proba([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], [[0.3, 0.7], [0.6, 0.4], [0.6, 0.4]])
+    best = PickFuser().fit(outputs, [0, 1, 0])  # member0 is right on 3 rows of 3, member1 on 1
+    assert best.accuracy_.tolist() == pytest.approx([1.0, 1 / 3]) and best.member_weights().tolist() == [1.0, 0.0]
+    assert best.table_label(outputs.member_names) == "member: member0"
+    named = PickFuser(member="member1").fit(outputs, [0, 1, 0])
+    np.testing.assert_allclose(named.predict_proba(outputs), [[0.3, 0.7], [0.6, 0.4], [0.6, 0.4]], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"pick: member 'bert' is not among the members \['member0', 'member1'\]"):
+        PickFuser(member="bert").fit(outputs, [0, 1, 0])

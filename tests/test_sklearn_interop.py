@@ -118,7 +118,7 @@ FUSER_CHECKS = [*COMMON_CHECKS, "check_parameters_default_constructible"]
 
 def _estimators():
     for kind in FUSERS.names():
-        for check in FUSER_CHECKS + (["check_set_params"] if kind in ("mean", "vote") else []):
+        for check in FUSER_CHECKS + (["check_set_params"] if kind in ("mean", "pick", "vote") else []):
             yield pytest.param(FUSERS.get(kind)(), check, id=f"{kind}-{check}")
     for check in COMMON_CHECKS:
         yield pytest.param(Ensemble([tfidf_member("a")], cache_dir="memory"), check, id=f"ensemble-{check}")

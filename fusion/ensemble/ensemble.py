@@ -21,13 +21,13 @@ import torch
 from ..cache.store import OutputCache, Outputs
 from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError, did_you_mean
 from ..evaluation import metrics
-from ..fusers import Fuser, MemberOutputs
+from ..fusers import Fuser, MemberOutputs, PickFuser
 from ..inputs import TextData, as_text_data, column_values, dataset_label_names
 from ..labels import alignment
 from ..members.base import Member, check_inputs
 from .crossfit import folds, out_of_fold_outputs
 from .fitting import fitted_member
-from .selection import Candidate, as_fusers, best_candidate, fit_candidates
+from .selection import Candidate, as_fusers, best_candidate, fit_candidates, with_member_candidate
 
 if TYPE_CHECKING:
     from ..evaluation import Report
@@ -57,7 +57,8 @@ class Ensemble:
     Args:
         members: the member specs (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...); never modified.
         fuser: a ``Fuser``, a registered fuser kind, or a list of them: every candidate is fitted and the
-            one with the best cross-validated accuracy is kept (default ``MeanFuser()``).
+            one with the best cross-validated accuracy is kept (default ``MeanFuser()``); with several, the best
+            single member is one more candidate (``PickFuser``, ``"member: NAME"``), kept when no fuser beats it.
         labels: the label names, in id order. Default: the training data's ClassLabel names, its string
             labels (sorted), the first member that names its labels, or else the ids themselves.
         text_column / label_column: column names in the data.
@@ -289,7 +290,7 @@ class Ensemble:
         self.fusers = as_fusers(self.fuser)
         outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
         logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
-        candidates = fit_candidates(self.fusers, outputs, labels_ids, cv=self.cv, seed=self.seed,
+        candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels_ids, cv=self.cv, seed=self.seed,
                                     cross_validate=len(self.fusers) > 1 or mode == "validation")
         best = best_candidate(candidates)
         self.fuser_, self.fuser_data_ = best.fuser, mode
@@ -515,13 +516,17 @@ class Ensemble:
 
 
 def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:
+    member = best.label.removeprefix("member: ") if isinstance(best.fuser, PickFuser) else None
     return {"rows": mode, "cv": cv, "metric": "accuracy", "chosen": best.label,
+            "member": member,  # the single member kept when it beat every fuser; else None
             "scores": {c.label: c.cv_scores for c in candidates}}
 
 
 def _selection_note(selection: dict[str, Any]) -> str:
     scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in selection["scores"].items())
-    return (f"{selection['chosen']} was chosen among the candidate fusers by {selection['cv']}-fold cross-validated "
+    kept = (f"The member {selection['member']} alone beat every fuser, so it is kept and no fusion is applied: it"
+            if selection.get("member") else selection["chosen"])
+    return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated "
             f"accuracy on the {selection['rows']} rows ({scores}), not by its score on these rows.")
 
 
