@@ -23,7 +23,7 @@ from .errors import (
 )
 from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
-from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, StackingFuser, VoteFuser
+from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, PickFuser, StackingFuser, VoteFuser
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
 from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
 from .progress import set_progress, set_verbosity
@@ -36,7 +36,7 @@ __all__ = [
     "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
-    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]

@@ -2,9 +2,9 @@
 config plus learned state.
 
 - A **config** is a frozen dataclass per kind. Its fields are the component's parameters, declared once:
-  the component's constructor, ``to_dict`` / ``from_dict``, ``clone()``, the fingerprint and the recipe
-  schema are all derived from them. Value checks live in a ``constraints`` table (field -> (test, text)),
-  cross-field checks in ``validate``.
+  the component's constructor, ``to_dict`` / ``from_dict``, ``clone()``, ``get_params`` / ``set_params``
+  (scikit-learn's protocol), the fingerprint and the recipe schema are all derived from them. Value checks
+  live in a ``constraints`` table (field -> (test, text)), cross-field checks in ``validate``.
 - Fields that hold Python objects a JSON file cannot spell (a user's ``nn.Module``, a scikit-learn
   estimator) are declared with :func:`object_field`: the JSON gets a description, ``clone()`` a fresh copy,
   and loading takes the object back from :class:`LoadOptions`. The fingerprint sees more of the object than the
@@ -480,6 +480,68 @@ class Component:
 
     def _clone_into(self, twin: Component) -> None:
         """Share what a clone may share (hashed checksums, a loaded frozen model); nothing learned."""
+
+    # --- scikit-learn's estimator protocol, derived from the config's fields -------------------------------
+    def __sklearn_clone__(self):
+        """``sklearn.base.clone(component)`` is :meth:`clone` (one mechanism: fresh object fields, nothing learned)."""
+        return self.clone()
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The config's fields by name (scikit-learn's ``get_params``). With ``deep``, a field holding an
+        estimator (a ``SklearnMember``'s pipeline) adds its parameters as ``field__param``."""
+        params = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        if deep:
+            for name, value in list(params.items()):
+                if hasattr(value, "get_params") and not inspect.isclass(value):
+                    params.update({f"{name}__{key}": v for key, v in value.get_params(deep=True).items()})
+        return params
+
+    def set_params(self, **params: Any):
+        """Change config fields (scikit-learn's ``set_params``; ``field__param`` sets a parameter of a field's
+        estimator): the new config is validated and ``self`` becomes what the constructor builds from it.
+
+        Raises:
+            ConfigError: an unknown parameter (with the closest valid one), an invalid value (the config's own
+                message), or a fitted component (its learned state would no longer match its config; change
+                ``clone().set_params(...)`` instead).
+        """
+        if not params:
+            return self
+        if getattr(self, "is_fitted", False):
+            raise ConfigError(f"{type(self).__name__}.set_params on a fitted component would leave its learned state "
+                              f"out of date with its config; call clone().set_params({', '.join(params)}=...) and "
+                              "fit that.")
+        fields = {f.name: f for f in dataclasses.fields(self.config)}
+        changes: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, _, inner = key.partition("__")
+            if name not in fields:
+                raise ConfigError(f"{type(self).__name__}.set_params: unknown parameter {key!r}; valid parameters "
+                                  f"are: {', '.join(fields)}." + did_you_mean(name, fields))
+            if inner:
+                nested.setdefault(name, {})[inner] = value
+            else:
+                changes[name] = value
+        for name, inner_params in nested.items():
+            holder = changes.get(name, getattr(self.config, name))
+            spec = object_spec(fields[name])
+            if spec is None or not hasattr(holder, "set_params"):
+                raise ConfigError(f"{type(self).__name__}.set_params: {name!r} holds no estimator with parameters of "
+                                  f"its own, so {sorted(f'{name}__{k}' for k in inner_params)} cannot be set; set "
+                                  f"{name}= itself.")
+            changes[name] = (holder if name in changes else spec.copy(holder)).set_params(**inner_params)
+        rebuilt = type(self)(self.config.replace(**changes))
+        self.__dict__.clear()  # nothing learned is lost (refused when fitted); no cached model of the old config stays
+        self.__dict__.update(rebuilt.__dict__)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags: not a classifier on arrays (fusers take ``MemberOutputs``, members texts)."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True),
+                    input_tags=InputTags(two_d_array=False))
 
     def to_config(self) -> dict[str, Any]:
         """``{"kind": ..., **fields}``, JSON-able."""

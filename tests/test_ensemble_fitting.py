@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tfidf_member
+from helpers import FakeMember, tfidf_member
 from tiny_models import make_toy_sentiment
 
 from fusion import (
@@ -22,6 +22,7 @@ from fusion import (
     LinearFuser,
     MeanFuser,
     MLPHead,
+    PickFuser,
     SklearnMember,
     TrainConfig,
     VoteFuser,
@@ -240,11 +241,12 @@ def test_several_fusers_are_chosen_by_cross_validated_accuracy(bert_classifier_d
     ens = Ensemble(members, fuser=[MeanFuser(), "vote", LinearFuser()], cv=3)
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
     selection = ens.selection_
-    assert set(selection["scores"]) == {"mean", "vote", "linear"} and selection["rows"] == "train"
+    member = next(label for label in selection["scores"] if label.startswith("member: "))  # the best single member
+    assert set(selection["scores"]) == {"mean", "vote", "linear", member} and selection["rows"] == "train"
     best = max(selection["scores"], key=lambda k: (selection["scores"][k]["accuracy"], -selection["scores"][k]["log_loss"]))
     assert selection["chosen"] == best and ens.fuser_ is ens.candidates_[best]
     report = ens.report_
-    assert {m.name for m in report.models if m.kind == "fuser"} == {"mean", "vote", "linear"}
+    assert {m.name for m in report.models if m.kind == "fuser"} == {"mean", "vote", "linear", member}
     assert any("cross-validated" in note for note in report.notes)
 
 
@@ -301,3 +303,40 @@ def test_saved_config_is_the_ensemble_config(bert_classifier_dir, toy_sentiment,
     assert config.selection["chosen"] == ens.selection_["chosen"]
     card = (tmp_path / "e" / "README.md").read_text()
     assert config.fuser.kind_name in card and "Chosen among candidates" in card
+
+
+def _noise_member(name: str, seed: int) -> FakeMember:
+    """A member whose confident probabilities are random: it knows nothing, and says so loudly."""
+    return FakeMember(labels=["negative", "positive"], name=name,
+                      make_logits=lambda n: 5 * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + n)))
+
+
+def test_a_single_member_that_beats_every_fuser_is_kept_alone(toy_sentiment):
+    members = [tfidf_member("strong"), _noise_member("noise1", 1), _noise_member("noise2", 2)]
+    ens = Ensemble(members, fuser=["mean", "vote"], labels=["negative", "positive"], cv=3, cache_dir="memory")
+    ens.fit(toy_sentiment["train"])
+    selection = ens.selection_
+    scores = {label: s["accuracy"] for label, s in selection["scores"].items()}
+    assert set(scores) == {"mean", "vote", "member: strong"}
+    assert scores["member: strong"] > max(scores["mean"], scores["vote"])
+    assert selection["chosen"] == "member: strong" and selection["member"] == "strong"
+    assert isinstance(ens.fuser_, PickFuser) and ens.candidates_["member: strong"] is ens.fuser_
+    texts = toy_sentiment["validation"]["text"]
+    strong = ens.members_[0].compute(ens._data(texts, "data"), ens.cache)["logits"].softmax(-1).numpy()
+    np.testing.assert_allclose(ens.predict_proba(texts), strong, atol=1e-6)  # the member's own probabilities
+    assert any(note.startswith("The member strong alone beat every fuser, so it is kept")
+               for note in ens._notes(ens._data(toy_sentiment["validation"], "evaluation", require_labels=True)))
+
+
+
+def test_a_member_that_ties_a_fuser_on_accuracy_is_judged_by_log_loss(toy_sentiment):
+    """Constant members change no argmax, so the mean ties the strong member on accuracy; the same rule as
+    between fusers then decides: the lower cross-validated log-loss (the mean's is pulled towards 0.5)."""
+    flat = [FakeMember(labels=["negative", "positive"], name=f"flat{i}", make_logits=lambda n: torch.zeros(n, 2))
+            for i in range(2)]
+    ens = Ensemble([tfidf_member("strong"), *flat], fuser=["mean", "vote"], labels=["negative", "positive"], cv=3,
+                   cache_dir="memory").fit(toy_sentiment["train"])
+    scores = ens.selection_["scores"]
+    assert scores["mean"]["accuracy"] == scores["member: strong"]["accuracy"]
+    assert scores["member: strong"]["log_loss"] < scores["mean"]["log_loss"]
+    assert ens.selection_["chosen"] == "member: strong" and ens.selection_["member"] == "strong"

@@ -92,7 +92,7 @@ def test_predict_before_fit():
     [
         (lambda: Ensemble([]), ConfigError, "at least one member"),
         (lambda: Ensemble([fake("a"), fake("a")]), ConfigError, r"unique; \['a'\]"),
-        (lambda: Ensemble([fake()], fuser="avg"), UnknownNameError, "registered fusers are: linear, mean, stacking, vote"),
+        (lambda: Ensemble([fake()], fuser="avg"), UnknownNameError, "registered fusers are: linear, mean, pick, stacking, vote"),
         (lambda: Ensemble([fake()], fuser_data="test"), ConfigError, "fuser_data"),
         (lambda: Ensemble([fake()], cv=1), ConfigError, "cv"),
     ],

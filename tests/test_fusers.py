@@ -26,6 +26,7 @@ from fusion.fusers import (
     LinearFuser,
     MeanFuser,
     MemberOutputs,
+    PickFuser,
     StackingFuser,
     VoteFuser,
 )
@@ -508,7 +509,7 @@ BAD_INPUT = [
                  "registered fusers are: " + ", ".join(FUSERS.names()) + r"\. Did you mean 'linear'\?",
                  id="unknown-name"),
     pytest.param(lambda: Fuser.from_config({"kind": "stackin"}), UnknownNameError,
-                 r"unknown fuser 'stackin'; registered fusers are: linear, mean, stacking, vote\. Did you mean 'stacking'",
+                 r"unknown fuser 'stackin'; registered fusers are: linear, mean, pick, stacking, vote\. Did you mean 'stacking'",
                  id="unknown-kind-in-config"),
     pytest.param(lambda: Fuser.from_config({"name": "stackin"}), UnknownNameError, "Did you mean 'stacking'",
                  id="unknown-name-in-format-1-config"),
@@ -629,3 +630,14 @@ def test_mean_fuser_equals_sklearn_soft_voting_exactly_whatever_the_batching(wei
     batched = np.concatenate([fuser.predict_proba(outputs.subset(np.arange(i, min(i + b, outputs.n_rows))))
                               for b in (1, 7, 64) for i in range(0, outputs.n_rows, b)])
     np.testing.assert_array_equal(batched, np.tile(proba, (3, 1)))
+
+
+def test_pick_fuser_passes_one_member_through():
+    outputs = outputs_from_proba([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], [[0.3, 0.7], [0.6, 0.4], [0.6, 0.4]])
+    best = PickFuser().fit(outputs, [0, 1, 0])  # member0 is right on 3 rows of 3, member1 on 1
+    assert best.accuracy_.tolist() == pytest.approx([1.0, 1 / 3]) and best.member_weights().tolist() == [1.0, 0.0]
+    assert best.table_label(outputs.member_names) == "member: member0"
+    named = PickFuser(member="member1").fit(outputs, [0, 1, 0])
+    np.testing.assert_allclose(named.predict_proba(outputs), [[0.3, 0.7], [0.6, 0.4], [0.6, 0.4]], atol=1e-6)
+    with pytest.raises(ConfigError, match=r"pick: member 'bert' is not among the members \['member0', 'member1'\]"):
+        PickFuser(member="bert").fit(outputs, [0, 1, 0])

@@ -30,9 +30,11 @@ def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, sentiment_dir, tmp_p
     assert "reloaded predictions identical: True" in table
     assert (tmp_path / "ens" / "fusion_config.json").is_file()
     report = Report.load(tmp_path / "ens" / "report")
-    kept = table.split("\nkept ")[1].split()[0]
+    kept = table.split("\nkept ")[1].split(" (best ")[0]
     assert [m.name for m in report.fusers][0] == kept  # the kept fuser first, then the other candidates
-    assert sorted(m.name for m in report.fusers) == ["linear", "mean", "stacking", "vote"]
+    names = [m.name for m in report.fusers]  # the four fusers and the best single member ("member: NAME")
+    assert sorted(n for n in names if not n.startswith("member: ")) == ["linear", "mean", "stacking", "vote"]
+    assert len(names) == 5
     assert "## Accuracy against inference cost" in (tmp_path / "ens" / "README.md").read_text()
 
 

@@ -7,6 +7,7 @@ keeps what it was given untouched, as scikit-learn does: ``fit`` fits clones int
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import Counter
@@ -18,15 +19,15 @@ import numpy as np
 import torch
 
 from ..cache.store import OutputCache, Outputs
-from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError
+from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError, did_you_mean
 from ..evaluation import metrics
-from ..fusers import Fuser, MemberOutputs
+from ..fusers import Fuser, MemberOutputs, PickFuser
 from ..inputs import TextData, as_text_data, column_values, dataset_label_names, fit_arguments
 from ..labels import alignment
 from ..members.base import Member, check_inputs
 from .crossfit import folds, out_of_fold_outputs
 from .fitting import fitted_member
-from .selection import Candidate, as_fusers, best_candidate, fit_candidates
+from .selection import Candidate, as_fusers, best_candidate, fit_candidates, with_member_candidate
 
 if TYPE_CHECKING:
     from ..evaluation import Report
@@ -56,7 +57,8 @@ class Ensemble:
     Args:
         members: the member specs (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...); never modified.
         fuser: a ``Fuser``, a registered fuser kind, or a list of them: every candidate is fitted and the
-            one with the best cross-validated accuracy is kept (default ``MeanFuser()``).
+            one with the best cross-validated accuracy is kept (default ``MeanFuser()``); with several, the best
+            single member is one more candidate (``PickFuser``, ``"member: NAME"``), kept when no fuser beats it.
         labels: the label names, in id order. Default: the training data's ClassLabel names, its string
             labels (sorted), the first member that names its labels, or else the ids themselves.
         text_column / label_column: column names in the data.
@@ -294,7 +296,7 @@ class Ensemble:
         self.fusers = as_fusers(self.fuser)
         outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
         logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
-        candidates = fit_candidates(self.fusers, outputs, labels_ids, cv=self.cv, seed=self.seed,
+        candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels_ids, cv=self.cv, seed=self.seed,
                                     cross_validate=len(self.fusers) > 1 or mode == "validation")
         best = best_candidate(candidates)
         self.fuser_, self.fuser_data_ = best.fuser, mode
@@ -399,14 +401,20 @@ class Ensemble:
     def metrics_(self, value: dict[str, Any] | None) -> None:
         self._metrics = value
 
-    def score(self, data: Any) -> dict[str, dict[str, float]]:
-        """Accuracy and log-loss of every member and of the fuser on labelled ``data`` (fast; no report).
+    def score(self, data: Any, y: Any = None) -> dict[str, dict[str, float]] | float:
+        """Accuracy and log-loss of every member and of the fuser on labelled ``data`` (fast; no report); or,
+        called as scikit-learn does, ``score(texts, y)``: the ensemble's accuracy, a float.
 
         On the rows the fuser learnt from (``fuser_data="validation"``), the fuser's scores are out-of-fold.
 
         Returns:
-            ``{name: {"accuracy": ..., "log_loss": ...}}``; members first, then ``"fuser:<kind>"``.
+            ``{name: {"accuracy": ..., "log_loss": ...}}``; members first, then ``"fuser:<kind>"``. With ``y``
+            (label names or ids, one per text): the fraction of ``predict(texts)`` equal to ``y``.
         """
+        if y is not None:
+            rows = self._data({self.text_column: list(data), self.label_column: np.asarray(y).tolist()}, "score",
+                              require_labels=True)
+            return float(np.mean(self._fitted_fuser().predict(self._prediction_outputs(rows)) == rows.labels))
         data = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
         outputs = self.member_outputs(data)
         scores = {name: metrics.summary(outputs.probabilities()[:, i].double().numpy(), data.labels)
@@ -415,6 +423,74 @@ class Ensemble:
         proba = fused if fused is not None else self._fitted_fuser().predict_proba(outputs)
         scores[f"fuser:{self._fitted_fuser().kind}"] = metrics.summary(proba, data.labels)
         return scores
+
+    # --- scikit-learn's estimator protocol ---------------------------------------------------------------
+    _estimator_type = "classifier"  # what scikit-learn before 1.6 reads; later versions read __sklearn_tags__
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments by name (scikit-learn's ``get_params``); with ``deep`` and a ``Fuser`` as
+        ``fuser``, its parameters too, as ``fuser__<field>``."""
+        params = {name: getattr(self, name) for name in self._get_param_names()}
+        if deep and isinstance(self.fuser, Fuser):
+            params.update({f"fuser__{key}": value for key, value in self.fuser.get_params(deep=True).items()})
+        return params
+
+    def set_params(self, **params: Any) -> Ensemble:
+        """Change constructor arguments (scikit-learn's ``set_params``), checked as the constructor checks them;
+        ``fuser__<field>`` changes a clone of the fuser (the fuser object given is never modified). What was
+        fitted stays until the next ``fit``, as in scikit-learn.
+
+        Raises:
+            ConfigError: an unknown parameter (with the closest valid one) or an invalid value.
+        """
+        names = self._get_param_names()
+        given, nested = self.get_params(deep=False), {}
+        for key, value in params.items():
+            name, _, inner = key.partition("__")
+            if name not in names:
+                raise ConfigError(f"Ensemble.set_params: unknown parameter {key!r}; valid parameters are: "
+                                  f"{', '.join(names)}." + did_you_mean(name, names))
+            if inner and not (name == "fuser" and isinstance(given["fuser"], Fuser)):
+                raise ConfigError(f"Ensemble.set_params: {key!r} names a parameter inside {name!r}, which holds no "
+                                  f"component with parameters ({given[name]!r:.60}); set {name}= itself.")
+            if inner:
+                nested[inner] = value
+            else:
+                given[name] = value
+        if nested:
+            given["fuser"] = given["fuser"].clone().set_params(**nested)
+        checked = type(self)(**given)
+        for name in names:
+            setattr(self, name, getattr(checked, name))
+        self.fusers = checked.fusers
+        if "cache_dir" in params:
+            self.cache = checked.cache
+        return self
+
+    def __sklearn_clone__(self) -> Ensemble:
+        """``sklearn.base.clone``: an unfitted ensemble of fresh clones of the members and fuser specs, sharing the
+        output cache (where outputs are kept is not a parameter of what is learnt)."""
+        from sklearn.base import clone
+
+        return type(self)(**{name: value if name == "cache_dir" else clone(value, safe=False)
+                             for name, value in self.get_params(deep=False).items()})
+
+    def __sklearn_tags__(self) -> Any:
+        """A classifier whose inputs are texts (a list or 1-D array of strings), not a 2-D numeric array."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), input_tags=InputTags(two_d_array=False, string=True))
+
+    def __repr__(self) -> str:
+        fusers = ", ".join(_short_repr(f) for f in self.fusers)
+        state = "not fitted" if self.fuser_ is None else f"fitted, fuser kept: {_short_repr(self.fuser_)}"
+        lines = [f"Ensemble(fuser={fusers}, fuser_data={self.fuser_data!r}, cv={self.cv}, seed={self.seed}; {state})"]
+        return "\n".join([*lines, *(f"  member {m.name}: {m.describe()}" for m in self.members)])
 
     # --- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False,
@@ -472,15 +548,29 @@ class Ensemble:
 
 
 def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:
+    member = best.label.removeprefix("member: ") if isinstance(best.fuser, PickFuser) else None
     return {"rows": mode, "cv": cv, "metric": "accuracy", "chosen": best.label,
+            "member": member,  # the single member kept when it beat every fuser; else None
             "scores": {c.label: c.cv_scores for c in candidates}}
 
 
 def _selection_note(selection: dict[str, Any]) -> str:
     scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in selection["scores"].items())
-    return (f"{selection['chosen']} was chosen among the candidate fusers by {selection['cv']}-fold cross-validated "
+    kept = (f"The member {selection['member']} alone beat every fuser, so it is kept and no fusion is applied: it"
+            if selection.get("member") else selection["chosen"])
+    return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated "
             f"accuracy on the {selection['rows']} rows ({scores}), not by its score on these rows.")
 
+
+
+def _short_repr(fuser: Fuser) -> str:
+    """A fuser's kind with the fields that differ from its defaults: ``linear(per_class=True)``."""
+    try:
+        defaults = type(fuser).Config().to_dict()
+    except ConfigError:  # a fuser without defaults for every field: show them all
+        defaults = {}
+    changed = {k: v for k, v in fuser.config.to_dict().items() if defaults.get(k, object()) != v}
+    return fuser.kind + (f"({', '.join(f'{k}={v!r}' for k, v in changed.items())})" if changed else "")
 
 
 def _check_arguments(members: Any, labels: Any, cv: Any, seed: Any) -> None:

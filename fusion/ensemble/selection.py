@@ -2,7 +2,9 @@
 
 Each candidate is scored on out-of-fold fused predictions (K folds over the rows fusers learn from), never
 on rows it was fitted on, then refitted on all of them. The winner has the best cross-validated accuracy
-(ties: lower log-loss, then the first listed).
+(ties: lower log-loss, then the first listed). When several candidates are compared, the best single member
+is one more (``PickFuser``, listed last, named ``"member: NAME"``), so an ensemble keeps that member alone
+when no fuser beats it in cross-validation.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation.metrics import summary
-from ..fusers import FUSERS, Fuser, MemberOutputs
+from ..fusers import FUSERS, Fuser, MemberOutputs, PickFuser
 from .crossfit import out_of_fold_fused
 
-__all__ = ["Candidate", "as_fusers", "candidate_labels", "fit_candidates", "best_candidate"]
+__all__ = ["Candidate", "as_fusers", "with_member_candidate", "candidate_labels", "fit_candidates",
+           "best_candidate"]
 
 
 @dataclass
@@ -53,6 +56,14 @@ def as_fusers(fuser: Fuser | str | Sequence[Fuser | str] | None) -> list[Fuser]:
     return [FUSERS.get(f)() if isinstance(f, str) else f if f is not None else FUSERS.get("mean")() for f in items]
 
 
+def with_member_candidate(fusers: list[Fuser]) -> list[Fuser]:
+    """The candidates, plus the best single member (``PickFuser()``, last) when several are compared and none
+    is a ``PickFuser`` already: a single fuser the user asked for is kept as asked."""
+    if len(fusers) < 2 or any(isinstance(f, PickFuser) for f in fusers):
+        return list(fusers)
+    return [*fusers, PickFuser()]
+
+
 def candidate_labels(fusers: Sequence[Fuser]) -> list[str]:
     """Unique table names: the kind, then ``kind-2``, ``kind-3`` for repeats."""
     seen: dict[str, int] = {}
@@ -72,6 +83,7 @@ def fit_candidates(fusers: Sequence[Fuser], outputs: MemberOutputs, labels: np.n
         proba = out_of_fold_fused(spec, outputs, labels, cv, seed) if cross_validate else None
         fitted = spec.clone().fit(outputs, labels)
         scores = summary(proba, labels) if proba is not None else None
+        label = fitted.table_label(outputs.member_names) or label
         candidates.append(Candidate(label, fitted, proba, scores, time.perf_counter() - start))
     return candidates
 

@@ -11,8 +11,10 @@ from .base import (
 )
 from .linear import LinearFuser
 from .mean import MeanFuser
+from .pick import PickFuser
 from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "LinearFuser", "MeanFuser", "StackingFuser", "VoteFuser"]
+           "check_weights", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "VoteFuser"]

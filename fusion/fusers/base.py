@@ -220,6 +220,10 @@ class Fuser(Component):
         """Each member's share in the fused output, where the method defines one (for reports)."""
         return None
 
+    def table_label(self, member_names: list[str]) -> str | None:
+        """A fitted fuser's name in tables when its kind says too little (``PickFuser``: ``"member: NAME"``)."""
+        return None
+
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
         raise NotImplementedError
 
