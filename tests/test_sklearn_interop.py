@@ -103,7 +103,6 @@ def test_repr_names_members_fuser_and_state(ensemble, toy_sentiment):
     assert "fuser=mean, linear" in repr(ensemble) and "; fitted, fuser kept: " in repr(ensemble)
 
 
-@pytest.mark.xfail(strict=True, reason="fit(texts, y) lands on branch i12-members")
 def test_cross_val_score(ensemble, toy_sentiment):
     scores = cross_val_score(ensemble, toy_sentiment["train"]["text"], toy_sentiment["train"]["label"], cv=3)
     assert len(scores) == 3 and all(0.5 < s <= 1 for s in scores)
