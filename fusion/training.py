@@ -350,8 +350,9 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
     # With early stopping the run may end long before max_epochs: the bar counts epochs without a total (so
     # it shows no ETA to max_epochs) and names the cap in its postfix.
     stops_early = config.patience is not None
+    cap = {"max": f"{config.max_epochs} (early stopping, patience {config.patience})"} if stops_early else {}
     with tqdm(total=None if stops_early else config.max_epochs, desc=describe(run.desc), unit="epoch",
-              disable=not show, leave=False) as bar:
+              disable=not show, leave=False, postfix=cap or None) as bar:  # the cap shows from the first draw
         for epoch in range(1, config.max_epochs + 1):
             lbfgs = config.optimizer == "lbfgs"
             sums = [_lbfgs_epoch(run, train_rows, generator) if lbfgs else _train_epoch(run, train_rows, generator, epoch)]
@@ -362,8 +363,7 @@ def _fit(run: _Run, train_rows: Rows, val_rows: Rows | None) -> TrainResult:
             logger.debug("%s epoch %d: train_loss=%.6g val_loss=%s", run.desc, epoch, train_loss, val_loss)
             bar.set_postfix(
                 train=f"{train_loss:.4g}", val="-" if val_loss is None else f"{val_loss:.4g}",
-                **({"max": f"{config.max_epochs} (early stopping, patience {config.patience})"} if stops_early else {}),
-                refresh=False,
+                **cap, refresh=False,
             )
             bar.update(1)
             monitored = train_loss if val_loss is None else val_loss
