@@ -73,12 +73,13 @@ def _load_data(spec: DataSpec, quiet: bool):
 def _print_scores(rows: list[tuple[str, dict[str, float], float | None]], best: str | None = None) -> None:
     """A table of accuracy and log-loss (and fit seconds when any row has them); ``best`` is starred."""
     timed = any(seconds is not None for _, _, seconds in rows)
-    print(f"\n{'model':<30}{'accuracy':>10}{'log-loss':>10}" + (f"{'fit s':>8}" if timed else ""))
-    print("-" * (58 if timed else 50))
+    width = max([30, *(len(name) + 2 for name, _, _ in rows)])  # long names keep the columns aligned
+    print(f"\n{'model':<{width}}{'accuracy':>10}{'log-loss':>10}" + (f"{'fit s':>8}" if timed else ""))
+    print("-" * (width + (28 if timed else 20)))
     for name, score, seconds in rows:
         timing = (f"{seconds:>8.1f}" if seconds is not None else f"{'':>8}") if timed else ""
         mark = " *" if name == best else ""
-        print(f"{name:<30}{score['accuracy']:>10.4f}{score['log_loss']:>10.4f}{timing}{mark}")
+        print(f"{name:<{width}}{score['accuracy']:>10.4f}{score['log_loss']:>10.4f}{timing}{mark}")
 
 
 def _members_first(scores: dict[str, dict[str, float]], members: list[str]) -> list[tuple[str, dict, None]]:
@@ -133,14 +134,20 @@ def _check_output_file(path: Path, option: str) -> None:
 # --- build ----------------------------------------------------------------------------------------------------
 
 
+def _fused_name(label: str) -> str:
+    """A fuser candidate's row name: ``fuser: <label>``, or ``<label>`` for the member-alone candidate, whose
+    label (``member: NAME``) already says what it is."""
+    return label if label.startswith("member: ") else f"fuser: {label}"
+
+
 def _report_scores(report: Report) -> dict[str, dict[str, float]]:
     """``{name: metrics}`` of every model in a report; fusers as ``fuser: <name>``."""
-    return {(f"fuser: {m.name}" if m.kind == "fuser" else m.name): m.metrics for m in report.models}
+    return {(_fused_name(m.name) if m.kind == "fuser" else m.name): m.metrics for m in report.models}
 
 
 def _print_build_table(ensemble: Any, report: Report) -> None:
     scores = _report_scores(report)
-    chosen = f"fuser: {ensemble._fuser_label()}"
+    chosen = _fused_name(ensemble._fuser_label())
     _print_scores(_members_first(scores, [m.name for m in ensemble.members_]), chosen)
     source = ("out-of-fold member outputs on the training rows" if ensemble.fuser_data_ == "train"
               else "the validation rows, and are scored here out-of-fold (cross-fitted over them)")

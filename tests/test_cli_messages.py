@@ -142,3 +142,16 @@ def test_predict_text_values_are_counted_from_1(saved):
     code, _, err = run("predict", saved, "--text", "good fun", "--text", "", "--quiet")
     assert code == 2
     assert "--text: row 2 (counted from 1) is an empty text" in err
+
+
+def test_the_build_table_keeps_its_columns_aligned_and_names_the_member_alone_candidate(capsys):
+    from fusion.cli import _fused_name, _print_scores
+
+    score = {"accuracy": 0.5, "log_loss": 0.7}
+    rows = [("tfidf", score, None), (_fused_name("stacking"), score, None),
+            (_fused_name("member: minilm-mean-linear-with-a-long-name"), score, None)]
+    _print_scores(rows, best="fuser: stacking")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "0.5000" in line]
+    assert [line.index("0.5000") for line in lines] == [lines[0].index("0.5000")] * 3  # one column for all
+    assert lines[2].startswith("member: minilm-mean-linear-with-a-long-name ")  # not "fuser: member: ..."
+    assert lines[1].rstrip().endswith("*")
