@@ -670,3 +670,18 @@ def test_evaluate_takes_the_data_name_and_split_from_a_hugging_face_dataset(toy_
     report = evaluate(ens, None, data, n_bootstrap=0)
     assert report.title == "Ensemble of a + b, fused by mean, on toy_reviews/plain (test split)"
     assert report.split == "test"
+
+
+def test_the_fit_report_and_ensemble_evaluate_name_the_dataset(toy_sentiment):
+    datasets = pytest.importorskip("datasets")
+    from helpers import tfidf_member
+
+    from fusion import Ensemble
+    from fusion.fusers import MeanFuser
+
+    info = datasets.DatasetInfo(dataset_name="toy_reviews")
+    validation = datasets.Dataset.from_dict(dict(toy_sentiment["validation"]), info=info, split="validation")
+    ens = Ensemble([tfidf_member("a"), tfidf_member("b")], fuser=MeanFuser(), labels=["negative", "positive"])
+    ens.fit(toy_sentiment["train"], validation)
+    assert ens.report_.title == "Ensemble of a + b, fused by mean, on toy_reviews (validation split)"
+    assert ens.evaluate(validation, n_bootstrap=0).title == ens.report_.title

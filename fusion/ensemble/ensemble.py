@@ -21,6 +21,7 @@ import torch
 from ..cache.store import OutputCache, Outputs
 from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError, did_you_mean
 from ..evaluation import metrics
+from ..evaluation.evaluate import data_facts
 from ..fusers import Fuser, MemberOutputs, PickFuser
 from ..inputs import TextData, as_text_data, column_values, dataset_label_names, fit_arguments
 from ..labels import alignment
@@ -123,6 +124,7 @@ class Ensemble:
         self.label_note_: str | None = None
         self._cv_proba: dict[str, np.ndarray] = {}  # out-of-fold fused predictions on the validation rows
         self._validation: TextData | None = None
+        self._validation_facts: dict[str, str] = {}
         self._report: Report | None = None
         self._metrics: dict[str, Any] | None = None
         self._members_key: tuple | None = None
@@ -305,6 +307,7 @@ class Ensemble:
         self.member_fitting_ = self._member_fitting(mode)
         self._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation"}
         self._validation, self._report, self._metrics = val_data, None, None
+        self._validation_facts = data_facts(validation) if validation is not None else {}  # for report_'s title
         return self
 
     # --- prediction ---------------------------------------------------------------------------------------
@@ -363,7 +366,7 @@ class Ensemble:
         Example:
             >>> ens.evaluate(validation).save("out/report")  # report.html, report.md, report.json  # doctest: +SKIP
         """
-        from ..evaluation.evaluate import data_facts, evaluate
+        from ..evaluation.evaluate import evaluate
 
         report_options = {**data_facts(data), **report_options}  # a Dataset's name and split, for the title
         rows = data if isinstance(data, TextData) else self._data(data, "evaluation", require_labels=True)
@@ -381,7 +384,7 @@ class Ensemble:
     def report_(self) -> Report | None:
         """The report on the validation split given to ``fit``, built on first use (None without one)."""
         if self._report is None and self._validation is not None:
-            self._report = self.evaluate(self._validation)
+            self._report = self.evaluate(self._validation, **self._validation_facts)
         return self._report
 
     @report_.setter

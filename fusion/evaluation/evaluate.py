@@ -51,6 +51,9 @@ def permutation_importance(fuser: Fuser, outputs: MemberOutputs, labels: Sequenc
     averaged over ``repeats`` shuffles (seeded) and negative rises count as 0. Works for any fuser, which is
     what reports use for fusers without weights of their own (stacking).
 
+    Hand-written rather than ``sklearn.inspection.permutation_importance``, which shuffles one feature column at
+    a time: a member is a block (its scores for every class, and its embeddings) that must move as one.
+
     Example:
         >>> import torch
         >>> scores = torch.randn(300, 3, 2); labels = scores[:, 0].argmax(-1).numpy()
