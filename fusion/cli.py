@@ -397,7 +397,7 @@ def _print_files(directory: Path, files: dict[str, str], unlisted: list[str]) ->
             print(f"  {'UNLISTED':<9} {relative}  (loading reads it, but no checksum was recorded: refused)")
         else:
             print(f"  {'untracked':<9} {relative}")
-    return problems + [p for p in unlisted if p not in extra]  # a listed-nowhere fuser file that is missing
+    return problems
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:

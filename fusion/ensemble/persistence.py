@@ -433,9 +433,10 @@ def load_ensemble(cls: type[Ensemble], directory: Path, options: LoadOptions,
 
 
 def _current_config(directory: Path) -> bytes | None:
+    """The config's bytes now, or None while a save has the folder away (between its two renames)."""
     try:
-        return (directory / CONFIG_NAME).read_bytes()
-    except OSError:
+        return read_config_bytes(directory)
+    except (PersistenceError, OSError):
         return None
 
 
@@ -460,15 +461,14 @@ def _load_once(cls: type[Ensemble], directory: Path, raw: bytes, options: LoadOp
     return ensemble
 
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
 def resolve_saved(name: str | os.PathLike, revision: str | None = None) -> Path:
     """The local folder of a saved ensemble: ``name`` itself when it exists, else the snapshot of the hub
     repository ``name`` (``ORG/NAME``, at ``revision``), downloaded or found in the Hugging Face cache."""
+    from ..members.hf_source import reference_kind
+
     path = Path(name).expanduser()
     text = os.fspath(name)
-    if path.exists() or not _REPO_ID.fullmatch(text) or text.startswith((".", "/", "~")):
+    if reference_kind(text) != "hub" or "/" not in text:
         if revision is not None:
             raise ConfigError(f"from_pretrained(revision={revision!r}) applies to hub repositories; {text!r} is a "
                               "local path.")
@@ -485,17 +485,12 @@ def resolve_saved(name: str | os.PathLike, revision: str | None = None) -> Path:
 
 
 def local_models(config: EnsembleConfig) -> list[str]:
-    """Members whose model is a folder of this machine (not a hub id or an installed package): a copy of the
-    ensemble elsewhere cannot find those models."""
-    from ..members.hf_source import PACKAGE_PREFIX
+    """Members whose model is a folder of this machine (not a hub id or an installed package, and not a
+    fine-tuned backbone saved inside): a copy of the ensemble elsewhere cannot find those models."""
+    from ..members.hf_source import reference_kind
 
-    found = []
-    for member in config.members:
-        model = member.config.get("model")
-        if isinstance(model, str) and not model.startswith(PACKAGE_PREFIX) and not member.fitted.get("finetuned") \
-                and (Path(model).is_absolute() or Path(model).expanduser().exists()):
-            found.append(f"{member.name} ({model})")
-    return found
+    return [f"{m.name} ({m.config['model']})" for m in config.members if isinstance(m.config.get("model"), str)
+            and reference_kind(m.config["model"]) == "local" and not m.fitted.get("finetuned")]
 
 
 def push_ensemble(ensemble: Ensemble, repo_id: str, *, private: bool | None = None, token: str | None = None,
@@ -508,7 +503,9 @@ def push_ensemble(ensemble: Ensemble, repo_id: str, *, private: bool | None = No
 
     from huggingface_hub import HfApi
 
-    if not _REPO_ID.fullmatch(repo_id):
+    from ..members.hf_source import reference_kind
+
+    if reference_kind(repo_id) != "hub" or "/" not in repo_id:
         raise ConfigError(f"push_to_hub({repo_id!r}): a repository id is ORG/NAME (or USER/NAME).")
     with tempfile.TemporaryDirectory(prefix="fusion-push-") as tmp:
         folder = save_ensemble(ensemble, Path(tmp) / "ensemble", card_data=card_data)

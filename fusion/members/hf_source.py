@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NewType
@@ -31,6 +32,19 @@ ModelRef = NewType("ModelRef", str)
 def model_ref(value: str | os.PathLike) -> ModelRef:
     """Coerce a path or string to a ``ModelRef`` (a string)."""
     return ModelRef(os.fspath(value))
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # NAME or ORG/NAME, as the hub spells them
+
+
+def reference_kind(model: str) -> str:
+    """What a model reference names: ``"package"`` (``package:MODULE``), ``"local"`` (a path of this machine:
+    it exists, is absolute or starts with ``.`` or ``~``) or ``"hub"`` (a repository id)."""
+    if model.startswith(PACKAGE_PREFIX):
+        return "package"
+    if Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model):
+        return "local"
+    return "hub"
 
 
 def hub_reference(model: str) -> tuple[str, str] | None:
@@ -217,7 +231,7 @@ class HFSource:
             return Path(self.model).resolve()
         if self.is_package:
             return package_model_dir(self.model)
-        if Path(self.model).exists() or self.model.startswith((".", "/", "~")):
+        if reference_kind(self.model) == "local":
             raise ConfigError(f"model {self.model!r} is not a directory; pass a model directory or a hub id.")
         try:
             from huggingface_hub import snapshot_download
