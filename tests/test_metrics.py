@@ -271,3 +271,66 @@ def test_a_stored_report_whose_brier_header_was_ambiguous_shows_which_brier_scor
     report = Report.from_dict(data)
     assert report.metric_info["brier"]["header"] == "Brier (sum over classes)"
     assert "| Brier (sum over classes) |" in report.to_markdown()
+
+
+# ---------------------------------------------------------------- point estimates from scikit-learn, bootstrap path
+
+
+def _awkward_cases():
+    """Random probabilities with ties, a class absent from the labels, a class never predicted, two classes."""
+    rng = np.random.default_rng(7)
+    for n_classes, absent in ((2, None), (3, None), (4, 3), (5, 0)):
+        proba = rng.dirichlet(np.ones(n_classes) * 0.7, size=257)
+        proba[:40] = np.round(proba[:40], 1)
+        proba /= proba.sum(1, keepdims=True)
+        labels = rng.integers(0, n_classes, 257)
+        if absent is not None:
+            labels[labels == absent] = (absent + 1) % n_classes
+            proba[:, absent] *= 0.01  # almost never predicted either
+            proba /= proba.sum(1, keepdims=True)
+        yield proba, labels
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_every_metrics_bootstrap_path_equals_its_point_estimate(name):
+    """What the bootstrap computes on each resample (rows/total or whole) is the metric reported as the point
+    estimate (scikit-learn's where it has the definition), so intervals are around the same quantity."""
+    metric = METRICS[name]
+    for proba, labels in _awkward_cases():
+        point, resampled = metric(proba, labels), metric.resampled_value(proba, labels)
+        assert (point is None) == (resampled is None)
+        assert resampled == pytest.approx(point, rel=1e-12, abs=1e-15), (name, proba.shape[1])
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("accuracy", lambda p, y: sklearn.metrics.accuracy_score(y, p.argmax(1))),
+    ("macro_f1", lambda p, y: sklearn.metrics.f1_score(y, p.argmax(1), average="macro", zero_division=0.0)),
+    ("brier", lambda p, y: sklearn.metrics.brier_score_loss(y, p, labels=range(p.shape[1]), scale_by_half=False)),
+])
+def test_point_estimates_are_scikit_learns_where_the_definition_is_the_same(name, expected):
+    for proba, labels in _awkward_cases():
+        assert METRICS[name](proba, labels) == expected(proba, labels)  # the same call: equal to the last bit
+
+
+def test_per_class_and_confusion_matrix_are_scikit_learns():
+    from fusion.evaluation import confusion_matrix, per_class
+    for proba, labels in _awkward_cases():
+        k = proba.shape[1]
+        names = [f"c{i}" for i in range(k)]
+        precision, recall, f1, support = sklearn.metrics.precision_recall_fscore_support(
+            labels, proba.argmax(1), labels=range(k), zero_division=0.0)
+        got = per_class(proba, labels, names)
+        assert [got[n]["f1"] for n in names] == list(f1) and [got[n]["support"] for n in names] == list(support)
+        assert [got[n]["precision"] for n in names] == list(precision)
+        assert [got[n]["recall"] for n in names] == list(recall)
+        np.testing.assert_array_equal(confusion_matrix(proba, labels),
+                                      sklearn.metrics.confusion_matrix(labels, proba.argmax(1), labels=range(k)))
+
+
+def test_log_loss_is_hand_written_for_a_fixed_clip():
+    """scikit-learn's log_loss clips at its input dtype's epsilon; fusion's at 1e-15 whatever the dtype."""
+    proba, labels = np.array([[1.0, 0.0], [0.5, 0.5]]), np.array([1, 0])
+    expected = (-np.log(1e-15) - np.log(0.5)) / 2
+    assert LOG_LOSS(proba, labels) == pytest.approx(expected, rel=1e-12)
+    assert LOG_LOSS(proba.astype(np.float32), labels) == pytest.approx(expected, rel=1e-12)
+    assert sklearn.metrics.log_loss(labels, proba.astype(np.float32), labels=[0, 1]) < expected - 5

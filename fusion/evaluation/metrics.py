@@ -5,22 +5,26 @@ Every function takes ``proba`` ``[rows, classes]`` (rows sum to one, the ensembl
 (:func:`fusion.evaluation.checks.check_proba`): logits or scores (negative values, rows not summing to one
 within ``PROBA_ATOL``) raise ``MemberOutputError``; the values are used as given. The prediction of a row is its most probable class (first on ties).
 
-Definitions:
-    accuracy: share of rows whose prediction is the label.
+Definitions (point estimates from ``sklearn.metrics`` where it has the same definition; the bootstrap's
+vectorised path is checked against them for every metric by ``tests/test_metrics.py``):
+    accuracy: share of rows whose prediction is the label (``accuracy_score``).
     macro_f1: unweighted mean of per-class F1 over the classes that occur among the labels or predictions
-        (what ``sklearn.metrics.f1_score(average="macro")`` does without ``labels=``).
+        (``f1_score(average="macro", zero_division=0)``, without ``labels=``).
     log_loss: mean negative natural log of the label's probability, clipped to ``[1e-15, 1]`` so that a
-        certain mistake costs about 34.5 rather than infinity.
-    brier: multi-class Brier score, the mean over rows of ``sum_k (p_k - onehot_k)^2``; in ``[0, 2]``. For
-        two classes it is twice scikit-learn's ``brier_score_loss`` of the positive class.
+        certain mistake costs about 34.5 rather than infinity. Hand-written: scikit-learn's ``log_loss``
+        clips at its input dtype's epsilon since 1.5 (36.04 for a certain mistake in float64, 15.9 in float32).
+    brier: multi-class Brier score, the mean over rows of ``sum_k (p_k - onehot_k)^2``; in ``[0, 2]``
+        (``brier_score_loss(scale_by_half=False)``). For two classes it is twice ``brier_score_loss``'s default.
     ece: expected calibration error with ``n_bins`` equal-width bins over the confidence (max probability);
         bin ``b`` holds confidences in ``(b/n, (b+1)/n]``; ``sum_b (n_b / rows) * |accuracy_b - confidence_b|``.
-    auroc: area under the ROC curve (ties count one half), see :mod:`fusion.evaluation.ranking`.
+        Hand-written: scikit-learn has no ECE (``calibration_curve`` bins one class's probability).
+    auroc: area under the ROC curve (ties count one half): ``roc_auc_score`` of each class that occurs among
+        the labels, macro-averaged; see :mod:`fusion.evaluation.ranking` for its bootstrap path.
 
 The table: a :class:`Metric` holds a metric's name, report header, direction and description, and how it
 is computed: either from per-row contributions summed over rows (``rows`` + ``total``: the bootstrap sums
 them for every resample in one matrix product) or from all rows at once (``whole``: the bootstrap calls it
-on every resample). The report's metric table (:func:`all_metrics`), its bootstrap intervals
+on every resample), and, where a library computes the same definition, its ``point`` estimate on all rows. The report's metric table (:func:`all_metrics`), its bootstrap intervals
 (:func:`fusion.evaluation.uncertainty.bootstrap_metrics`) and its renderings all read ``METRICS``, so
 ``register_metric`` is the only step needed to add a column.
 
@@ -42,6 +46,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import sklearn.metrics
 from scipy import sparse
 
 from ..errors import ConfigError, UnknownNameError, did_you_mean
@@ -75,6 +80,9 @@ class Metric:
         total: ``(sums [..., k], n_rows) -> [...]``: the metric from the contributions summed over rows
             (leading axes: resamples).
         whole: ``(proba, labels) -> float``: the metric on all rows at once, NaN where undefined.
+        point: ``(proba, labels) -> float``: the point estimate on all rows from a library with the same
+            definition (scikit-learn); None to use ``rows``/``total`` or ``whole``. Those stay the bootstrap's
+            path and must agree with it to float precision (:meth:`resampled_value` computes them).
         interval: how its bootstrap interval is formed: ``"percentile"`` (the resamples' 2.5th and 97.5th
             percentiles) or ``"basic"`` (the reverse percentile one, ``2 * value - `` those percentiles, for a
             biased statistic whose resamples sit on the far side of its value, as ECE's above it).
@@ -95,6 +103,7 @@ class Metric:
     rows: Callable[[np.ndarray, np.ndarray], Contributions] | None = None
     total: Callable[[np.ndarray, int], np.ndarray] | None = None
     whole: Callable[[np.ndarray, np.ndarray], float] | None = None
+    point: Callable[[np.ndarray, np.ndarray], float] | None = None
     interval: str = "percentile"
     lowest: float | None = None
 
@@ -114,11 +123,19 @@ class Metric:
     def __call__(self, proba: np.ndarray, labels: np.ndarray) -> float | None:
         """The metric on all rows; None where it is undefined (AUROC with one class among the labels)."""
         proba, labels = _inputs(proba, labels)
-        if self.whole is not None:
-            value = self.whole(proba, labels)
-        else:
-            value = self.total(column_sums(self.rows(proba, labels)), len(labels))
+        value = self.point(proba, labels) if self.point is not None else self._bootstrap_path(proba, labels)
         return float(value) if np.isfinite(value) else None
+
+    def resampled_value(self, proba: np.ndarray, labels: np.ndarray) -> float | None:
+        """The metric as the bootstrap computes it on each resample (``rows``/``total`` or ``whole``), for
+        checking it against ``point``; None where undefined."""
+        value = self._bootstrap_path(*_inputs(proba, labels))
+        return float(value) if np.isfinite(value) else None
+
+    def _bootstrap_path(self, proba: np.ndarray, labels: np.ndarray) -> float:
+        if self.whole is not None:
+            return self.whole(proba, labels)
+        return self.total(column_sums(self.rows(proba, labels)), len(labels))
 
     def sort_key(self, value: float | None) -> float:
         """Orders values best first (``sorted(values, key=metric.sort_key)``); undefined values last."""
@@ -218,17 +235,41 @@ def ece_metric(n_bins: int = ECE_BINS) -> Metric:
                   lowest=0.0)
 
 
-ACCURACY = Metric("accuracy", "accuracy", True, rows=_row_correct, total=mean_total)
+# --- point estimates from scikit-learn (same definitions; see the module docstring) --------------------------
+
+
+def _sk_accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
+    return sklearn.metrics.accuracy_score(labels, proba.argmax(1))
+
+
+def _sk_macro_f1(proba: np.ndarray, labels: np.ndarray) -> float:
+    return sklearn.metrics.f1_score(labels, proba.argmax(1), average="macro", zero_division=0.0)
+
+
+def _sk_brier(proba: np.ndarray, labels: np.ndarray) -> float:
+    return sklearn.metrics.brier_score_loss(labels, proba, labels=np.arange(proba.shape[1]), scale_by_half=False)
+
+
+def _sk_auroc(proba: np.ndarray, labels: np.ndarray) -> float:
+    """``roc_auc_score`` per class among the labels, macro-averaged (scikit-learn's multi-class one raises when
+    a class is absent from the labels; with every class present the two agree)."""
+    columns = [1] if proba.shape[1] == 2 else range(proba.shape[1])
+    scores = [sklearn.metrics.roc_auc_score(labels == k, proba[:, k]) for k in columns
+              if 0 < np.count_nonzero(labels == k) < len(labels)]
+    return float(np.mean(scores)) if scores else math.nan
+
+
+ACCURACY = Metric("accuracy", "accuracy", True, rows=_row_correct, total=mean_total, point=_sk_accuracy)
 MACRO_F1 = Metric("macro_f1", "macro-F1", True, "unweighted mean of per-class F1",
-                  rows=_row_class_counts, total=_macro_f1_total)
+                  rows=_row_class_counts, total=_macro_f1_total, point=_sk_macro_f1)
 LOG_LOSS = Metric("log_loss", "log-loss", False, "natural log",
                   rows=lambda p, y: row_log_loss(p, y)[:, None], total=mean_total)
 BRIER = Metric("brier", "Brier (sum over classes)", False, "mean over rows of the sum over classes of "
                "(p - onehot)^2, in [0, 2]; with two classes twice scikit-learn's brier_score_loss",
-               rows=lambda p, y: row_brier(p, y)[:, None], total=mean_total)
+               rows=lambda p, y: row_brier(p, y)[:, None], total=mean_total, point=_sk_brier)
 ECE = ece_metric(ECE_BINS)
 AUROC = Metric("auroc", "AUROC", True, "the second class's with two classes, else one-vs-rest and macro-averaged "
-               "over the classes among the labels", whole=macro_auroc)
+               "over the classes among the labels", whole=macro_auroc, point=_sk_auroc)
 
 METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, MACRO_F1, LOG_LOSS, BRIER, ECE, AUROC)}
 
@@ -320,19 +361,12 @@ def auroc(proba: np.ndarray, labels: np.ndarray) -> float | None:
 # --- breakdowns: per class and per confidence bin -----------------------------------------------------------
 
 
-def class_counts(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class true positives, predicted counts and support (float64), the sums behind macro-F1."""
-    true_pos, predicted, support = np.split(column_sums(_row_class_counts(proba, labels)), 3)
-    return true_pos, predicted, support
-
-
 def per_class(proba: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, dict[str, float]]:
-    """``{label: {"precision", "recall", "f1", "support"}}`` in label order; support is an int row count."""
+    """``{label: {"precision", "recall", "f1", "support"}}`` in label order; support is an int row count; 0.0
+    where a ratio has no rows (``sklearn.metrics.precision_recall_fscore_support(zero_division=0)``)."""
     proba, labels = _inputs(proba, labels)
-    true_pos, predicted, support = class_counts(proba, labels)
-    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
-    recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
-    f1 = np.divide(2 * true_pos, predicted + support, out=np.zeros_like(true_pos), where=(predicted + support) > 0)
+    precision, recall, f1, support = sklearn.metrics.precision_recall_fscore_support(
+        labels, proba.argmax(1), labels=np.arange(proba.shape[1]), zero_division=0.0)
     return {
         name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(support[k])}
         for k, name in enumerate(label_names)
@@ -340,15 +374,15 @@ def per_class(proba: np.ndarray, labels: np.ndarray, label_names: list[str]) -> 
 
 
 def confusion_matrix(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``[classes, classes]`` counts: row = true class, column = predicted class."""
+    """``[classes, classes]`` counts: row = true class, column = predicted class (``sklearn.metrics.confusion_matrix``)."""
     proba, labels = _inputs(proba, labels)
-    n_classes = proba.shape[1]
-    flat = labels * n_classes + proba.argmax(1)
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return sklearn.metrics.confusion_matrix(labels, proba.argmax(1), labels=np.arange(proba.shape[1]))
 
 
 def reliability(proba: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list]:
-    """Per confidence bin: ``count`` (int), mean ``confidence`` and ``accuracy`` (None for empty bins)."""
+    """Per confidence bin: ``count`` (int), mean ``confidence`` and ``accuracy`` (None for empty bins).
+
+    Hand-written: ``sklearn.calibration.calibration_curve`` bins one class's probability, not the confidence."""
     proba, labels = _inputs(proba, labels)
     confidence, bins = proba.max(1), confidence_bins(proba.max(1), n_bins)
     count = np.bincount(bins, minlength=n_bins)
