@@ -1,6 +1,7 @@
 """The ``fusion`` command: build an ensemble from a YAML recipe, then evaluate, predict, report and inspect it.
 
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
+                 [--bundle-models]
     fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR]
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
                    [--overwrite]
@@ -213,7 +214,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     _fit_with_cli_advice(ensemble, splits, console)
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
     _print_build_table(ensemble, ensemble.report_)
-    saved = ensemble.save_pretrained(recipe.output / "ensemble")
+    saved = ensemble.save_pretrained(recipe.output / "ensemble", bundle_models=args.bundle_models)
     atomic_write_text(recipe.output / "recipe.yaml", recipe.resolved_yaml())
     print(f"saved the ensemble to {saved} (recipe as run: {recipe.output / 'recipe.yaml'})")
     _save_report(ensemble.report_, recipe.output / "report", recipe.report.formats)
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--limit", type=int, help="use at most N rows per split (quick runs)")
     build.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set members.0.model=DIR --set ensemble.cv=3 (repeatable)")
+    build.add_argument("--bundle-models", action="store_true",
+                       help="copy members' model folders of this machine into the saved ensemble, so that it loads "
+                            "anywhere (hub ids and package: models are referenced, not copied)")
     build.add_argument("--check", action="store_true", help="validate the recipe and exit without running anything")
     build.set_defaults(run=run_build)
 

@@ -154,9 +154,11 @@ def test_hub_classifiers_recipe_with_local_models(tmp_path, sentiment_dir, rober
              "--set", f"members.1.model={generic_label_classifier_dir}",  # LABEL_0, LABEL_1 + the recipe's label_map
              "--set", f"members.2.model={bert_classifier_dir}", "--set", "members.2.label_map=null"]
     code, out, err = run("build", recipe, "--data", sentiment_dir, "--output", tmp_path / "out",
-                         "--set", "ensemble.cache_dir=null", "--limit", "60", "--quiet", *local)
+                         "--set", "ensemble.cache_dir=null", "--limit", "60", "--quiet", "--bundle-models", *local)
     assert code == 0, err
     assert "fuser: mean" in out and "fuser: linear" in out and "out-of-fold member outputs" in out
+    saved = json.loads((tmp_path / "out" / "ensemble" / "fusion_config.json").read_text())
+    assert [m["config"]["model"] for m in saved["members"]] == ["bundled:model"] * 3  # --bundle-models: copied in
     ensemble = Ensemble.from_pretrained(tmp_path / "out" / "ensemble", show_progress=False)
     assert [m.output_labels(None) for m in ensemble.members] == [["positive", "negative"], ["negative", "positive"],
                                                                 ["negative", "positive"]]

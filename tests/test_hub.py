@@ -177,3 +177,68 @@ def test_one_rule_tells_hub_ids_packages_and_local_paths_apart(model, kind, tmp_
 
     assert reference_kind(model) == kind
     assert reference_kind(str(tmp_path)) == "local"  # an existing folder, whatever its name
+
+
+# ---------------------------------------------------------------- model folders of this machine, bundled
+
+
+@pytest.fixture
+def local_ensemble(bert_classifier_dir, bert_encoder_dir, toy_sentiment, tmp_path):
+    """An ensemble of a classifier and a frozen encoder, each read from a copy of a model folder of this machine."""
+    from fusion import HFEncoder
+
+    models = tmp_path / "models"
+    shutil.copytree(bert_classifier_dir, models / "clf")
+    shutil.copytree(bert_encoder_dir, models / "enc")
+    ens = Ensemble([HFClassifier(models / "clf", show_progress=False),
+                    HFEncoder(models / "enc", head="linear", show_progress=False)], cache_dir="memory")
+    return ens.fit(toy_sentiment["train"], toy_sentiment["validation"]), models
+
+
+def test_bundle_models_makes_an_ensemble_that_loads_without_the_model_folders(local_ensemble, toy_sentiment,
+                                                                               tmp_path, caplog):
+    ens, models = local_ensemble
+    texts = toy_sentiment["validation"]["text"]
+    expected = ens.predict_proba(texts)
+    with caplog.at_level("WARNING", logger="fusion"):
+        ens.save_pretrained(tmp_path / "plain")
+    assert "names model folder(s) of this machine: clf" in caplog.text and "bundle_models=True" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fusion"):
+        ens.save_pretrained(tmp_path / "bundled", bundle_models=True)
+    assert "model folder" not in caplog.text
+    raw = (tmp_path / "bundled" / "fusion_config.json").read_text()
+    assert [m["config"]["model"] for m in json.loads(raw)["members"]] == ["bundled:model"] * 2
+    for path in (tmp_path / "bundled").rglob("*"):  # config, model card, report: no path of this machine
+        if path.suffix in (".json", ".md", ".html"):
+            assert str(tmp_path) not in path.read_text(), path
+    shutil.rmtree(models)  # the original folders are gone, and the ensemble is elsewhere
+    shutil.move(tmp_path / "bundled", tmp_path / "moved")
+    loaded = Ensemble.from_pretrained(tmp_path / "moved", cache_dir="memory")
+    assert (loaded.predict_proba(texts) == expected).all()
+    with caplog.at_level("WARNING", logger="fusion"):
+        loaded.save_pretrained(tmp_path / "again")  # a bundled model stays bundled on the next save
+    assert "model folder" not in caplog.text and str(tmp_path) not in (tmp_path / "again" / "fusion_config.json").read_text()
+    shutil.rmtree(tmp_path / "moved")
+    assert (Ensemble.from_pretrained(tmp_path / "again", cache_dir="memory").predict_proba(texts) == expected).all()
+
+
+def test_a_bundled_model_file_that_was_changed_is_refused(local_ensemble, tmp_path):
+    ens, _ = local_ensemble
+    folder = ens.save_pretrained(tmp_path / "e", bundle_models=True)
+    (weights,) = (folder / "members").glob("0-*/model/model.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(Exception, match="model.safetensors"):
+        Ensemble.from_pretrained(folder, cache_dir="memory")
+
+
+def test_push_to_hub_with_bundle_models_uploads_the_model_folders(local_ensemble, toy_sentiment, monkeypatch):
+    ens, models = local_ensemble
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.uploads.clear()
+    ens.push_to_hub("me/bundled", bundle_models=True)
+    ((_, folder),) = FakeApi.uploads
+    texts = toy_sentiment["validation"]["text"]
+    expected = ens.predict_proba(texts)
+    shutil.rmtree(models)
+    assert (Ensemble.from_pretrained(folder, cache_dir="memory").predict_proba(texts) == expected).all()

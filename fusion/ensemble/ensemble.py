@@ -497,7 +497,7 @@ class Ensemble:
 
     # --- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False,
-                        card_data: dict[str, Any] | None = None) -> Path:
+                        card_data: dict[str, Any] | None = None, bundle_models: bool = False) -> Path:
         """Write config JSON, safetensors weights, skops estimators, the report and a model card; atomically.
 
         A folder that exists and is neither empty nor a saved ensemble is refused (its contents would be
@@ -505,19 +505,26 @@ class Ensemble:
         (``huggingface_hub.ModelCardData`` fields such as ``license``, ``datasets``, ``language``,
         ``model_name``, plus ``dataset_name`` for the evaluation results).
 
+        Members are referenced as they were given: hub ids with the commit they resolved to, ``package:``
+        models by name. A member whose model is a folder of this machine is saved with that path (a warning
+        says so) unless ``bundle_models=True`` copies the folder into the ensemble, which then loads anywhere;
+        an ensemble loaded from such a copy keeps it on every later save.
+
         Example:
             >>> ens.save_pretrained("out/ens", card_data={"license": "mit", "datasets": ["stanfordnlp/sst2"]})  # doctest: +SKIP
+            >>> ens.save_pretrained("out/portable", bundle_models=True)  # doctest: +SKIP
         """
         from .persistence import save_ensemble
 
-        return save_ensemble(self, Path(directory), overwrite, card_data)
+        return save_ensemble(self, Path(directory), overwrite, card_data, bundle_models)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     revision: str | None = None, commit_message: str | None = None,
-                    card_data: dict[str, Any] | None = None) -> str:
+                    card_data: dict[str, Any] | None = None, bundle_models: bool = False) -> str:
         """Upload the ensemble, as ``save_pretrained`` writes it, to the hub repository ``repo_id`` (created if
         needed); returns the commit URL. Members must reference hub models (or installed packages, or be
-        fine-tuned, which saves their backbone inside): a folder of this machine is refused.
+        fine-tuned, which saves their backbone inside): a folder of this machine is refused unless
+        ``bundle_models=True`` uploads a copy of it inside the ensemble.
 
         Example:
             >>> ens.push_to_hub("me/sst2-ensemble", card_data={"license": "mit"})  # doctest: +SKIP
@@ -526,7 +533,7 @@ class Ensemble:
         from .persistence import push_ensemble
 
         return push_ensemble(self, repo_id, private=private, token=token, revision=revision,
-                             commit_message=commit_message, card_data=card_data)
+                             commit_message=commit_message, card_data=card_data, bundle_models=bundle_models)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, revision: str | None = None,

@@ -8,7 +8,8 @@ Layout::
                            ``checksum``: the sha256 of the config itself (canonical JSON without that key)
     fuser.safetensors      the fuser's learned tensors
     fuser/                 the fuser's other learned files, if any (a scikit-learn meta-learner: meta.skops)
-    members/<i>-<name>/    what each member learned (state.safetensors, estimator.skops, backbone/)
+    members/<i>-<name>/    what each member learned (state.safetensors, estimator.skops, backbone/), and with
+                           bundle_models=True a copy of its model folder (model/; config: "model": "bundled:model")
     report/                the evaluation report on the validation split (HTML, Markdown, JSON), if any
     README.md              model card, with the report
 
@@ -34,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,8 @@ FORMAT = "fusion-ensemble"
 FORMAT_VERSION = 3  # 2: members saved as {kind, config, fitted, dir}; fuser as {kind, config, state_shapes}
 #                     3: the config carries its own checksum; every file loading reads is listed in ``files``
 CHECKSUM_KEY = "checksum"
+BUNDLED_DIR = "model"  # a member folder's copy of its model folder (save_pretrained(bundle_models=True))
+BUNDLED_REF = "bundled:" + BUNDLED_DIR  # the saved config's model reference to that copy
 _LOAD_ATTEMPTS = 5  # loads retried when a save replaced the folder meanwhile
 DISTRIBUTION = "fusion-ensembles"  # fusion's name on PyPI (`pip install fusion-ensembles`; it imports as `fusion`)
 _PACKAGES = {"fusion": DISTRIBUTION, **{name: name for name in ("torch", "transformers", "datasets", "accelerate",
@@ -289,14 +293,40 @@ def _member_dir(index: int, name: str) -> str:
     return f"members/{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:60]}"
 
 
-def _save_members(members: list[Member], staging: Path) -> list[SavedMember]:
+def _save_members(members: list[Member], staging: Path, bundle_models: bool) -> list[SavedMember]:
     saved = []
     for index, member in enumerate(members):
         folder = _member_dir(index, member.name)
         (staging / folder).mkdir(parents=True)
         fitted = {**member.save(staging / folder), "description": member.describe()}
-        saved.append(SavedMember(member.kind, member.config.to_dict(), fitted, folder))
+        config = member.config.to_dict()
+        if _bundle_model(member, staging / folder, bundle_models):
+            config["model"] = BUNDLED_REF
+        saved.append(SavedMember(member.kind, config, fitted, folder))
     return saved
+
+
+def _bundled_copy(model_dir: Path) -> bool:
+    """True if ``model_dir`` is the bundled model of a member of a saved ensemble (``<ensemble>/members/<i>-<name>/
+    model``): saving an ensemble loaded from there bundles it again rather than naming that folder."""
+    member_folder = model_dir.parent
+    return (model_dir.name == BUNDLED_DIR and member_folder.parent.name == "members"
+            and (member_folder.parent.parent / CONFIG_NAME).is_file())
+
+
+def _bundle_model(member: Member, folder: Path, bundle_models: bool) -> bool:
+    """Copy the model folder of this machine that ``member`` reads (its top-level files: weights, config,
+    tokenizer) into ``folder/model`` when asked to, or when it was bundled already; True if copied."""
+    from ..members.hf_model import HFMember
+
+    model_dir = member.local_model_dir() if isinstance(member, HFMember) else None
+    if model_dir is None or not (bundle_models or _bundled_copy(model_dir)):
+        return False
+    (folder / BUNDLED_DIR).mkdir()
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file():  # what from_pretrained reads lies at the top level; links are copied as the file
+            shutil.copyfile(path, folder / BUNDLED_DIR / path.name)
+    return True
 
 
 def ensemble_config(ensemble: Ensemble, members: list[SavedMember], fuser: SavedFuser) -> EnsembleConfig:
@@ -323,9 +353,10 @@ def check_replaceable(directory: Path, overwrite: bool = False) -> None:
 
 
 def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False,
-                  card_data: dict[str, Any] | None = None) -> Path:
+                  card_data: dict[str, Any] | None = None, bundle_models: bool = False) -> Path:
     """Write ``ensemble`` to ``directory`` (replacing it only once everything is written); a folder that holds
-    something else is refused unless ``overwrite``."""
+    something else is refused unless ``overwrite``. With ``bundle_models``, members whose model is a folder of
+    this machine get a copy of it inside (``members/<i>-<name>/model``) and name no path of this machine."""
     from .modelcard import check_card_data, render_model_card
 
     if ensemble.fuser_ is None or ensemble.members_ is None:
@@ -333,7 +364,7 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False,
     check_replaceable(directory, overwrite)
     check_card_data(card_data)
     with atomic_directory(directory, marker=CONFIG_NAME) as staging:
-        members = _save_members(ensemble.members_, staging)
+        members = _save_members(ensemble.members_, staging, bundle_models)
         state = ensemble.fuser_.state_dict()
         atomic_save_tensors(staging / FUSER_FILE, state, {"fuser": ensemble.fuser_.kind})
         (staging / FUSER_DIR).mkdir()
@@ -348,6 +379,11 @@ def save_ensemble(ensemble: Ensemble, directory: Path, overwrite: bool = False,
         config = dataclasses.replace(ensemble_config(ensemble, members, fuser), files=files)
         (staging / "README.md").write_text(render_model_card(config, ensemble.report_, card_data), encoding="utf-8")
         write_json(staging / CONFIG_NAME, seal(config.to_dict()))  # last: it marks the staged folder complete
+    local = local_models(config)
+    if local:
+        logger.warning("%s names model folder(s) of this machine: %s; it loads only where they exist. Save with "
+                       "bundle_models=True to copy them inside, or build those members from hub ids.",
+                       directory, ", ".join(local))
     return directory
 
 
@@ -381,6 +417,9 @@ def _load_member(saved: SavedMember, directory: Path, options: LoadOptions) -> M
     folder = path_inside(directory, saved.dir, f"{CONFIG_NAME}: member {saved.name!r} dir")
     kind = MEMBERS.get(saved.kind_name)
     config = dict(saved.config)
+    if config.get("model") == BUNDLED_REF:  # the model's files were saved with the member
+        config["model"] = str(path_inside(directory, f"{saved.dir}/{BUNDLED_DIR}",
+                                          f"{CONFIG_NAME}: member {saved.name!r} bundled model"))
     if "trust_remote_code" in {f.name for f in dataclasses.fields(kind.Config)}:
         # Only the loading call may allow a model's custom code: a saved config may come from anyone. Decided
         # before the member is built, since loading a saved backbone reads its model files.
@@ -490,15 +529,16 @@ def local_models(config: EnsembleConfig) -> list[str]:
     from ..members.hf_source import reference_kind
 
     return [f"{m.name} ({m.config['model']})" for m in config.members if isinstance(m.config.get("model"), str)
-            and reference_kind(m.config["model"]) == "local" and not m.fitted.get("finetuned")]
+            and m.config["model"] != BUNDLED_REF and reference_kind(m.config["model"]) == "local"
+            and not m.fitted.get("finetuned")]
 
 
 def push_ensemble(ensemble: Ensemble, repo_id: str, *, private: bool | None = None, token: str | None = None,
                   revision: str | None = None, commit_message: str | None = None,
-                  card_data: dict[str, Any] | None = None) -> str:
+                  card_data: dict[str, Any] | None = None, bundle_models: bool = False) -> str:
     """Save ``ensemble`` to a temporary folder and upload it to the hub repository ``repo_id`` (created if
     missing); returns the commit URL. Members whose model is a local folder are refused (they would not load
-    anywhere else); fine-tuned backbones travel inside the ensemble."""
+    anywhere else) unless ``bundle_models`` copies them in; fine-tuned backbones travel inside the ensemble."""
     import tempfile
 
     from huggingface_hub import HfApi
@@ -508,15 +548,15 @@ def push_ensemble(ensemble: Ensemble, repo_id: str, *, private: bool | None = No
     if reference_kind(repo_id) != "hub" or "/" not in repo_id:
         raise ConfigError(f"push_to_hub({repo_id!r}): a repository id is ORG/NAME (or USER/NAME).")
     with tempfile.TemporaryDirectory(prefix="fusion-push-") as tmp:
-        folder = save_ensemble(ensemble, Path(tmp) / "ensemble", card_data=card_data)
+        folder = save_ensemble(ensemble, Path(tmp) / "ensemble", card_data=card_data, bundle_models=bundle_models)
         config = EnsembleConfig.read(folder)
         local = local_models(config)
         if local:
             raise PersistenceError(
                 f"cannot push to {repo_id!r}: member(s) {', '.join(local)} use a model folder of this machine, which "
-                "nobody who downloads the ensemble has. Upload those models to the hub and build the members from "
-                "their hub ids (HFClassifier('ORG/NAME', revision=...)), or fine-tune them (a fine-tuned backbone "
-                "is saved inside the ensemble).")
+                "nobody who downloads the ensemble has. Pass bundle_models=True to upload a copy of them inside the "
+                "ensemble, or upload those models to the hub and build the members from their hub ids "
+                "(HFClassifier('ORG/NAME', revision=...)).")
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,

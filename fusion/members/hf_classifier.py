@@ -19,6 +19,7 @@ from ..labels import apply_label_map
 from ..progress import quiet_transformers
 from .base import MEMBERS, label_map_field
 from .hf_model import HFMember, HFModelConfig
+from .hf_source import model_label
 
 
 @MEMBERS.register("hf_classifier")
@@ -115,4 +116,4 @@ class HFClassifier(HFMember):
         self._verify_source(fitted, options)
 
     def describe(self) -> str:
-        return f"Hugging Face classifier `{self.source.model}`"
+        return f"Hugging Face classifier `{model_label(self.source.model)}`"

@@ -25,7 +25,7 @@ from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, train_config_field, with_progress
 from .heads import Head, HeadConfig, head_config
 from .hf_model import HFMember, HFModelConfig
-from .hf_source import HFSource, model_short_name
+from .hf_source import HFSource, model_label, model_short_name
 from .pooling import POOLINGS, get_pooling
 
 HEAD_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=200, batch_size=128, weight_decay=1e-4, patience=8)
@@ -279,9 +279,13 @@ class HFEncoder(HFMember):
         in_features, n_classes = fitted["head_sizes"]
         self.head_ = Head.from_head_config(self.config.head).build(in_features, n_classes)
 
+    def local_model_dir(self) -> Path | None:
+        """As ``HFMember.local_model_dir``; None once fine-tuned (its backbone is saved with the member)."""
+        return None if self.finetuned_ else super().local_model_dir()
+
     def describe(self) -> str:
         mode = "fine-tuned" if self.config.finetune else "frozen"
-        return f"`{self.source.model}` ({mode}), {self.config.pooling} pooling, {self.config.head.kind} head"
+        return f"`{model_label(self.source.model)}` ({mode}), {self.config.pooling} pooling, {self.config.head.kind} head"
 
 
 def _head_loss(head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

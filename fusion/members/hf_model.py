@@ -13,7 +13,7 @@ from ..config import LoadOptions, at_least, digest, is_bool, optional, setting
 from ..engine import default_device, resolve_dtype
 from ..errors import ConfigError
 from .base import Member, MemberConfig
-from .hf_source import HFSource, ModelRef, hub_reference, model_ref, model_short_name
+from .hf_source import HFSource, ModelRef, hub_reference, model_ref, model_short_name, reference_kind
 
 _POSITIVE = (optional(at_least(1, integer=True)), "None or an integer >= 1")
 
@@ -125,6 +125,14 @@ class HFMember(Member):
         """Make the recorded fingerprints (of outputs computed in another dtype) this machine's own."""
         if self._fingerprint is not None:
             self._fingerprint = digest(self._fingerprint, "computed in", dtype)
+
+    def local_model_dir(self) -> Path | None:
+        """The folder of this machine that the model's files are read from, when the config names one (not a
+        hub id, an installed package, or weights saved inside an ensemble); ``save_pretrained(bundle_models=True)``
+        copies it into the ensemble."""
+        if reference_kind(self.config.model) != "local" or self.source.is_package:
+            return None
+        return self.source.local_dir
 
     def _verify_source(self, fitted: Mapping[str, Any], options: LoadOptions) -> None:
         recorded = (fitted.get("source") or {}).get("weights_sha256")

@@ -196,6 +196,13 @@ def package_model_dir(model: str) -> Path:
     return directory.resolve()
 
 
+def model_label(model: str | os.PathLike) -> str:
+    """How descriptions, reports and model cards name a model: a hub id or ``package:`` reference as written,
+    a folder of this machine by its name only (a saved ensemble carries no path of the machine that saved it)."""
+    model = str(model)
+    return Path(model).name if reference_kind(model) == "local" else model
+
+
 def model_short_name(model: str | os.PathLike) -> str:
     """A member's default name: the directory or hub name, or the module of a ``package:`` model."""
     model = str(model)
