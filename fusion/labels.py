@@ -17,6 +17,18 @@ def is_generic(names: Sequence[str]) -> bool:
     return bool(names) and all(_GENERIC.match(str(n)) for n in names)
 
 
+def config_labels(config: Mapping) -> list[str]:
+    """A transformers ``config.json``'s label names in id order (``LABEL_i`` placeholders when it has no
+    ``id2label``).
+
+    Example:
+        >>> config_labels({"id2label": {"1": "pos", "0": "neg"}})
+        ['neg', 'pos']
+    """
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
 def apply_label_map(member: str, names: Sequence[str], label_map: Mapping[str | int, str] | None) -> list[str]:
     """Rename a member's labels with ``label_map`` (keys: the member's names or ids).
 

@@ -15,7 +15,7 @@ from ..config import LoadOptions
 from ..engine import run_model
 from ..errors import ConfigError
 from ..inputs import TextData
-from ..labels import apply_label_map
+from ..labels import apply_label_map, config_labels
 from ..progress import quiet_transformers
 from .base import MEMBERS, label_map_field
 from .hf_model import HFMember, HFModelConfig
@@ -54,9 +54,7 @@ class HFClassifier(HFMember):
         twin._model, twin._tokenizer = self._model, self._tokenizer  # frozen: safe to share
 
     def _config_labels(self) -> list[str]:
-        config = json.loads((self.source.local_dir / "config.json").read_text())
-        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
-        return [id2label[k] for k in sorted(id2label, key=int)]
+        return config_labels(json.loads((self.source.local_dir / "config.json").read_text()))
 
     def output_labels(self, ensemble_labels: list[str] | None) -> list[str]:
         if not self._declares_classifier():

@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -127,9 +127,17 @@ class MergeMethod(Component):
             return None
         return int(digest("merge seed", getattr(self.config, "seed", 0), name)[:15], 16)
 
-    def model_statistics(self, deltas: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    def model_statistics(self, deltas: Iterable[tuple[str, Sequence[torch.Tensor]]] | None = None
+                         ) -> dict[str, Any]:
         """For ``whole_model_pass`` methods: statistics over every tensor of the models, computed before merging
-        (``TensorContext.statistics``). Per-tensor methods have none."""
+        any (they reach :meth:`merge_tensor` as ``TensorContext.statistics``). Per-tensor methods have none.
+
+        ``deltas`` streams the task vectors one tensor at a time: each item is ``(name, [delta_0, delta_1, ...])``,
+        one float32 (or wider) tensor per fine-tuned model, ``model - base`` (the models' tensors themselves
+        without a base), for every tensor the driver merges (heads aligned by label, vocabulary rows cut to the
+        shared ones; buffers copied unmerged and a kept head are left out). Iterating it again streams the
+        checkpoints again, so a method may make several passes (an exact whole-model quantile, say) while
+        holding only what it keeps, never the models."""
         return {}
 
     def merge_tensor(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
