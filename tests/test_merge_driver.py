@@ -524,3 +524,53 @@ def test_merge_tensor_gets_the_context(family, tmp_path):
     assert seen["bert.embeddings.word_embeddings.weight"].is_embedding
     assert not seen["bert.embeddings.position_embeddings.weight"].is_embedding
     assert not seen["classifier.weight"].is_embedding and seen["classifier.weight"].seed is None
+
+
+# --- other heads and architectures -------------------------------------------------------------------------------------
+
+
+def test_roberta_heads_are_found_from_the_model_and_aligned_by_name(tmp_path):
+    """RoBERTa's head is classifier.dense + classifier.out_proj: only out_proj has one row per label."""
+    a = finetune(save_roberta_classifier(tmp_path / "src", ["negative", "positive"], seed=0), tmp_path / "a", seed=1)
+    b = finetune(a, tmp_path / "b", seed=2)
+    b_reversed = tmp_path / "b_reversed"
+    shutil.copytree(b, b_reversed)
+    tensors = state(b)
+    for name in ("classifier.out_proj.weight", "classifier.out_proj.bias"):
+        tensors[name] = tensors[name].flip(0)
+    write_state(b_reversed, tensors)
+    edit_config(b_reversed, id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1})
+    result = merge_checkpoints([a, b_reversed], LinearMerge(), tmp_path / "out", show_progress=False)
+    assert_state_equal(state(result.directory), average([a, b]))
+    torch.testing.assert_close(logits(result.directory, result.directory), logits(
+        merge_checkpoints([a, b], LinearMerge(), tmp_path / "plain", show_progress=False).directory, a))
+
+
+def test_a_base_classifier_with_the_labels_in_another_order_is_aligned_too(family, tmp_path):
+    base, fts = family["base"], family["fts"][:2]
+    expected = merge_checkpoints(fts, TaskArithmeticLike(), tmp_path / "expected", base=base, show_progress=False)
+    reversed_base = reverse_labels(base, tmp_path / "reversed_base")
+    result = merge_checkpoints(fts, TaskArithmeticLike(), tmp_path / "out", base=reversed_base, show_progress=False)
+    assert_state_equal(state(result.directory), state(expected.directory))
+    assert result.provenance["tensors"]["not_in_base"] == []
+
+
+def test_a_model_without_classification_head_and_tied_embeddings(tmp_path):
+    from tiny_models import _bert_config, _build_and_save
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+    tokenizer = make_bert_tokenizer()
+    source = _build_and_save(tmp_path / "mlm", BertForMaskedLM, _bert_config(tokenizer), tokenizer, 0)
+    a, b = finetune(source, tmp_path / "a", seed=1), finetune(source, tmp_path / "b", seed=2)
+    result = merge_checkpoints([a, b], LinearMerge(), tmp_path / "out", show_progress=False)
+    merged = state(result.directory)
+    assert result.labels is None and result.provenance["labels"] is None
+    assert_state_equal(merged, average([a, b]))
+    assert "cls.predictions.decoder.weight" not in merged  # tied: written once, as the sources hold it
+    model = AutoModelForMaskedLM.from_pretrained(str(result.directory))
+    torch.testing.assert_close(model.cls.predictions.decoder.weight.detach(),
+                               merged["bert.embeddings.word_embeddings.weight"])
+    card = (result.directory / "README.md").read_text()
+    assert "pipeline_tag" not in card and "none (no classification head)" in card
+    with pytest.raises(ConfigError, match="head=0: the models have no classification head to keep"):
+        merge_checkpoints([a, b], LinearMerge(), tmp_path / "out2", head=0, show_progress=False)

@@ -5,8 +5,9 @@ A :class:`Checkpoint` lists the tensors of ``model.safetensors`` (or of the shar
 loads one tensor. Only safetensors are read: a pickle file (``pytorch_model.bin``) can run code when it is
 loaded, so a folder holding only pickle weights is refused with the way to convert it.
 
-:func:`check_architectures`, :func:`check_names` and :func:`check_shapes` refuse checkpoints that cannot be
-merged tensor by tensor, before any tensor is merged, naming the model, the tensor and both sizes.
+:func:`check_architectures`, :func:`check_names`, :func:`check_shapes`, :func:`check_base` and
+:func:`check_buffer` refuse checkpoints that cannot be merged tensor by tensor, before any tensor is merged,
+naming the model, the tensor and both sizes.
 
 Example:
     >>> with Checkpoint(HFSource("path/to/model"), "a") as checkpoint:  # doctest: +SKIP
@@ -282,6 +283,17 @@ def check_base(models: Sequence[Checkpoint], base: Checkpoint, names: Mapping[st
             raise ConfigError(f"cannot merge tensor {name!r}: it has shape {mine.shape} ({mine.dtype}) in "
                               f"{first.label!r} but {its.shape} ({its.dtype}) in the base model {base.label!r} "
                               f"({theirs!r}); the base must be the checkpoint the models were fine-tuned from.")
+
+
+def check_buffer(models: Sequence[Checkpoint], name: str) -> None:
+    """Refuse a buffer (a tensor that is not floating point) whose values differ between the models: it is
+    copied from the first model, never averaged. Reads two tensors at a time."""
+    first = models[0].read(name)
+    for other in models[1:]:
+        if not same_tensor(first, other.read(name)):
+            raise ConfigError(f"cannot merge: buffer {name!r} ({first.dtype}, not a float parameter) differs between "
+                              f"{models[0].label!r} and {other.label!r}; merge methods combine float parameters "
+                              "only, so buffers must be equal in every model.")
 
 
 def base_model_prefix(config: Mapping[str, Any]) -> str | None:

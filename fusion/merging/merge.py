@@ -63,9 +63,9 @@ from .checkpoints import (
     base_names,
     check_architectures,
     check_base,
+    check_buffer,
     check_names,
     check_shapes,
-    same_tensor,
 )
 from .heads import HeadPlan, plan_heads
 from .vocabulary import VocabularyPlan, plan_vocabulary
@@ -211,18 +211,11 @@ def plan_merge(models: Sequence[Checkpoint], base: Checkpoint | None, head: int 
     if base is not None:
         check_base(models, base, names, exempt=lambda name: name in heads.tensors and not heads.base_has_head)
     vocabulary = plan_vocabulary([*models, *([base] if base is not None else [])])
-    return MergePlan(models, base, names, heads, vocabulary)
-
-
-def _copy_buffer(plan: MergePlan, name: str) -> torch.Tensor:
-    """The first model's buffer, after checking every other model holds the same values."""
-    first = plan.models[0].read(name)
-    for other in plan.models[1:]:
-        if not same_tensor(first, other.read(name)):
-            raise ConfigError(f"cannot merge: buffer {name!r} ({first.dtype}, not a float parameter) differs between "
-                              f"{plan.models[0].label!r} and {other.label!r}; merge methods combine float parameters "
-                              "only, so buffers must be equal in every model.")
-    return first
+    plan = MergePlan(models, base, names, heads, vocabulary)
+    for name in plan.names:
+        if plan.copied(name):
+            check_buffer(models, name)
+    return plan
 
 
 class _AncestorCheck:
@@ -235,9 +228,9 @@ class _AncestorCheck:
     def add(self, tensors: Sequence[torch.Tensor], base: torch.Tensor) -> None:
         if base.ndim < 2:
             return
-        self.norm += float(base.double().square().sum())
+        self.norm += float(torch.linalg.vector_norm(base)) ** 2
         for i, tensor in enumerate(tensors):
-            self.distance[i] += float((tensor.double() - base.double()).square().sum())
+            self.distance[i] += float(torch.linalg.vector_norm(tensor - base)) ** 2
 
     def ratios(self) -> list[float] | None:
         if self.norm <= 0.0:
@@ -256,8 +249,8 @@ def _merge_tensors(plan: MergePlan, method: MergeMethod, statistics: dict[str, A
               disable=not show) as bar:
         for name in names:
             first_dtype = plan.models[0].tensors[name].dtype
-            if plan.copied(name):
-                merged[name] = _copy_buffer(plan, name)
+            if plan.copied(name):  # equal in every model (checked by plan_merge)
+                merged[name] = plan.models[0].read(name)
             elif plan.kept(name):
                 keep = plan.models[plan.heads.keep or 0]
                 merged[name] = keep.read(name).to(dtype or keep.tensors[name].dtype).contiguous()
@@ -406,6 +399,8 @@ def merge_checkpoints(models: Sequence[str | os.PathLike], method: MergeMethod, 
     method.check_models(len(references), base is not None)
     out_dtype = _output_dtype(dtype)
     target = Path(output)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"output {target} is a file; give a folder to write the merged model to.")
     if target.exists() and not overwrite:
         raise ConfigError(f"output folder {target} already exists; pass overwrite=True to replace it, or choose "
                           "another folder.")

@@ -57,8 +57,12 @@ def load_vocabulary(checkpoint: Checkpoint) -> dict[str, int]:
 
     from ..progress import quiet_transformers
 
-    with quiet_transformers():
-        return dict(AutoTokenizer.from_pretrained(str(checkpoint.directory)).get_vocab())
+    try:
+        with quiet_transformers():
+            return dict(AutoTokenizer.from_pretrained(str(checkpoint.directory)).get_vocab())
+    except Exception as err:  # a tokenizer needing a missing package, a broken file
+        raise ConfigError(f"model {checkpoint.label!r}: cannot load its tokenizer to compare vocabularies "
+                          f"({type(err).__name__}: {err}).") from err
 
 
 def _difference(smaller: Mapping[str, int], larger: Mapping[str, int]) -> str | None:
