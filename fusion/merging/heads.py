@@ -80,7 +80,8 @@ class HeadPlan:
         permutations: per model, the row order that puts its label rows into ``labels``' order (None: already
             in that order, or not aligned because one head is kept).
         base_permutation: the same for the base's head when it has the same labels; None otherwise.
-        base_has_head: the base has a head with the same label set (else head tensors have no base tensor).
+        base_has_head: the base has a head with the same label set (else the head tensors are treated as
+            absent from the base).
         keep: index of the model whose head is kept unmerged (``head=``), else None.
         note: what was done, in words.
     """

@@ -17,8 +17,10 @@ What the merge does with each tensor:
 - tied weights are written as the checkpoint files hold them (transformers saves a tied output embedding once,
   and ties it again on load from ``config.json``);
 - a classification head's label rows are aligned by label name first, or one model's head is kept (``head=``);
-- tensors a base lacks (a head trained on top of a bare encoder) are merged against zeros (their task vector is
-  the tensor itself), and listed in the provenance file.
+- tensors a base lacks (a head trained on top of a bare encoder; a base head with other labels) have the models'
+  mean stand in for the base tensor, so a task-vector method combines the models' deviations from their mean
+  (task arithmetic with weights 1 gives the mean; zeros would scale the head by the sum of the weights); they
+  are logged and listed in the provenance file (``tensors.not_in_base``). mergekit refuses a base without them.
 
 A base that does not look like the models' ancestor is allowed but warned about. The heuristic, computed while
 merging: over the weight matrices (tensors of 2 or more dimensions the base has), the relative distance
@@ -148,14 +150,14 @@ class MergePlan:
 
     def read(self, name: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """One merged tensor's inputs: each model's (float, vocabulary rows cut, label rows aligned) and the
-        base's (None without a base; zeros when the base lacks it)."""
+        base's (None without a base; the models' mean when the base lacks it)."""
         tensors = [self.heads.aligned(name, i, _as_float(self._rows(m, name, m.read(name))))
                    for i, m in enumerate(self.models)]
         if self.base is None:
             return tensors, None
         base_name = self.base_name(name)
         if base_name is None:
-            return tensors, torch.zeros_like(tensors[0])
+            return tensors, _mean(tensors)
         base = self.heads.aligned_base(name, _as_float(self._rows(self.base, base_name, self.base.read(base_name))))
         return tensors, base
 
@@ -176,6 +178,13 @@ class TaskVectors:
                 del tensors, base  # a suspended generator keeps its locals: hold only what is yielded
                 yield name, deltas
                 del deltas
+
+
+def _mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0].clone()
+    for tensor in tensors[1:]:
+        total += tensor
+    return total / len(tensors)
 
 
 def _as_float(tensor: torch.Tensor) -> torch.Tensor:
@@ -212,6 +221,13 @@ def plan_merge(models: Sequence[Checkpoint], base: Checkpoint | None, head: int 
         check_base(models, base, names, exempt=lambda name: name in heads.tensors and not heads.base_has_head)
     vocabulary = plan_vocabulary([*models, *([base] if base is not None else [])])
     plan = MergePlan(models, base, names, heads, vocabulary)
+    if base is not None:
+        lacking = [n for n in plan.names if plan.merged(n) and plan.base_name(n) is None]
+        odd = [n for n in lacking if n not in heads.tensors]
+        if lacking:
+            (logger.warning if odd else logger.info)(
+                "merge: base model %r lacks %d tensor(s) of the models (%s%s); the models' mean stands in for the "
+                "base there", base.label, len(lacking), ", ".join(lacking[:5]), " ..." if len(lacking) > 5 else "")
     for name in plan.names:
         if plan.copied(name):
             check_buffer(models, name)
