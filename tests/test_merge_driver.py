@@ -25,6 +25,7 @@ from fusion.merging import LinearMerge, MergeMethod, TensorContext
 from fusion.merging.base import BASE_REQUIRED
 from fusion.merging.checkpoints import Checkpoint
 from fusion.merging.merge import PROVENANCE_FILE, merge_checkpoints
+from fusion.merging.writer import StreamingSafetensors
 from fusion.progress import progress_disabled
 
 HEAD = ("classifier.weight", "classifier.bias")
@@ -491,12 +492,23 @@ def test_the_driver_holds_one_tensor_per_input_at_a_time(family, tmp_path, monke
         weakref.finalize(tensor, lambda: alive.__setitem__(0, alive[0] - 1))
         return tensor
 
+    written_alive, written_peak = [0], [0]
+    original_write = StreamingSafetensors.write
+
+    def counting_write(self, name, tensor):
+        written_alive[0] += 1
+        written_peak[0] = max(written_peak[0], written_alive[0])
+        weakref.finalize(tensor, lambda: written_alive.__setitem__(0, written_alive[0] - 1))
+        return original_write(self, name, tensor)
+
     monkeypatch.setattr(Checkpoint, "read", counting_read)
+    monkeypatch.setattr(StreamingSafetensors, "write", counting_write)
     fts, base = family["fts"], family["base"]
     result = merge_checkpoints(fts, TaskArithmeticLike(), tmp_path / "out", base=base, show_progress=False)
     n_tensors = len(state(base))
     assert reads[0] == 4 * n_tensors  # every tensor of the 3 models and the base read once
     assert peak[0] <= 4  # never more than one tensor per input (3 models + base) alive at once
+    assert written_peak[0] == 1  # each merged tensor is written and dropped: the merged model is never held
     assert result.provenance["tensors"]["merged"] == n_tensors
     peak[0] = 0
     merge_checkpoints(fts, WholeModelLike(), tmp_path / "out2", base=base, show_progress=False)
@@ -574,3 +586,28 @@ def test_a_model_without_classification_head_and_tied_embeddings(tmp_path):
     assert "pipeline_tag" not in card and "none (no classification head)" in card
     with pytest.raises(ConfigError, match="head=0: the models have no classification head to keep"):
         merge_checkpoints([a, b], LinearMerge(), tmp_path / "out2", head=0, show_progress=False)
+
+
+def test_the_streaming_writer_reads_back_like_save_file(tmp_path):
+    from safetensors import safe_open
+
+    tensors = {"a.bf16": torch.randn(3, 4).bfloat16(), "b.int": torch.arange(6).view(2, 3), "c.bool": torch.tensor(
+        [True, False, True]), "d.scalar": torch.tensor(2.5, dtype=torch.float64), "e.empty": torch.zeros(0, 5),
+        "f.half": torch.randn(7).half()}
+    layout = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    with StreamingSafetensors(tmp_path / "x.safetensors", layout, {"format": "pt"}) as out:
+        for name, tensor in tensors.items():
+            out.write(name, tensor)
+    loaded = load_file(str(tmp_path / "x.safetensors"))
+    assert sorted(loaded) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+    out = StreamingSafetensors(tmp_path / "y.safetensors", layout)
+    with pytest.raises(ConfigError, match=r"tensor 'b.int' .* written where the layout expects 'a.bf16'"):
+        out.write("b.int", tensors["b.int"])
+    out = StreamingSafetensors(tmp_path / "z.safetensors", layout)
+    out.write("a.bf16", tensors["a.bf16"])
+    with pytest.raises(ConfigError, match="closed after 1 of 6 tensors"):
+        out.close()

@@ -3,9 +3,10 @@
 :func:`merge_checkpoints` resolves each model (a local folder, a hub id from the offline cache, ``package:``),
 checks before merging anything that the checkpoints can be merged (architecture, tensor names, shapes,
 vocabularies: :mod:`.checkpoints`, :mod:`.vocabulary`; classification heads: :mod:`.heads`), then reads one
-tensor of each model (and of the base) at a time, merges it with ``method.merge_tensor`` and keeps only the
-merged tensor: peak memory is about one output model plus one tensor per input, never N models. Methods with a
-whole-model pass (``method.whole_model_pass``) first get ``method.model_statistics`` over a stream of the task
+tensor of each model (and of the base) at a time, merges it with ``method.merge_tensor`` and appends it to the
+output's ``model.safetensors`` at once (:mod:`.writer`: the file's header is known before any tensor is merged).
+Peak memory is one tensor per input plus the merged tensor: neither the N models nor the merged model are ever
+held (the brief allowed one output model). Methods with a whole-model pass (``method.whole_model_pass``) first get ``method.model_statistics`` over a stream of the task
 vectors (:class:`TaskVectors`), read the same way.
 
 What the merge does with each tensor:
@@ -48,7 +49,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from ..io import atomic_directory, write_json
 from ..members.hf_source import TOKENIZER_FILES, HFSource, hub_reference, model_label, reference_kind
 from ..progress import describe, progress_enabled
 from .base import MergeMethod, TensorContext
+from .card import render_merge_card
 from .checkpoints import (
     Checkpoint,
     base_names,
@@ -71,6 +73,7 @@ from .checkpoints import (
 )
 from .heads import HeadPlan, plan_heads
 from .vocabulary import VocabularyPlan, plan_vocabulary
+from .writer import StreamingSafetensors
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,21 @@ class MergePlan:
         if rows is not None and self.models[0].is_vocabulary(name):
             return (min(rows, shape[0]), *shape[1:])
         return shape
+
+    def layout(self, dtype: torch.dtype | None) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Every output tensor's (dtype, shape), known before any is merged: buffers as the first model has them,
+        a kept head as its model has it, merged tensors in ``dtype`` (None: the first model's)."""
+        layout = {}
+        for name in self.names:
+            if self.copied(name):
+                info = self.models[0].tensors[name]
+                layout[name] = (info.dtype, info.shape)
+            elif self.kept(name):
+                info = self.models[self.heads.keep or 0].tensors[name]
+                layout[name] = (dtype or info.dtype, info.shape)
+            else:
+                layout[name] = (dtype or self.models[0].tensors[name].dtype, self.output_shape(name))
+        return layout
 
     def _rows(self, checkpoint: Checkpoint, name: str, tensor: torch.Tensor) -> torch.Tensor:
         rows = self.vocabulary.rows
@@ -254,22 +272,21 @@ class _AncestorCheck:
         return [math.sqrt(d / self.norm) for d in self.distance]
 
 
-def _merge_tensors(plan: MergePlan, method: MergeMethod, statistics: dict[str, Any], dtype: torch.dtype | None,
-                   show: bool) -> tuple[dict[str, torch.Tensor], list[float] | None]:
+def _merge_tensors(plan: MergePlan, method: MergeMethod, statistics: dict[str, Any],
+                   layout: dict[str, tuple[torch.dtype, tuple[int, ...]]], write: Callable[[str, torch.Tensor], None],
+                   show: bool) -> list[float] | None:
+    """Merge (or copy) every tensor in ``layout``'s order, handing each to ``write`` as soon as it is made; the
+    relative distances of the models to the base (None without a base)."""
     from tqdm.auto import tqdm
 
-    merged: dict[str, torch.Tensor] = {}
     check = _AncestorCheck(len(plan.models))
-    names = plan.names
-    with tqdm(total=len(names), desc=describe(f"merge ({method.kind})"), unit="tensor", leave=False,
+    with tqdm(total=len(layout), desc=describe(f"merge ({method.kind})"), unit="tensor", leave=False,
               disable=not show) as bar:
-        for name in names:
-            first_dtype = plan.models[0].tensors[name].dtype
+        for name, (dtype, shape) in layout.items():
             if plan.copied(name):  # equal in every model (checked by plan_merge)
-                merged[name] = plan.models[0].read(name)
+                result = plan.models[0].read(name)
             elif plan.kept(name):
-                keep = plan.models[plan.heads.keep or 0]
-                merged[name] = keep.read(name).to(dtype or keep.tensors[name].dtype).contiguous()
+                result = plan.models[plan.heads.keep or 0].read(name)
             else:
                 tensors, base = plan.read(name)
                 if base is not None and plan.base_name(name) is not None:
@@ -278,12 +295,13 @@ def _merge_tensors(plan: MergePlan, method: MergeMethod, statistics: dict[str, A
                                         statistics=statistics)
                 result = method.merge_tensor(tensors, base, context)
                 del tensors, base
-                if tuple(result.shape) != tuple(plan.output_shape(name)):
+                if tuple(result.shape) != shape:
                     raise ConfigError(f"merge method {method.kind!r} returned shape {tuple(result.shape)} for tensor "
-                                      f"{name!r}, expected {plan.output_shape(name)}.")
-                merged[name] = result.to(dtype or first_dtype).contiguous()
+                                      f"{name!r}, expected {shape}.")
+            write(name, result.to(dtype))
+            del result
             bar.update()
-    return merged, check.ratios()
+    return check.ratios()
 
 
 def describe_source(source: HFSource, reference: str) -> dict[str, Any]:
@@ -435,31 +453,22 @@ def merge_checkpoints(models: Sequence[str | os.PathLike], method: MergeMethod, 
                            if base_source is not None and base_reference is not None else None)
         plan = plan_merge(checkpoints, base_checkpoint, head, references)
         statistics = method.model_statistics(TaskVectors(plan)) if method.whole_model_pass else {}
-        merged, ratios = _merge_tensors(plan, method, statistics, out_dtype, show_progress and progress_enabled())
-        _warn_ancestor(plan, ratios)
-        donor = [*checkpoints, *([base_checkpoint] if base_checkpoint else [])][plan.vocabulary.donor]
-        first_dtype = next((str(t.dtype).removeprefix("torch.") for t in merged.values() if t.is_floating_point()),
-                           "float32")
         described = [describe_source(s, r) for s, r in zip(sources, references, strict=True)]
         described_base = (describe_source(base_source, base_reference)
                           if base_source is not None and base_reference is not None else None)
-        return _write(target, plan, method, merged, donor, dtype or first_dtype, dtype, described, described_base,
-                      ratios)
-
-
-def _write(target: Path, plan: MergePlan, method: MergeMethod, merged: dict[str, torch.Tensor], donor: Checkpoint,
-           dtype_name: str, dtype: str | None, sources: list[dict[str, Any]], base: dict[str, Any] | None,
-           ratios: list[float] | None) -> MergeResult:
-    from safetensors.torch import save_file
-
-    from .card import render_merge_card
-
-    with atomic_directory(target, marker=PROVENANCE_FILE) as staging:
-        write_json(staging / "config.json", _output_config(plan, dtype))
-        save_file(merged, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer_files = _copy_tokenizer(donor, staging)
-        provenance = _provenance(plan, method, sources, base, dtype_name, ratios, tokenizer_files)
-        (staging / "README.md").write_text(render_merge_card(provenance), encoding="utf-8")
-        write_json(staging / PROVENANCE_FILE, provenance)
-    logger.info("merge: wrote %s (%d tensors, %s)", target.name, len(merged), method.kind)
+        donor = [*checkpoints, *([base_checkpoint] if base_checkpoint else [])][plan.vocabulary.donor]
+        layout = plan.layout(out_dtype)
+        dtype_name = dtype or next((str(d).removeprefix("torch.") for d, _ in layout.values() if d.is_floating_point),
+                                   "float32")
+        with atomic_directory(target, marker=PROVENANCE_FILE) as staging:
+            with StreamingSafetensors(staging / "model.safetensors", layout, {"format": "pt"}) as out:
+                ratios = _merge_tensors(plan, method, statistics, layout, out.write,
+                                        show_progress and progress_enabled())
+            _warn_ancestor(plan, ratios)
+            write_json(staging / "config.json", _output_config(plan, dtype))
+            tokenizer_files = _copy_tokenizer(donor, staging)
+            provenance = _provenance(plan, method, described, described_base, dtype_name, ratios, tokenizer_files)
+            (staging / "README.md").write_text(render_merge_card(provenance), encoding="utf-8")
+            write_json(staging / PROVENANCE_FILE, provenance)  # last: marks the staged folder complete
+    logger.info("merge: wrote %s (%d tensors, %s)", target.name, len(layout), method.kind)
     return MergeResult(target, plan.heads.labels, provenance)
