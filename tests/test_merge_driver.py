@@ -336,6 +336,10 @@ def test_a_hub_snapshot_is_named_by_hub_id_and_revision_in_provenance_and_card(f
         "model.safetensors": sha256_file(family["fts"][1] / "model.safetensors")}}
     card = (result.directory / "README.md").read_text()
     assert "base_model:\n- fusion-test/tiny-ft\n" in card and "base_model_relation: merge" in card
+    snapshot = merge_checkpoints([repo / "snapshots" / commit, family["fts"][1]], LinearMerge(), tmp_path / "out2",
+                                 show_progress=False)  # the cache's snapshot folder, given as a path
+    assert snapshot.provenance["models"][0]["hub_id"] == "fusion-test/tiny-ft"
+    assert snapshot.provenance["models"][0]["revision"] == commit
     assert "library_name: transformers" in card and "pipeline_tag: text-classification" in card
     assert "tags:\n- merge\n- fusion\n- linear\n" in card
 
@@ -611,3 +615,21 @@ def test_the_streaming_writer_reads_back_like_save_file(tmp_path):
     out.write("a.bf16", tensors["a.bf16"])
     with pytest.raises(ConfigError, match="closed after 1 of 6 tensors"):
         out.close()
+
+
+def test_tokenizer_files_that_differ_with_the_same_vocabulary_merge(family, tmp_path):
+    a, b = family["fts"][:2]
+    other = shutil.copytree(b, tmp_path / "other")
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 32}))
+    result = merge_checkpoints([other, a], LinearMerge(), tmp_path / "out", show_progress=False)
+    assert "the vocabularies are the same; the output uses 'other'" in result.provenance["vocabulary"]["note"]
+    assert json.loads((result.directory / "tokenizer_config.json").read_text())["model_max_length"] == 32
+    assert_state_equal(state(result.directory), average([a, b]))
+
+
+def test_revisions_must_match_the_models(family, tmp_path):
+    with pytest.raises(ConfigError, match=r"revisions: give one revision \(or None\) per model, a list of 2"):
+        merge_checkpoints(family["fts"][:2], LinearMerge(), tmp_path / "out", revisions=["main"])
+    with pytest.raises(ConfigError, match="is not a directory; pass a model directory or a hub id"):
+        merge_checkpoints([family["fts"][0], tmp_path / "nowhere"], LinearMerge(), tmp_path / "out")

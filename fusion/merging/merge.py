@@ -6,7 +6,7 @@ vocabularies: :mod:`.checkpoints`, :mod:`.vocabulary`; classification heads: :mo
 tensor of each model (and of the base) at a time, merges it with ``method.merge_tensor`` and appends it to the
 output's ``model.safetensors`` at once (:mod:`.writer`: the file's header is known before any tensor is merged).
 Peak memory is one tensor per input plus the merged tensor: neither the N models nor the merged model are ever
-held (the brief allowed one output model). Methods with a whole-model pass (``method.whole_model_pass``) first get ``method.model_statistics`` over a stream of the task
+held. Methods with a whole-model pass (``method.whole_model_pass``) first get ``method.model_statistics`` over a stream of the task
 vectors (:class:`TaskVectors`), read the same way.
 
 What the merge does with each tensor:
