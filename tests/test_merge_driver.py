@@ -633,3 +633,18 @@ def test_revisions_must_match_the_models(family, tmp_path):
         merge_checkpoints(family["fts"][:2], LinearMerge(), tmp_path / "out", revisions=["main"])
     with pytest.raises(ConfigError, match="is not a directory; pass a model directory or a hub id"):
         merge_checkpoints([family["fts"][0], tmp_path / "nowhere"], LinearMerge(), tmp_path / "out")
+
+
+def test_bfloat16_sources_are_merged_in_float32_and_written_in_their_dtype(family, tmp_path):
+    models = []
+    for i, ft in enumerate(family["fts"][:2]):
+        folder = shutil.copytree(ft, tmp_path / f"bf{i}")
+        write_state(folder, {k: v.bfloat16() for k, v in state(ft).items()})
+        models.append(folder)
+    result = merge_checkpoints(models, LinearMerge(weight=[1, 2]), tmp_path / "out", show_progress=False)
+    merged, a, b = state(result.directory), state(models[0]), state(models[1])
+    for name, tensor in merged.items():
+        assert tensor.dtype == torch.bfloat16, name
+        expected = ((a[name].float() + 2 * b[name].float()) / 3).bfloat16()
+        assert torch.equal(tensor, expected), name
+    assert result.provenance["dtype"] == "bfloat16"
