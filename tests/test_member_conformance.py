@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from fusion.inputs import TextData, as_text_data
 from fusion.members import MEMBERS, HFClassifier, HFEncoder, Member, TorchMember
 from fusion.members.heads import Head, LinearHead, MLPHead
 from fusion.members.sklearn_member import estimator_hash
+from fusion.merging.api import merge
 from fusion.train_config import TrainConfig
 
 SENTIMENT = ["negative", "positive"]
@@ -143,6 +145,15 @@ class Case:
     trainable: bool = True
 
 
+def merge_partner(models: Models) -> Path:
+    """A second fine-tune of the classifier's architecture (another seed) to merge it with, written once beside it
+    (the process that recomputes fingerprints finds it there)."""
+    path = models.classifier.parent / "merge-partner-seed1"
+    if not (path / "config.json").is_file():
+        save_bert_classifier(path, SENTIMENT, 1)
+    return path
+
+
 def _encoder(models: Models, **kwargs: Any) -> HFEncoder:
     return HFEncoder(models.encoder, **{"train_config": TRAIN, "show_progress": False, **kwargs})
 
@@ -168,6 +179,12 @@ CASES: dict[str, Case] = {
         lambda m: _encoder(m, finetune=True, train_config=FINETUNE, head=LinearHead()), dim=32,
         files=save_bert_encoder, matters={"train_config": FINETUNE.replace(learning_rate=1e-4), "finetune": False},
     ),
+    "merged": Case(
+        lambda m: merge([m.classifier, merge_partner(m)], "linear", weight=[0.6, 0.4], batch_size=16, show_progress=False),
+        matters={"method": {"kind": "linear", "weight": [0.4, 0.6]}, "head": 0, "merged_dtype": "bfloat16",
+                 "max_length": 16, "label_map": {"negative": "bad", "positive": "good"}, "dtype": "bfloat16"},
+        trainable=False,
+    ),
     "sklearn": Case(
         lambda m: tfidf_member(), objects=lambda: {"estimator": tfidf_pipeline()},
         matters={"estimator": tfidf_pipeline(c=0.5)}, perturb=perturb_estimator,
@@ -181,7 +198,7 @@ CASES: dict[str, Case] = {
 }
 # A value for every field declared ``setting`` (none may change the fingerprint); each must differ from the case's.
 SETTING_VALUES = {"name": "renamed", "batch_size": 3, "max_tokens": 64, "show_progress": True, "device": "cpu",
-                  "revision": "v2"}
+                  "revision": "v2", "revisions": ["v2", "v2"], "base_revision": "v2"}
 TRAINABLE = [case for case, spec in CASES.items() if spec.trainable]
 HF_CASES = [case for case, spec in CASES.items() if spec.files is not None]
 
@@ -516,8 +533,9 @@ def other_process(models, tmp_path_factory) -> dict[str, dict[str, str]]:
         directory.mkdir()
         (directory / "fitted.json").write_text(json.dumps(member.save(directory)))
         (directory / "config.json").write_text(json.dumps(member.to_config()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(SCRIPT), str(root), str(models.classifier), str(models.encoder)],
-                   check=True, timeout=300)
+                   check=True, timeout=300, env=env)  # this checkout's fusion, whatever the environment installs
     return json.loads((root / "fingerprints.json").read_text())
 
 
