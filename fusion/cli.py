@@ -1,4 +1,5 @@
-"""The ``fusion`` command: build an ensemble from a YAML recipe, then evaluate, predict, report and inspect it.
+"""The ``fusion`` command: build an ensemble from a YAML recipe, then evaluate, predict, report and inspect it; merge
+fine-tunes of one checkpoint into one model.
 
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
                  [--bundle-models]
@@ -8,6 +9,9 @@
     fusion report DIR [--out DIR]
     fusion inspect DIR
     fusion cache info|clear [--older-than 30d] [--cache-dir DIR]
+    fusion merge MODEL MODEL ... --output DIR [--method ties] [--base BASE] [--weight 0.6 0.4] [--set density=0.5]
+                 [--head N|MODEL] [--dtype bfloat16] [--overwrite]
+    fusion merge merge.yaml [--output DIR] [--set merge.method.params.density=0.5] [--overwrite]
 
 Exit codes: 0 success, 2 a usage, recipe or data error (``error: ...`` on stderr, no traceback), 1 anything
 unexpected (a bug: the traceback is printed). ``--quiet`` silences progress bars and step messages,
@@ -514,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_.set_defaults(run=run_inspect)
     from .cli_cache import add_parser as add_cache_parser  # fusion cache info|clear
     add_cache_parser(sub, common)
+    from .cli_merge import add_parser as add_merge_parser  # fusion merge MODEL MODEL ... | recipe.yaml
+    add_merge_parser(sub, common)
     return parser
 
 

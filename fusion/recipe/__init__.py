@@ -26,13 +26,18 @@ Reference::
         train_config: {max_epochs: 50}    # TrainConfig fields
       - kind: sklearn
         pipeline: {name: tfidf_logreg, params: {ngram_range: [1, 2], C: 4.0}}
+      - kind: merged                   # fine-tunes of one checkpoint merged in weight space (fusion.merging)
+        models: [out/ft-a, out/ft-b]
+        method: {name: linear, params: {weight: [0.6, 0.4]}}
     fusers: [mean, vote, linear, {name: stacking, params: {meta: logreg}}]   # params: the fuser's config
     ensemble: {cache_dir: cache, cv: 5, seed: 0, fuser_data: auto}
     report: {formats: [html, md, json]}
 
 Relative paths are resolved against the recipe file's directory (against the current directory when they
 come from the command line). Every error is a ``RecipeError`` that starts with the file and line (or the
-command-line option) at fault, names the key and lists what is accepted.
+command-line option) at fault, names the key and lists what is accepted. A merge recipe (``output`` and a
+``merge`` section with a merged member's keys, run by ``fusion merge recipe.yaml``) is read by
+``fusion.recipe.merge_recipe``.
 
 Example:
     >>> recipe = load_recipe("recipes/sst2_minilm.yaml", {"data.limit": 200})  # doctest: +SKIP
@@ -40,11 +45,13 @@ Example:
 """
 
 from .document import RecipeError
+from .merge_recipe import load_merge_recipe, parse_merge_recipe
 from .pipelines import PIPELINES
 from .recipe import Recipe, ReportSpec, load_recipe, member_fields, parse_override, parse_recipe, recipe_kinds
 from .schema import component_fields, config_fields, signature_fields, value_type
 
 __all__ = [
-    "PIPELINES", "Recipe", "RecipeError", "ReportSpec", "component_fields", "config_fields", "load_recipe",
-    "member_fields", "parse_override", "parse_recipe", "recipe_kinds", "signature_fields", "value_type",
+    "PIPELINES", "Recipe", "RecipeError", "ReportSpec", "component_fields", "config_fields", "load_merge_recipe",
+    "load_recipe", "member_fields", "parse_merge_recipe", "parse_override", "parse_recipe", "recipe_kinds",
+    "signature_fields", "value_type",
 ]

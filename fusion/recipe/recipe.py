@@ -114,6 +114,7 @@ def _read_data(doc: Document) -> DataSpec:
 
 
 TOP_LEVEL = ("output", "data", "members", "fusers", "ensemble", "report")
+MERGE_SECTION = "merge"  # a merge recipe's section (fusion.recipe.merge_recipe), not a build recipe's
 
 
 @dataclass
@@ -133,6 +134,9 @@ class Recipe:
         if not isinstance(doc.data, dict):
             raise doc.error((), f"a recipe is a mapping with sections {', '.join(TOP_LEVEL)}; got {describe(doc.data)}.")
         for key in doc.data:
+            if key == MERGE_SECTION:
+                raise doc.error((key,), f"{key}: is read by `fusion merge {doc.name}` (it writes the merged model); "
+                                        "to use a merge in an ensemble, list it under members: with kind: merged.")
             if key not in TOP_LEVEL:
                 raise doc.error((key,), unknown_key(key, "the recipe", TOP_LEVEL))
         output = doc.data.get("output")
@@ -244,13 +248,18 @@ def load_recipe(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable
         RecipeError: the first problem, with its line and the accepted values.
     """
     path = Path(path)
+    return parse_recipe(read_recipe_text(path), str(path), path.resolve().parent, overrides, data=data, output=output,
+                        limit=limit)
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text; a missing, oversized or non-UTF-8 file is a RecipeError."""
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist; give the path of a YAML recipe file.")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: {path.stat().st_size} bytes, more than a recipe may hold ({MAX_RECIPE_BYTES}); "
                           "is it the right file?")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the recipe as UTF-8.") from None
-    return parse_recipe(text, str(path), path.resolve().parent, overrides, data=data, output=output, limit=limit)

@@ -383,10 +383,25 @@ def nested_config(config: type[Config], coerced: bool) -> tuple[ValueType, Build
     return MAPPING, build
 
 
+def list_of(item: tuple[ValueType, Build]) -> tuple[ValueType, Build]:
+    """A list whose items a rule converts (``list[ModelRef]``: each item resolved at its own line)."""
+    kind, build = item
+    text = f"a list of items, each {kind.text}"
+
+    def accepts(value: Any) -> bool:
+        return isinstance(value, list) and all(map(kind.accepts, value))
+
+    return (ValueType(text, accepts),
+            lambda doc, path, value: [build(doc, path + (i,), v) for i, v in enumerate(value)])
+
+
 def type_rule(annotation: Any, coerced: bool = False) -> tuple[ValueType, Build] | None:
     """How a recipe spells a value of this type, when not as itself (None: as itself, see ``value_type``)."""
     if annotation is ModelRef:
         return MODEL, resolve_model
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        item = type_rule(typing.get_args(annotation)[0])
+        return list_of(item) if item is not None else None
     if annotation is SklearnEstimator:
         return named(PIPELINES)
     if _is_config(annotation):
