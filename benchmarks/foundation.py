@@ -392,9 +392,10 @@ def section_header(args: argparse.Namespace, argv: Sequence[str], seconds: float
     return lines + [""]
 
 
-def write_section(path: Path, heading: str, lines: Sequence[str]) -> None:
-    """Put ``lines`` in ``path`` as the section starting ``heading``: replaced if present, else appended."""
-    text = path.read_text() if path.exists() else f"{TITLE}\n\n{INTRO}\n"
+def write_section(path: Path, heading: str, lines: Sequence[str], preamble: str | None = None) -> None:
+    """Put ``lines`` in ``path`` as the section starting ``heading``: replaced if present, else appended. A new
+    file starts with ``preamble`` (default: this benchmark's title and introduction)."""
+    text = path.read_text() if path.exists() else (preamble or f"{TITLE}\n\n{INTRO}\n")
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     section = "\n".join(lines).rstrip() + "\n\n"
     text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import finetune, inference, refit
+from . import finetune, inference, merging, refit
 from .environment import cpu_model, git_revision, package_version
 from .results import Row, finetune_table, inference_table, refit_table, scaling_table
 from .settings import Settings
@@ -65,7 +65,8 @@ def render(settings: Settings, rows: Sequence[Row], argv: Sequence[str], seconds
            load: tuple[float, float]) -> str:
     """The whole RESULTS.md text."""
     parts = [header(settings, argv, seconds, load)]
-    groups = {group: [r for r in rows if r.group == group] for group in ("inference", "finetune", "refit", "scaling")}
+    groups = {group: [r for r in rows if r.group == group]
+              for group in ("inference", "finetune", "refit", "scaling", "merging")}
     if groups["inference"]:
         parts.append(_section("Inference: raw SST-2 sentences to pooled embeddings",
                               "x (a)...x (d): sentences/s over that anchor's, same encoder, same texts. (d) is a "
@@ -84,5 +85,8 @@ def render(settings: Settings, rows: Sequence[Row], argv: Sequence[str], seconds
     if groups["scaling"]:
         parts.append(_section("Scaling: members x examples", "Per-unit cost = seconds per row x member, relative "
                               "to the smallest grid point.", scaling_table(groups["scaling"])))
+    if groups["merging"]:
+        parts.append(_section(merging.HEADING, merging.note(groups["merging"]),
+                              merging.merge_table(groups["merging"])))
     parts.append(_section("Targets", "", targets_table(rows, settings.on_cuda)))
     return "\n\n".join(parts) + "\n"

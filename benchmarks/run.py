@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from . import finetune, inference, refit, scaling  # noqa: E402
+from . import finetune, inference, merging, refit, scaling  # noqa: E402
 from .data import Corpus, load_corpus, sample  # noqa: E402
 from .models import Encoder, minilm_path, save_bert_base, save_tiny_encoder, word_piece_tokenizer  # noqa: E402
 from .report import render  # noqa: E402
@@ -83,6 +83,9 @@ def run_groups(settings: Settings, corpus: Corpus, directory: Path) -> list[Row]
     if "scaling" not in settings.skip:
         print("scaling", flush=True)
         rows += scaling.run(corpus, settings, directory / "scaling")
+    if "merging" not in settings.skip:
+        print("merging", flush=True)
+        rows += merging.run(settings, directory / "merging")
     return rows
 
 

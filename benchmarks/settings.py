@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-GROUPS = ("inference", "bert", "finetune", "refit", "scaling")
+GROUPS = ("inference", "bert", "finetune", "refit", "scaling", "merging")
 _REPO = Path(__file__).resolve().parent.parent
 _SHARED_DATA = _REPO.parent / "shared" / "data" / "sst2"
 _SAMPLE_DATA = _REPO / "recipes" / "data" / "sst2_sample"
@@ -28,6 +28,7 @@ class Settings:
     refit_rows: int | None
     scale_members: tuple[int, ...]
     scale_rows: tuple[int, ...]
+    merge_models: tuple[int, ...]
     repeats: int
     max_tokens: int
     threads: int | None
@@ -61,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refit-rows", type=int, help="training rows of the cache-reuse ensemble (default: --rows)")
     p.add_argument("--scale-members", type=_ints, help="member counts of the scaling grid (default 2,4,8)")
     p.add_argument("--scale-rows", type=_ints, help="row counts of the scaling grid (default 10000,70000)")
+    p.add_argument("--merge-models", type=_ints, help="model counts of the merging group (default 2,4,8; 2 with "
+                   "--smoke)")
     p.add_argument("--repeats", type=int, default=None, help="repetitions per workload, median quoted (default 3)")
     p.add_argument("--max-tokens", type=int, help="token budget of the device-only anchor (d) (default 65536)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier on a "
@@ -92,6 +95,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         val_rows=args.val_rows or small or (256 if cpu else None), refit_rows=args.refit_rows or rows,
         scale_members=args.scale_members or ((2, 4) if smoke else (2, 4, 8)),
         scale_rows=args.scale_rows or ((100, 200) if smoke else (10_000, 70_000)),
+        merge_models=args.merge_models or ((2,) if smoke else (2, 4, 8)),
         repeats=repeats, max_tokens=args.max_tokens or (4096 if smoke else 65_536),
         threads=args.threads, seed=args.seed, skip=frozenset(args.skip), out=args.out,
     )
