@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,24 @@ def test_a_damaged_cached_merge_is_merged_again(finetunes, merges):
     again = merge([a, b], "linear", **QUIET)
     assert again.merged_dir() == folder and len(merges) == 2
     assert json.loads((folder / "config.json").read_text())  # rewritten whole
+
+
+def test_fusion_cache_info_and_clear_see_merged_models(finetunes, merges, capsys):
+    from fusion.cache.admin import cache_summary, clear_cache
+
+    a, b = finetunes
+    folder = merge([a, b], "linear", name="soup", **QUIET).merged_dir().parent
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    (row,) = cache_summary().members
+    assert (row.fingerprint, row.entries, row.size) == (folder.name, 1, sum(p.stat().st_size for p in files))
+    assert row.label == "merged soup (linear merge of 2 models)"
+    assert main(["cache", "info"]) == 0 and "merged soup (linear merge of 2 models)" in capsys.readouterr().out
+    kept = clear_cache(older_than=3600)
+    assert (kept.removed, kept.kept) == (0, 1) and folder.is_dir()
+    cleared = clear_cache()
+    assert (cleared.removed, cleared.freed) == (len(files), row.size) and not folder.parent.exists()
+    merge([a, b], "linear", **QUIET).merged_dir()
+    assert len(merges) == 2, "a cleared merge is merged again when used"
 
 
 # ---------------------------------------------------------------- fingerprints and config
@@ -304,7 +323,30 @@ def test_fusion_merge_usage_errors_exit_2_with_the_message(argv, message, finetu
     assert main(["merge", *(arg.format(**paths) for arg in argv), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    import re
-
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_fusion_build_runs_a_recipe_with_a_merged_member(finetunes, sentiment_dir, tmp_path, merges, capsys):
+    a, b = finetunes
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        output: out
+        data: {{path: {sentiment_dir}, limit: 40}}
+        members:
+          - {{kind: merged, models: [{a}, {b}], method: {{name: linear, params: {{weight: [0.6, 0.4]}}}}, name: soup}}
+          - {{kind: sklearn, pipeline: tfidf_logreg}}
+        ensemble: {{cv: 2}}
+        report: {{formats: []}}
+    """))
+    assert main(["build", str(recipe), "--quiet"]) == 0
+    assert "soup" in capsys.readouterr().out and len(merges) == 1
+    loaded = Ensemble.from_pretrained(tmp_path / "out" / "ensemble")
+    assert [m.kind for m in loaded.members_] == ["merged", "sklearn"]
+    assert loaded.members_[0].describe() == "linear merge of 2 models (weight [0.6, 0.4])"
+
+
+def test_fusion_merge_has_help(capsys):
+    assert main(["merge", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fusion merge") and "--quiet" in out and "--weight" in out

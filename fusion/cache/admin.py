@@ -2,7 +2,8 @@
 not been used for a while). ``fusion cache info`` and ``fusion cache clear`` are thin wrappers of these.
 
 An entry is a ``<directory>/<member fp>/<variant>-<data fp>.safetensors`` file (see :mod:`fusion.cache`); its
-modification time is its last use. Nothing else under the directory is read or removed, except the hidden
+modification time is its last use. A merged model is a ``<directory>/merged/<merge fp>/`` folder, one row (and
+one entry) of its own, last used when its ``merge.json`` was. Nothing else under the directory is read or removed, except the hidden
 staging files of writers that died mid-write (older than :data:`STALE_STAGING_SECONDS`).
 
 Example:
@@ -16,8 +17,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..errors import ConfigError
-from .store import default_cache_dir
+from .store import MERGED_DIR, MERGED_MARKER, default_cache_dir
 
 ENTRY_GLOB = "*.safetensors"
 STAGING_GLOB = ".*.safetensors.tmp-*"  # io.atomic_file's temporary names
@@ -137,7 +140,37 @@ def _member_dirs(root: Path) -> list[Path]:
     """The member fingerprint directories under ``root`` (none if it does not exist)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MERGED_DIR)
+
+
+def _merged_dirs(root: Path) -> list[Path]:
+    """The complete merged-model folders under ``root`` (those holding their ``merge.json``)."""
+    folder = root / MERGED_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (p / MERGED_MARKER).is_file())
+
+
+def _files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """Every file below ``folder`` with its stat (files vanishing meanwhile are skipped)."""
+    found = []
+    for path in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                found.append((path, path.stat()))
+    return found
+
+
+def _merged_usage(folder: Path) -> MemberUsage | None:
+    """One merged model summed up as one entry, labelled as its ``merge.json`` says."""
+    try:
+        marker = folder / MERGED_MARKER
+        last_used = marker.stat().st_mtime
+        label = json.loads(marker.read_text(encoding="utf-8")).get("label")
+    except (OSError, ValueError, AttributeError):  # removed meanwhile, or unreadable: the merge is redone anyway
+        return None
+    size = sum(stat.st_size for _, stat in _files(folder))
+    return MemberUsage(folder.name, str(label or "merged model"), 1, size, last_used)
 
 
 def _entries(member_dir: Path, pattern: str = ENTRY_GLOB) -> list[tuple[Path, os.stat_result]]:
@@ -183,6 +216,7 @@ def cache_summary(directory: str | os.PathLike | None = None) -> CacheSummary:
     """
     root = _cache_root(directory)
     usages = [usage for d in _member_dirs(root) if (usage := _usage(d)) is not None]
+    usages += [usage for d in _merged_dirs(root) if (usage := _merged_usage(d)) is not None]
     return CacheSummary(root, sorted(usages, key=lambda u: -u.last_used))
 
 
@@ -208,8 +242,23 @@ def _clear_member(member_dir: Path, older_than: float | None, now: float) -> tup
     return len(sizes), sum(sizes), len(entries) - len(old)
 
 
+def _clear_merged(folder: Path, older_than: float | None, now: float) -> tuple[int, int, int]:
+    """Remove a merged model's folder unless used within ``older_than`` seconds. Returns files removed, bytes
+    freed, entries kept (a process using it keeps the model it loaded; one about to load it merges again)."""
+    try:
+        last_used = (folder / MERGED_MARKER).stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile
+        return 0, 0, 0
+    if older_than is not None and now - last_used <= older_than:
+        return 0, 0, 1
+    files = _files(folder)
+    (folder / MERGED_MARKER).unlink(missing_ok=True)  # first: a half-removed folder is never taken as complete
+    shutil.rmtree(folder, ignore_errors=True)
+    return len(files), sum(stat.st_size for _, stat in files), 0
+
+
 def clear_cache(directory: str | os.PathLike | None = None, older_than: float | None = None) -> ClearResult:
-    """Remove cache entries, then the member directories left empty.
+    """Remove cache entries and merged models, then the member directories left empty.
 
     Safe while other processes use the cache: an entry removed under a reader is recomputed by it.
 
@@ -234,4 +283,9 @@ def clear_cache(directory: str | os.PathLike | None = None, older_than: float | 
     for member_dir in _member_dirs(root):
         counts = _clear_member(member_dir, older_than, now)
         removed, freed, kept = removed + counts[0], freed + counts[1], kept + counts[2]
+    for merged_dir in _merged_dirs(root):
+        counts = _clear_merged(merged_dir, older_than, now)
+        removed, freed, kept = removed + counts[0], freed + counts[1], kept + counts[2]
+    with contextlib.suppress(OSError):  # not empty: kept merges, or one being written
+        (root / MERGED_DIR).rmdir()
     return ClearResult(root, removed, freed, kept)

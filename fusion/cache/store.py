@@ -6,6 +6,11 @@ Entries live in memory (a bounded LRU) and as safetensors files under the cache 
 
     <directory>/<member fp[:24]>/<variant>-<data fp[:24]>.safetensors
 
+Merged models (:class:`fusion.members.MergedModel`) are kept apart, one folder per merge::
+
+    <directory>/merged/<merge fp[:24]>/model/       the merged Hugging Face folder
+    <directory>/merged/<merge fp[:24]>/merge.json   written last: the fingerprint, a label, each file's sha256
+
 Each file's metadata names its entry (``member``, ``data``, ``variant``) and may hold ``seconds`` (the cost
 of computing it from scratch), ``own`` and ``shared`` (that cost split into the entry's own computation and
 the cached entries it reused, see :class:`EntryCost`; ``shared`` as JSON) and ``label`` (the member, for
@@ -52,6 +57,7 @@ Key = tuple[str, str, str]
 TOKENS_VARIANT = "tokens"  # variants starting with this hold tokenisations (see batching.cached_tokenize)
 FITTED_VARIANT = "fitted"  # a member fitted on some rows, packed (its saved files); kept on disk only
 CHECKSUM_KEY = "checksum"  # metadata key: sha256_tensors of the entry's tensors
+MERGED_DIR, MERGED_MARKER = "merged", "merge.json"  # merged models' folders, and the file marking one complete
 _SAFE_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..cache.store import OutputCache, Outputs, default_cache_dir
+from ..cache.store import MERGED_DIR, MERGED_MARKER, OutputCache, Outputs, default_cache_dir
 from ..config import LoadOptions, coerced, digest, one_of, optional, setting
 from ..errors import ConfigError, PersistenceError
 from ..inputs import TextData
@@ -35,9 +35,8 @@ from .hf_source import HFSource, ModelRef, model_label
 
 logger = logging.getLogger(__name__)
 
-MERGED_DIR = "merged"  # in a saved ensemble's member folder: the merged model's files
-CACHE_DIR = "merged"  # under the cache home: one folder per merge fingerprint
-MODEL_DIR, MARKER = "model", "merge.json"  # a cached merge: the Hugging Face folder, and what marks it complete
+SAVED_DIR = "merged"  # in a saved ensemble's member folder: the merged model's files
+MODEL_DIR = "model"  # in a cached merge's folder (<cache home>/merged/<fp>/, see fusion.cache.store): the HF folder
 MERGED_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -202,7 +201,8 @@ class MergedModel(HFInferenceMember):
         """The merged model's Hugging Face folder: the copy saved with the ensemble this member was loaded from,
         else the cache home's, merged there on first use (once per fingerprint, for every process)."""
         if self._folder is None:
-            self._folder = cached_merge(self.merge_fingerprint, self._merge_into)
+            self._folder = cached_merge(self.merge_fingerprint, self._merge_into, f"{self.kind} {self.name} "
+                                        f"({self.describe()})")
         return self._folder
 
     def _merge_into(self, output: Path) -> None:
@@ -256,11 +256,11 @@ class MergedModel(HFInferenceMember):
         return {**super().fitted_state(), "merge_fingerprint": self.merge_fingerprint}
 
     def _save_files(self, directory: Path) -> None:
-        shutil.copytree(self.merged_dir(), directory / MERGED_DIR)
+        shutil.copytree(self.merged_dir(), directory / SAVED_DIR)
 
     def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
                     restored: Mapping[str, Any]) -> None:
-        folder = directory / MERGED_DIR
+        folder = directory / SAVED_DIR
         if not (folder / "config.json").is_file():
             raise PersistenceError(f"member {self.name!r}: the merged model saved with it ({folder}) is missing; "
                                    "restore the folder, or save the ensemble again.")
@@ -270,29 +270,31 @@ class MergedModel(HFInferenceMember):
         _ = self.classifier.source.tokenizer_fingerprint
 
 
-def cached_merge(fingerprint: str, merge: Callable[[Path], Any]) -> Path:
+def cached_merge(fingerprint: str, merge: Callable[[Path], Any], label: str | None = None) -> Path:
     """The merged folder of ``fingerprint`` in the cache home, running ``merge(output_folder)`` first when it is
     missing or damaged (a file that no longer matches the sha256 recorded when it was merged). The folder is
-    staged and renamed into place, so other processes see it complete or not at all."""
-    root = default_cache_dir() / CACHE_DIR / fingerprint[:24]
+    staged and renamed into place, so other processes see it complete or not at all; ``label`` names it in
+    ``fusion cache info``."""
+    root = default_cache_dir() / MERGED_DIR / fingerprint[:24]
     if _intact(root, fingerprint):
         with contextlib.suppress(OSError):  # its last use, as the output cache's entries record theirs
-            os.utime(root / MARKER)
+            os.utime(root / MERGED_MARKER)
         return root / MODEL_DIR
-    with atomic_directory(root, marker=MARKER) as staging:
+    with atomic_directory(root, marker=MERGED_MARKER) as staging:
         merge(staging / MODEL_DIR)
         model = staging / MODEL_DIR
         files = {p.relative_to(model).as_posix(): sha256_file(p) for p in sorted(model.rglob("*")) if p.is_file()}
-        write_json(staging / MARKER, {"fingerprint": fingerprint, "files": files})  # last: marks it complete
+        # written last: it marks the folder complete
+        write_json(staging / MERGED_MARKER, {"fingerprint": fingerprint, "label": label, "files": files})
     return root / MODEL_DIR
 
 
 def _intact(root: Path, fingerprint: str) -> bool:
     """True when ``root`` holds the complete merge of ``fingerprint`` with every file as merged."""
-    if not (root / MARKER).is_file():
+    if not (root / MERGED_MARKER).is_file():
         return False
     try:
-        marker = read_json(root / MARKER, "cached merge")
+        marker = read_json(root / MERGED_MARKER, "cached merge")
         files = marker["files"]
         same = marker["fingerprint"] == fingerprint and all(
             sha256_file(root / MODEL_DIR / name) == sha for name, sha in files.items())
