@@ -424,3 +424,36 @@ def test_model_stock_needs_a_base_and_two_models():
         stock.check_models(2, False)
     with pytest.raises(ConfigError, match="weight must be None"):
         MERGE_METHODS.get("model_stock")(weight=[1.0, 2.0])
+
+
+def test_every_variant_parameter_changes_the_fingerprint():
+    ties = MERGE_METHODS.get("ties")
+    variants = [ties(), ties(consensus="count"), ties(trim="model"), ties(rescale="l1"), ties(rescale="inverse_density"),
+                ties(density=[0.5, 0.6]), ties(weight=[1.0, 2.0])]
+    assert len({v.fingerprint for v in variants}) == len(variants)
+    dare = MERGE_METHODS.get("dare_linear")
+    assert dare(rescale="l1").fingerprint != dare(rescale="inverse_density").fingerprint != dare(rescale=None).fingerprint
+
+
+def test_ties_whole_model_trim_on_a_tiny_bert_keeps_int_density_d_plus_one_entries():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    base = {k: v for k, v in BertModel(config).state_dict().items() if v.is_floating_point()}
+    deltas = [{k: 0.01 * torch.randn_like(v) * (1 + i) for k, v in base.items()} for i in range(2)]
+    ties = MERGE_METHODS.get("ties")(density=0.2, trim="model")
+    thresholds = ties.model_statistics(deltas)["ties_thresholds"]
+    for delta, threshold in zip(deltas, thresholds, strict=True):
+        flat = torch.cat([t.abs().flatten() for t in delta.values()]).sort().values
+        d = flat.numel()
+        assert threshold == float(flat[d - int(0.2 * d) - 1])  # the (d - int(0.2 d))-th smallest, by sorting
+        kept = sum(int((t.abs() >= threshold).sum()) for t in delta.values())
+        assert kept == int(0.2 * d) + 1
+    name = "encoder.layer.0.attention.self.query.weight"
+    stats = {"ties_thresholds": thresholds}
+    merged = merge(ties, [base[name] + deltas[0][name], base[name] + deltas[1][name]], base[name], name, stats)
+    assert merged.shape == base[name].shape
+    # a layer trimmed by the model's thresholds keeps a share of its entries that differs from 0.2
+    trimmed = deltas[1][name].abs() >= thresholds[1]
+    assert 0 < float(trimmed.float().mean()) < 1
