@@ -40,6 +40,13 @@ CONSENSUS_METHODS = ("sum", "count")
 
 
 def fraction_ok(low_open: bool) -> Any:
+    """A constraint test: a number in (0, 1] (``low_open``) or [0, 1], or a non-empty list of them (one per model).
+
+    Example:
+        >>> fraction_ok(True)(0.5), fraction_ok(True)(0.0), fraction_ok(False)([0.0, 1.0])
+        (True, False, True)
+    """
+
     def one(v: Any) -> bool:
         return is_number(v) and (v > 0 if low_open else v >= 0) and v <= 1
 
