@@ -4,6 +4,19 @@
 """
 
 from .base import MERGE_METHODS, MergeMethod, MergeMethodConfig, TensorContext
-from .methods import LinearMerge
+from .methods import (
+    BreadcrumbsMerge,
+    BreadcrumbsTiesMerge,
+    DareLinearMerge,
+    DareTiesMerge,
+    LinearMerge,
+    ModelStockMerge,
+    SlerpMerge,
+    TaskArithmeticMerge,
+    TaskVectorMerge,
+    TiesMerge,
+)
 
-__all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge"]
+__all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge", "TaskVectorMerge",
+           "TaskArithmeticMerge", "TiesMerge", "DareLinearMerge", "DareTiesMerge", "BreadcrumbsMerge",
+           "BreadcrumbsTiesMerge", "SlerpMerge", "ModelStockMerge"]
