@@ -7,3 +7,5 @@ from .base import MERGE_METHODS, MergeMethod, MergeMethodConfig, TensorContext
 from .methods import LinearMerge
 
 __all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge"]
+
+from . import learned_soup  # noqa: E402,F401  (registers learned_soup)
