@@ -16,6 +16,13 @@ from fusion.merging.base import BASE_NEVER, BASE_REQUIRED
 
 KINDS = MERGE_METHODS.names()
 SHAPES = [(7,), (3, 4)]
+# parameters that have no default (what a method learns from data and is then built with), per kind
+REQUIRED = {"learned_soup": {"coefficients": {"all": [0.3, 0.7]}}}
+
+
+def make(cls, **kwargs):
+    """The method with its defaults, plus the parameters it cannot default."""
+    return cls(**{**REQUIRED.get(cls.kind, {}), **kwargs})
 
 
 def context(method, name: str = "layer.weight", statistics=None) -> TensorContext:
@@ -43,7 +50,7 @@ def alternatives(config):
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         candidates = [not value] if is_bool(value) else [value * 0.5 if value else 0.5, value + 1] \
-            if is_number(value) else []
+            if is_number(value) else [{k: v[::-1] for k, v in value.items()}] if isinstance(value, dict) else []
         for candidate in candidates:
             try:
                 found[f.name] = config.replace(**{f.name: candidate})
@@ -59,7 +66,7 @@ def alternatives(config):
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trip_and_clone(kind):
     cls = MERGE_METHODS.get(kind)
-    method = cls()
+    method = make(cls)
     data = method.to_config()
     assert data["kind"] == kind
     assert cls.config_from_dict(data) == method.config
@@ -73,18 +80,18 @@ def test_config_round_trip_and_clone(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fingerprint_stable_and_follows_every_parameter(kind):
     cls = MERGE_METHODS.get(kind)
-    assert cls().fingerprint == cls().fingerprint
-    changed = alternatives(cls().config)
+    assert make(cls).fingerprint == make(cls).fingerprint
+    changed = alternatives(make(cls).config)
     assert changed, f"{kind} has no parameter to vary"
     prints = {name: cls(config).fingerprint for name, config in changed.items()}
-    assert cls().fingerprint not in prints.values()
+    assert make(cls).fingerprint not in prints.values()
     assert len(set(prints.values())) == len(prints)  # each parameter changes it its own way
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_check_models_refusals(kind):
     cls = MERGE_METHODS.get(kind)
-    method = cls()
+    method = make(cls)
     models, base = inputs(cls, (3,))
     method.check_models(len(models), base is not None)  # what the suite merges is accepted
     with pytest.raises(ConfigError, match=f"{kind}.*takes (at least|exactly) {cls.min_models}"):
@@ -99,7 +106,7 @@ def test_check_models_refusals(kind):
         with pytest.raises(ConfigError, match="does not use a base model"):
             method.check_models(len(models), True)
     try:
-        weighted = cls(weight=[1.0] * (len(models) + 1))
+        weighted = make(cls, weight=[1.0] * (len(models) + 1))
     except ConfigError as error:  # a method without weights refuses them in its config, saying why
         assert "weight must be None" in str(error)
     else:
@@ -113,10 +120,10 @@ def test_shape_determinism_and_inputs_untouched(kind, shape):
     cls = MERGE_METHODS.get(kind)
     models, base = inputs(cls, shape)
     copies = [m.clone() for m in models]
-    first = merge(cls(), models, base)
+    first = merge(make(cls), models, base)
     assert first.shape == torch.Size(shape) and first.dtype == torch.float32
     assert torch.isfinite(first).all()
-    assert torch.equal(first, merge(cls(), models, base))  # a fresh instance, the same seed: the same tensor
+    assert torch.equal(first, merge(make(cls), models, base))  # a fresh instance, the same seed: the same tensor
     assert all(torch.equal(m, c) for m, c in zip(models, copies, strict=True))
 
 

@@ -4,6 +4,7 @@
 """
 
 from .base import MERGE_METHODS, MergeMethod, MergeMethodConfig, TensorContext
+from .learned_soup import LearnedSoupMerge
 from .methods import (
     BreadcrumbsMerge,
     BreadcrumbsTiesMerge,
@@ -19,4 +20,4 @@ from .methods import (
 
 __all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge", "TaskVectorMerge",
            "TaskArithmeticMerge", "TiesMerge", "DareLinearMerge", "DareTiesMerge", "BreadcrumbsMerge",
-           "BreadcrumbsTiesMerge", "SlerpMerge", "ModelStockMerge"]
+           "BreadcrumbsTiesMerge", "SlerpMerge", "ModelStockMerge", "LearnedSoupMerge"]
