@@ -23,6 +23,7 @@ from .errors import (
 )
 from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
+from .finetuning import finetune_classifier
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, PickFuser, StackingFuser, VoteFuser
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, SklearnMember, TorchMember
 from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "set_progress", "set_verbosity",
     "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
-    "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember",
+    "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "finetune_classifier",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
