@@ -23,6 +23,7 @@ from .errors import (
 )
 from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
+from .finetuning import finetune_classifier
 from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, PickFuser, StackingFuser, VoteFuser
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, MergedModel, SklearnMember, TorchMember
 from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
@@ -36,6 +37,7 @@ __all__ = [
     "set_progress", "set_verbosity",
     "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
+    "finetune_classifier",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",

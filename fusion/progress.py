@@ -75,10 +75,11 @@ def describe(desc: str) -> str:
 
 
 @contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """While fusion's progress is off: transformers' progress bars off and its logs at ERROR (no "Loading
-    weights" bars or load reports), then both restored as they were."""
-    if progress_enabled():
+def quiet_transformers(always: bool = False) -> Iterator[None]:
+    """While fusion's progress is off (or ``always``: around a load whose report says only what the caller
+    expects, such as a new head's missing weights): transformers' progress bars off and its logs at ERROR (no
+    "Loading weights" bars or load reports), then both restored as they were."""
+    if progress_enabled() and not always:
         yield
         return
     from transformers.utils import logging as hf_logging

@@ -216,6 +216,14 @@ def test_paired_test_counts_discordant_rows():
     assert result["p_value"] == pytest.approx(0.109375)
 
 
+def test_the_member_alone_candidate_is_not_tested_against_itself():
+    members, fusers, labels, _ = synthetic()
+    report = build_report(members, {**fusers, "member: m2": members["m2"].copy()}, labels, ["a", "b", "c"],
+                          n_bootstrap=50)
+    assert report.best_member == "m2" and [t.fuser for t in report.tests] == ["mean", "weighted"]
+    assert report.model("member: m2").metrics == report.model("m2").metrics  # still a row of the table
+
+
 def test_report_tests_each_fuser_against_the_best_member(report):
     assert report.best_member == "m2"
     assert [t.fuser for t in report.tests] == ["mean", "weighted"]

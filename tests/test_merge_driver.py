@@ -21,7 +21,7 @@ from tiny_models import (
 
 from fusion.errors import ConfigError, LabelMismatchError
 from fusion.io import sha256_file
-from fusion.merging import LinearMerge, MergeMethod, TensorContext
+from fusion.merging import MERGE_METHODS, LinearMerge, MergeMethod, TensorContext
 from fusion.merging.base import BASE_REQUIRED
 from fusion.merging.checkpoints import Checkpoint
 from fusion.merging.merge import PROVENANCE_FILE, merge_checkpoints
@@ -648,3 +648,28 @@ def test_bfloat16_sources_are_merged_in_float32_and_written_in_their_dtype(famil
         expected = ((a[name].float() + 2 * b[name].float()) / 3).bfloat16()
         assert torch.equal(tensor, expected), name
     assert result.provenance["dtype"] == "bfloat16"
+
+
+# --- every registered method through the driver ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MERGE_METHODS.names())
+def test_every_registered_method_merges_real_checkpoints_into_a_loadable_model(kind, family, tmp_path):
+    """Each method (its defaults, the parameters it cannot default) through merge_checkpoints on tiny BERT
+    fine-tunes of one base: a folder transformers loads, finite logits, the method recorded; methods over the
+    whole model get their statistics from the streamed task vectors (ties with trim='model')."""
+    from test_merge_methods import REQUIRED
+
+    from fusion.merging.base import BASE_NEVER
+
+    cls = MERGE_METHODS.get(kind)
+    extra = {"trim": "model", "density": 0.5} if kind == "ties" else {}
+    method = cls(**{**REQUIRED.get(kind, {}), **extra})
+    models = family["fts"][:2]
+    base = None if cls.base == BASE_NEVER else family["base"]
+    result = merge_checkpoints(models, method, tmp_path / "out", base=base, show_progress=False)
+    assert torch.isfinite(logits(result.directory, result.directory)).all()
+    provenance = json.loads((result.directory / PROVENANCE_FILE).read_text())
+    assert provenance["method"]["kind"] == kind
+    merged = state(result.directory)
+    assert sorted(merged) == sorted(state(family["base"]))

@@ -114,7 +114,9 @@ def build_report(
                             per_1k.get(n), metrics) for n, p in probas.items()]
     best_member = _best([m for m in models if m.kind == "member"])
     best_fuser = _best([m for m in models if m.kind == "fuser"]) if fusers else None
-    tests = [_test(f, best_member, probas, labels, samples) for f in fusers]
+    # a fuser that returns the best member's own probabilities (the member-alone candidate) has nothing to test
+    tests = [_test(f, best_member, probas, labels, samples) for f in fusers
+             if not np.array_equal(probas[f], probas[best_member])]
     diversity = member_diversity(members, labels)
     confused = best_fuser or best_member
     return Report(

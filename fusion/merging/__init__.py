@@ -4,6 +4,20 @@
 """
 
 from .base import MERGE_METHODS, MergeMethod, MergeMethodConfig, TensorContext
-from .methods import LinearMerge
+from .learned_soup import LearnedSoupMerge
+from .methods import (
+    BreadcrumbsMerge,
+    BreadcrumbsTiesMerge,
+    DareLinearMerge,
+    DareTiesMerge,
+    LinearMerge,
+    ModelStockMerge,
+    SlerpMerge,
+    TaskArithmeticMerge,
+    TaskVectorMerge,
+    TiesMerge,
+)
 
-__all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge"]
+__all__ = ["MERGE_METHODS", "MergeMethod", "MergeMethodConfig", "TensorContext", "LinearMerge", "TaskVectorMerge",
+           "TaskArithmeticMerge", "TiesMerge", "DareLinearMerge", "DareTiesMerge", "BreadcrumbsMerge",
+           "BreadcrumbsTiesMerge", "SlerpMerge", "ModelStockMerge", "LearnedSoupMerge"]
