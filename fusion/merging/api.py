@@ -20,7 +20,8 @@ from ..errors import ConfigError, did_you_mean
 from ..members.base import Member
 from ..members.hf_model import HFMember
 from ..members.merged import MergedModel, method_config
-from .base import MergeMethod, MergeMethodConfig
+from .base import MERGE_METHODS, MergeMethod, MergeMethodConfig
+from .soups import SOUPS
 
 # fields of MergedModel's config that merge() takes as its own arguments (the rest may come as parameters)
 _OWN_ARGUMENTS = ("models", "method", "base", "head", "name")
@@ -43,7 +44,7 @@ def _reference(value: ModelLike, what: str) -> tuple[str, str | None]:
 
 def merge(models: Sequence[ModelLike], method: str | MergeMethod | MergeMethodConfig | dict = "linear", *,
           base: ModelLike | None = None, head: int | str | None = None, name: str | None = None,
-          **params: Any) -> MergedModel:
+          validation: Any = None, **params: Any) -> MergedModel:
     """A member that merges ``models`` (fine-tunes of one checkpoint) with ``method``.
 
     Nothing is read yet: the merge runs once, when the member is first used (its labels, outputs or
@@ -57,6 +58,8 @@ def merge(models: Sequence[ModelLike], method: str | MergeMethod | MergeMethodCo
         base: the checkpoint the models were fine-tuned from (task-vector methods need it).
         head: which model's head to keep when the label sets differ (its index, or its reference).
         name: the member's name (default ``<method>-merge``).
+        validation: labelled held-out rows, for the soups chosen or learned on them (``"greedy_soup"``,
+            ``"learned_soup"``: :mod:`fusion.merging.soups`).
         **params: the method's parameters (``weight=[0.6, 0.4]``, ``density=0.5``, ``seed=0``, ...), and the
             merged member's other settings (``merged_dtype``, ``label_map``, ``max_length``, ``batch_size``, ...).
 
@@ -74,18 +77,34 @@ def merge(models: Sequence[ModelLike], method: str | MergeMethod | MergeMethodCo
     if isinstance(models, (str, os.PathLike, Member)) or not isinstance(models, Sequence):
         raise ConfigError(f"merge: models must be a list of models (two or more fine-tunes); got {models!r}.")
     references = [_reference(model, f"models[{i}]") for i, model in enumerate(models)]
-    config = method_config(method)
-    method_fields = [f.name for f in dataclasses.fields(config)]
+    if isinstance(method, str) and method in SOUPS and (validation is not None or method not in MERGE_METHODS):
+        if validation is None:
+            raise ConfigError(f"merge method {method!r} chooses or learns the soup on held-out rows: pass "
+                              "validation=<labelled rows>.")
+        if base is not None:
+            raise ConfigError(f"merge method {method!r} mixes the fine-tunes themselves; drop base=....")
+        revisions = [revision for _, revision in references]
+        return SOUPS.get(method)([model for model, _ in references], validation, head=head, name=name,
+                                 revisions=revisions if any(r is not None for r in revisions) else None, **params)
+    if validation is not None:
+        raise ConfigError(f"merge(validation=...) is for the soups chosen or learned on held-out rows "
+                          f"({', '.join(SOUPS.names())}), not {method!r}.")
+    # a name is built with its parameters at once (a method may have parameters without a default)
+    config_class = MERGE_METHODS.get(method).Config if isinstance(method, str) else type(method_config(method))
+    method_fields = [f.name for f in dataclasses.fields(config_class)]
     member_fields = [f.name for f in dataclasses.fields(MergedModel.Config) if f.name not in _OWN_ARGUMENTS]
     unknown = [key for key in params if key not in method_fields and key not in member_fields]
     if unknown:
-        raise ConfigError(f"merge method {config.kind!r} has no parameter {unknown[0]!r}; its parameters are: "
+        raise ConfigError(f"merge method {config_class.kind!r} has no parameter {unknown[0]!r}; its parameters are: "
                           f"{', '.join(method_fields)} (the merged member's settings: {', '.join(member_fields)})."
                           + did_you_mean(unknown[0], method_fields + member_fields))
     method_params = {k: v for k, v in params.items() if k in method_fields}
     settings = {k: v for k, v in params.items() if k not in method_fields}
-    if method_params:
-        config = config.replace(**method_params)
+    if isinstance(method, str):
+        config = config_class(**method_params)
+    else:
+        config = method_config(method)
+        config = config.replace(**method_params) if method_params else config
     revisions = [revision for _, revision in references]
     if any(revision is not None for revision in revisions):
         settings.setdefault("revisions", revisions)
