@@ -96,7 +96,7 @@ def finetune_classifier(model: str | os.PathLike, texts: Sequence[str], labels: 
 
     result = train(_Logits(classifier), _loss, rows(fit_rows), config,
                    rows(hold_rows) if hold_rows is not None else None, desc=f"fine-tune {Path(output).name}")
-    with atomic_directory(output) as staging:
+    with atomic_directory(output) as staging, quiet_transformers():  # no "Writing model shards" bar when quiet
         classifier.eval().save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return result

@@ -53,3 +53,20 @@ def test_digits_recipe_runs_on_a_slice():
     assert "digits: 210 train, 90 validation images" in table
     for row in ("mlp", "cnn", "logreg", "fuser:linear", "fuser:stacking"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_soups_vs_ensembles_runs_on_a_tiny_checkpoint(bert_encoder_dir, sentiment_dir, tmp_path):
+    table = run_recipe("soups_vs_ensembles.py", "--data", str(sentiment_dir), "--model", str(bert_encoder_dir),
+                       "--members", "2", "--train-rows", "120", "--holdout-rows", "80", "--batch-size", "16",
+                       "--output", str(tmp_path / "soups"), "--cache-dir", str(tmp_path / "cache"))
+    assert "120 rows to fine-tune on, 80 held out for the soups and fusers, 80 validation rows" in table
+    for row in ("ft-seed0", "ft-seed1", "uniform-soup", "greedy-soup-", "ties-d0.5", "learned-soup-model",
+                "fuser: stacking (fine-tunes)", "fuser: mean (all models)", "greedy soup: kept",
+                "learned soup coefficients: all"):
+        assert row in table
+    report = Report.load(tmp_path / "soups" / "report")
+    names = {m.name for m in report.members}
+    assert {"ft-seed0", "ft-seed1", "uniform-soup", "ties-d0.5", "learned-soup-model"} <= names
+    soup, single = report.full_seconds_per_1k("uniform-soup"), report.full_seconds_per_1k("ft-seed0")
+    assert soup is not None and single is not None  # a merge costs one model's inference, measured
