@@ -205,6 +205,8 @@ def test_unknown_methods_and_parameters_are_refused_with_the_closest_name(finetu
         merge([a, tfidf_member()])
     with pytest.raises(ConfigError, match="must be a list of models"):
         merge(str(a))
+    with pytest.raises(ConfigError, match=r"merge method 'linear' does not use a base model; drop base="):
+        merge([a, b], "linear", base=a)  # the method's own check, when the member is built
 
 
 # ---------------------------------------------------------------- saved
