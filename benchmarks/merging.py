@@ -316,7 +316,8 @@ def provenance(argv: Sequence[str], seconds: float) -> list[str]:
             f"{package_version('transformers')}, safetensors {package_version('safetensors')}, fusion "
             f"{fusion.__version__} (git {git_revision('unknown revision')}; imported from "
             f"{Path(fusion.__file__).parent})",
-            f"- command: `python -m benchmarks.merging {shlex.join(argv)}`; total wall time {seconds / 60:.1f} min",
+            f"- command: `{shlex.join(['python', '-m', 'benchmarks.merging', *argv])}`; total wall time "
+            f"{seconds / 60:.1f} min",
             f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f} (the machine may be shared with other "
             "work)"]
 

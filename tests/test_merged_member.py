@@ -144,6 +144,14 @@ def test_fusion_cache_info_and_clear_see_merged_models(finetunes, merges, capsys
     assert len(merges) == 2, "a cleared merge is merged again when used"
 
 
+def test_models_that_cannot_merge_are_refused_and_leave_nothing_in_the_cache(finetunes, roberta_classifier_dir):
+    member = merge([finetunes[0], roberta_classifier_dir], "linear", **QUIET)
+    with pytest.raises(ConfigError, match="roberta_classifier"):
+        member.output_labels(None)
+    merged = default_cache_dir() / "merged"
+    assert not merged.exists() or not [p for p in merged.rglob("*") if p.is_file()]
+
+
 # ---------------------------------------------------------------- fingerprints and config
 
 
@@ -161,6 +169,10 @@ def test_fingerprint_follows_the_method_parameters_and_sources_not_settings(fine
              merge([a, b], "linear", weight=[0.6, 0.4], merged_dtype="bfloat16").fingerprint}
     assert len(other) == 6 and spec.fingerprint not in other
     assert merge([a, b], "linear", max_length=16).merge_fingerprint == merge([a, b], "linear").merge_fingerprint
+    by_name = merge([a, b], "linear", head="ft-b")
+    assert by_name.config.head == 1 and by_name.fingerprint == merge([a, b], "linear", head=1).fingerprint
+    with pytest.raises(ConfigError, match=r"head='ft-c': no model is called that"):
+        merge([a, b], "linear", head="ft-c")
 
 
 def test_the_method_is_given_by_name_dict_component_or_config(finetunes):
@@ -193,6 +205,8 @@ def test_unknown_methods_and_parameters_are_refused_with_the_closest_name(finetu
         merge([a, tfidf_member()])
     with pytest.raises(ConfigError, match="must be a list of models"):
         merge(str(a))
+    with pytest.raises(ConfigError, match=r"merge method 'linear' does not use a base model; drop base="):
+        merge([a, b], "linear", base=a)  # the method's own check, when the member is built
 
 
 # ---------------------------------------------------------------- saved

@@ -100,7 +100,7 @@ class MergedModel(HFInferenceMember):
             ``{"kind": "ties", "density": 0.5}``, a ``MergeMethod`` or its config.
         base: the checkpoint the models were fine-tuned from (task-vector methods need it).
         head: which model's classification head to keep when their label sets differ (its index in ``models``,
-            or its reference); None merges the heads once aligned by label name.
+            or its reference or name; recorded as the index); None merges the heads once aligned by label name.
         merged_dtype: the merged weights' dtype as saved (None: the models' own).
         revisions / base_revision: hub revisions of ``models`` (one per model) and of ``base``.
         label_map: renames the merged model's labels, as ``HFClassifier``'s.
@@ -141,6 +141,10 @@ class MergedModel(HFInferenceMember):
             object.__setattr__(self, "models", [model for model, _ in pairs])
             kept = [revision for _, revision in pairs]
             object.__setattr__(self, "revisions", kept if any(r is not None for r in kept) else None)
+            if self.head is not None:  # as an index: a head named by index or by name is one merge, one fingerprint
+                from ..merging.heads import resolve_head
+
+                object.__setattr__(self, "head", resolve_head(self.head, self.models))
             if self.base is not None:
                 base, base_revision = portable_reference(self.base, self.base_revision)
                 object.__setattr__(self, "base", base)
