@@ -469,3 +469,20 @@ def test_ties_whole_model_trim_on_a_tiny_bert_keeps_int_density_d_plus_one_entri
     # a layer trimmed by the model's thresholds keeps a share of its entries that differs from 0.2
     trimmed = deltas[1][name].abs() >= thresholds[1]
     assert 0 < float(trimmed.float().mean()) < 1
+
+
+def test_linear_accumulates_without_stacking_the_models(monkeypatch):
+    """Merging N models holds one extra tensor, not a stack of N; the value is mergekit's stack-and-sum up to
+    float32 rounding."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(50, 20, generator=generator) for _ in range(5)]
+    weights = [0.5, 1.5, 0.25, 1.0, 2.0]
+    stacked = torch.stack(tensors)
+    expected = (stacked * torch.tensor(weights).view(-1, 1, 1)).sum(0) / sum(weights)
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("linear stacked the models' tensors")
+
+    monkeypatch.setattr(torch, "stack", no_stack)
+    merged = merge(MERGE_METHODS.get("linear")(weight=weights), tensors)
+    torch.testing.assert_close(merged, expected, rtol=0, atol=1e-6)
