@@ -63,19 +63,24 @@ def members(model: str, n: int, epochs: int, batch_size: int, max_length: int, q
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fine_tuning_arguments(doc: str, held_out_for: str) -> argparse.ArgumentParser:
+    """The options of the recipes that fine-tune members from one checkpoint and hold rows out for fusing."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=HERE / "data" / "sst2_sample")
     parser.add_argument("--model", default=None, help="checkpoint to fine-tune (default: the packaged MiniLM)")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--train-rows", type=int, default=1500, help="rows each member trains on (0 = all)")
-    parser.add_argument("--holdout-rows", type=int, default=500, help="rows the fusers are fitted on")
+    parser.add_argument("--holdout-rows", type=int, default=500, help=f"rows {held_out_for}")
     parser.add_argument("--validation-rows", type=int, default=0, help="score on this many rows (0 = all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = fine_tuning_arguments(__doc__, "the fusers are fitted on").parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.quiet:
         import transformers

@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from finetune_then_fuse import split  # noqa: E402
+from finetune_then_fuse import fine_tuning_arguments, split  # noqa: E402
 from sst2_demo import minilm_path, read_labels, read_split  # noqa: E402
 
 from fusion import Ensemble, HFClassifier, TrainConfig, finetune_classifier, merge, set_progress  # noqa: E402
@@ -64,21 +64,11 @@ def row(name: str, report, label: str | None = None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=HERE / "data" / "sst2_sample")
-    parser.add_argument("--model", default=None, help="checkpoint to fine-tune (default: the packaged MiniLM)")
-    parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--train-rows", type=int, default=1500, help="rows each member trains on (0 = all)")
-    parser.add_argument("--holdout-rows", type=int, default=500, help="rows the soups and fusers are chosen on")
-    parser.add_argument("--validation-rows", type=int, default=0, help="score on this many rows (0 = all)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = fine_tuning_arguments(__doc__, "the soups and fusers are chosen on")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--density", type=float, default=0.5, help="TIES: share of each task vector kept")
     parser.add_argument("--output", type=Path, default=Path("out") / "soups")
     parser.add_argument("--cache-dir", default=None, help="the output cache (default: the cache home)")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     set_progress(not args.quiet)

@@ -86,6 +86,23 @@ def test_a_merge_is_a_member_of_an_ensemble_beside_its_sources(finetunes, merges
     assert len(cached) == 1 and (cached[0] / "model" / "model.safetensors").is_file()
 
 
+def test_the_merge_is_not_counted_as_inference_cost(finetunes, monkeypatch):
+    """Merging happens once, on first use, like a fit: the recorded cost per row is the merged model's running
+    time only (a slow merge here does not reach it)."""
+    import time
+
+    real = MergedModel._merge_into
+
+    def slow_merge(self, output):
+        time.sleep(1.0)
+        return real(self, output)
+
+    monkeypatch.setattr(MergedModel, "_merge_into", slow_merge)
+    member, data, cache = merge(list(finetunes), "linear", **QUIET), rows(), OutputCache(memory_only=True)
+    cache.get_or_compute(member.fingerprint, data.fingerprint, lambda: member.compute(data, cache))
+    assert cache.cost(member.fingerprint, data.fingerprint).own < 0.8
+
+
 def test_the_merged_member_predicts_what_hf_classifier_predicts_on_the_merged_folder(finetunes, tmp_path):
     a, b = finetunes
     method = LinearMerge(weight=[0.6, 0.4])

@@ -434,6 +434,28 @@ class OutputCache:
         self._note_reuse(key, entry.cost, elapsed)
         return entry.outputs
 
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Leave the work inside out of the cost of the computation in progress: one-time preparation that, like
+        a fit, is not inference (a merged member's merge, done on first use).
+
+        Example:
+            >>> cache = OutputCache(None)
+            >>> def compute():
+            ...     with cache.untimed():
+            ...         time.sleep(0.2)
+            ...     return {"logits": torch.zeros(1, 2)}
+            >>> _ = cache.get_or_compute("m", "d", compute)
+            >>> cache.cost("m", "d").own < 0.1
+            True
+        """
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._frames:
+                self._frames[-1].nested += time.perf_counter() - start
+
     def _note_reuse(self, key: Key, cost: EntryCost | None, elapsed: float) -> None:
         """Tell the computation in progress, if any, that it reused an entry (``elapsed``: seconds it took here)."""
         if self._frames and cost is not None:
