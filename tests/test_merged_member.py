@@ -239,6 +239,9 @@ def test_a_saved_ensemble_loads_without_the_sources_and_without_merging(finetune
     ens.save_pretrained(tmp_path / "ens")
     saved = json.loads((tmp_path / "ens" / "fusion_config.json").read_text())
     assert any(name.endswith("soup/merged/model.safetensors") for name in saved["files"])  # checksummed
+    # the sources are not needed to load: named, with no path of this machine
+    assert saved["members"][0]["config"]["models"] == ["folder:ft-a", "folder:ft-b"]
+    assert str(tmp_path) not in json.dumps(saved["members"])
     for folder in [*sources, default_cache_dir() / "merged"]:
         shutil.rmtree(folder)
     loaded = Ensemble.from_pretrained(tmp_path / "ens", cache_dir=tmp_path / "fresh-cache")
@@ -246,6 +249,11 @@ def test_a_saved_ensemble_loads_without_the_sources_and_without_merging(finetune
     assert len(merges) == 1 and loaded.members_[0].fingerprint == ens.members_[0].fingerprint
     loaded.save_pretrained(tmp_path / "again")  # saved again without the sources
     assert (tmp_path / "again" / saved["members"][0]["dir"] / "merged" / "model.safetensors").is_file()
+    twin = loaded.members_[0].clone()  # a clone runs the saved merge; it never needs the sources
+    assert twin.fingerprint == loaded.members_[0].fingerprint and np.array_equal(
+        logits(twin, rows()).numpy(), logits(loaded.members_[0], rows()).numpy())
+    with pytest.raises(ConfigError, match="'folder:ft-a' was a folder of the machine that saved this ensemble"):
+        merge(["folder:ft-a", "folder:ft-b"], "linear").output_labels(None)
 
 
 def test_a_saved_merged_model_refuses_a_changed_file(finetunes, tmp_path):

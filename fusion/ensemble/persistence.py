@@ -299,7 +299,7 @@ def _save_members(members: list[Member], staging: Path, bundle_models: bool) -> 
         folder = _member_dir(index, member.name)
         (staging / folder).mkdir(parents=True)
         fitted = {**member.save(staging / folder), "description": member.describe()}
-        config = member.config.to_dict()
+        config = member.saved_config()
         if _bundle_model(member, staging / folder, bundle_models):
             config["model"] = BUNDLED_REF
         saved.append(SavedMember(member.kind, config, fitted, folder))

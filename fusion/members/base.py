@@ -161,6 +161,11 @@ class Member(Component, abc.ABC):
         return {"labels": self.labels_, "fitted_on": self.fitted_on_, "fingerprint": self.fingerprint,
                 "shapes": {k: list(v.shape) for k, v in self.state_dict().items()}}
 
+    def saved_config(self) -> dict[str, Any]:
+        """The config as a saved ensemble records it (``config.to_dict()``; a member whose saved files make some
+        field unnecessary may record it portably instead, as a merged member does with its sources)."""
+        return self.config.to_dict()
+
     def save(self, directory: Path) -> dict[str, Any]:
         """Write the learned tensors (``state.safetensors``) and files into ``directory``; returns
         ``fitted_state()`` for the ensemble's config."""

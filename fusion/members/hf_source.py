@@ -23,6 +23,7 @@ TOKENIZER_FILES = (
 
 
 PACKAGE_PREFIX = "package:"
+SAVED_FOLDER_PREFIX = "folder:"  # a model folder of the machine that saved an ensemble, by name (no path)
 
 ModelRef = NewType("ModelRef", str)
 """A model reference (a local directory, a hub id, or ``package:MODULE``): the type of every member config's
@@ -203,6 +204,12 @@ def model_label(model: str | os.PathLike) -> str:
     return Path(model).name if reference_kind(model) == "local" else model
 
 
+def saved_reference(model: str) -> str:
+    """How a saved ensemble names a model it does not need to load (its weights are saved with it): a hub id or
+    ``package:`` reference as it is, a folder of this machine as ``folder:NAME`` (no path of this machine)."""
+    return f"{SAVED_FOLDER_PREFIX}{Path(model).name}" if reference_kind(model) == "local" else model
+
+
 def model_short_name(model: str | os.PathLike) -> str:
     """A member's default name: the directory or hub name, or the module of a ``package:`` model."""
     model = str(model)
@@ -238,6 +245,9 @@ class HFSource:
             return Path(self.model).resolve()
         if self.is_package:
             return package_model_dir(self.model)
+        if self.model.startswith(SAVED_FOLDER_PREFIX):
+            raise ConfigError(f"model {self.model!r} was a folder of the machine that saved this ensemble (its path is "
+                              "not recorded); give that folder's path here.")
         if reference_kind(self.model) == "local":
             raise ConfigError(f"model {self.model!r} is not a directory; pass a model directory or a hub id.")
         try:

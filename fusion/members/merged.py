@@ -31,7 +31,7 @@ from ..merging.base import MERGE_METHODS, MergeMethod, MergeMethodConfig
 from .base import MEMBERS, label_map_field
 from .hf_classifier import HFClassifier
 from .hf_model import HFInferenceConfig, HFInferenceMember, portable_reference
-from .hf_source import HFSource, ModelRef, model_label
+from .hf_source import HFSource, ModelRef, model_label, saved_reference
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,15 @@ class MergedModel(HFInferenceMember):
         return directory
 
     # --- saved with an ensemble -----------------------------------------------------------------------------
+    def saved_config(self) -> dict[str, Any]:
+        """The config with sources that are folders of this machine named ``folder:NAME``: the merged weights
+        are saved with the member, so a saved ensemble needs no source and records no path of this machine."""
+        data = super().saved_config()
+        data["models"] = [saved_reference(m) for m in data["models"]]
+        if data.get("base") is not None:
+            data["base"] = saved_reference(data["base"])
+        return data
+
     def fitted_state(self) -> dict[str, Any]:
         return {**super().fitted_state(), "merge_fingerprint": self.merge_fingerprint}
 
