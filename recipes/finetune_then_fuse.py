@@ -79,6 +79,18 @@ def fine_tuning_arguments(doc: str, held_out_for: str) -> argparse.ArgumentParse
     return parser
 
 
+def read_splits(args: argparse.Namespace, held_out_for: str) -> tuple[list[str], dict, dict, dict]:
+    """The labels, the rows to fine-tune on, the held-out slice and the validation rows, as the options say."""
+    labels = read_labels(args.data)
+    train, holdout = split(read_split(args.data, "train"), args.train_rows, args.holdout_rows, seed=0)
+    validation = read_split(args.data, "validation")
+    if args.validation_rows:
+        validation = {k: v[: args.validation_rows] for k, v in validation.items()}
+    print(f"{len(train['text'])} rows to fine-tune on, {len(holdout['text'])} held out for {held_out_for}, "
+          f"{len(validation['text'])} validation rows")
+    return labels, train, holdout, validation
+
+
 def main() -> None:
     args = fine_tuning_arguments(__doc__, "the fusers are fitted on").parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -87,13 +99,7 @@ def main() -> None:
 
         transformers.utils.logging.disable_progress_bar()
 
-    labels = read_labels(args.data)
-    train, holdout = split(read_split(args.data, "train"), args.train_rows, args.holdout_rows, seed=0)
-    validation = read_split(args.data, "validation")
-    if args.validation_rows:
-        validation = {k: v[: args.validation_rows] for k, v in validation.items()}
-    print(f"{len(train['text'])} rows to fine-tune on, {len(holdout['text'])} held out for the fusers, "
-          f"{len(validation['text'])} validation rows")
+    labels, train, holdout, validation = read_splits(args, "the fusers")
 
     ensemble = Ensemble(members(args.model or minilm_path(), args.members, args.epochs, args.batch_size,
                                 args.max_length, args.quiet), labels=labels, fuser_data="validation")

@@ -30,8 +30,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from finetune_then_fuse import fine_tuning_arguments, split  # noqa: E402
-from sst2_demo import minilm_path, read_labels, read_split  # noqa: E402
+from finetune_then_fuse import fine_tuning_arguments, read_splits  # noqa: E402
+from sst2_demo import minilm_path  # noqa: E402
 
 from fusion import Ensemble, HFClassifier, TrainConfig, finetune_classifier, merge, set_progress  # noqa: E402
 
@@ -73,13 +73,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     set_progress(not args.quiet)
 
-    labels = read_labels(args.data)
-    train, holdout = split(read_split(args.data, "train"), args.train_rows, args.holdout_rows, seed=0)
-    validation = read_split(args.data, "validation")
-    if args.validation_rows:
-        validation = {k: v[: args.validation_rows] for k, v in validation.items()}
-    print(f"{len(train['text'])} rows to fine-tune on, {len(holdout['text'])} held out for the soups and fusers, "
-          f"{len(validation['text'])} validation rows")
+    labels, train, holdout, validation = read_splits(args, "the soups and fusers")
 
     base = args.model or minilm_path()
     paths = fine_tunes(base, train, labels, args.members, args.output, args)
