@@ -24,7 +24,17 @@ from .errors import (
 from .evaluation import Report, build_report
 from .evaluation.evaluate import evaluate, permutation_importance
 from .finetuning import finetune_classifier
-from .fusers import FUSERS, Fuser, LinearFuser, MeanFuser, MemberOutputs, PickFuser, StackingFuser, VoteFuser
+from .fusers import (
+    FUSERS,
+    CaruanaFuser,
+    Fuser,
+    LinearFuser,
+    MeanFuser,
+    MemberOutputs,
+    PickFuser,
+    StackingFuser,
+    VoteFuser,
+)
 from .members import MEMBERS, HFClassifier, HFEncoder, Member, MergedModel, SklearnMember, TorchMember
 from .members.heads import HEADS, CustomHead, Head, LinearHead, MLPHead
 from .merging.api import merge
@@ -39,7 +49,7 @@ __all__ = [
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
     "finetune_classifier",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
-    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]

@@ -9,6 +9,7 @@ from .base import (
     as_member_outputs,
     check_weights,
 )
+from .caruana import CaruanaFuser
 from .linear import LinearFuser
 from .mean import MeanFuser
 from .pick import PickFuser
@@ -16,5 +17,5 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "CaruanaFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]
