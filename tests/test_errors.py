@@ -23,6 +23,7 @@ from fusion import (
     PersistenceError,
     UnknownNameError,
 )
+from fusion.fusers import FUSERS
 from fusion.io import sha256_file
 
 TRAIN = {"text": ["good", "bad", "great", "awful", "fine", "poor"] * 4, "label": [1, 0, 1, 0, 1, 0] * 4}
@@ -92,7 +93,7 @@ def test_predict_before_fit():
     [
         (lambda: Ensemble([]), ConfigError, "at least one member"),
         (lambda: Ensemble([fake("a"), fake("a")]), ConfigError, r"unique; \['a'\]"),
-        (lambda: Ensemble([fake()], fuser="avg"), UnknownNameError, "registered fusers are: linear, mean, pick, stacking, vote"),
+        (lambda: Ensemble([fake()], fuser="avg"), UnknownNameError, f"registered fusers are: {', '.join(FUSERS.names())}"),
         (lambda: Ensemble([fake()], fuser_data="test"), ConfigError, "fuser_data"),
         (lambda: Ensemble([fake()], cv=1), ConfigError, "cv"),
     ],

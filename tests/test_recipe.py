@@ -107,7 +107,7 @@ BAD_RECIPES = [
      [r"members\[0\].model: directory './no/such/model' does not exist", "not a hub id",
       "a model directory, a hub id .* or package:MODULE"]),
     ("unknown-fuser", BASE["data"] + BASE["members"] + "fusers: [mean, linaer]\n", 6,
-     [r"fusers\[1\]: unknown fuser 'linaer'", "linear, mean, pick, stacking, vote", "Did you mean 'linear'"]),
+     [r"fusers\[1\]: unknown fuser 'linaer'", ", ".join(FUSERS.names()), "Did you mean 'linear'"]),
     ("unknown-member-kind", BASE["data"] + "members:\n  - kind: hf_encodr\n", 4,
      [r"members\[0\].kind: unknown member kind 'hf_encodr'", "accepted: hf_classifier, hf_encoder, merged, sklearn",
       "did you mean 'hf_encoder'"]),
