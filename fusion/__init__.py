@@ -28,6 +28,7 @@ from .fusers import (
     FUSERS,
     CaruanaFuser,
     Fuser,
+    GatingFuser,
     LinearFuser,
     MeanFuser,
     MemberOutputs,
@@ -49,7 +50,7 @@ __all__ = [
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
     "finetune_classifier",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
-    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "GatingFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]

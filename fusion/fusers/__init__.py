@@ -10,6 +10,7 @@ from .base import (
     check_weights,
 )
 from .caruana import CaruanaFuser
+from .gating import GatingFuser
 from .linear import LinearFuser
 from .mean import MeanFuser
 from .pick import PickFuser
@@ -17,5 +18,5 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "CaruanaFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "CaruanaFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]
