@@ -27,6 +27,7 @@ from .finetuning import finetune_classifier
 from .fusers import (
     FUSERS,
     CaruanaFuser,
+    FeatureFuser,
     Fuser,
     GatingFuser,
     LinearFuser,
@@ -50,7 +51,7 @@ __all__ = [
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
     "finetune_classifier",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
-    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "GatingFuser",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "GatingFuser", "FeatureFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]

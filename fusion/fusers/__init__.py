@@ -10,6 +10,7 @@ from .base import (
     check_weights,
 )
 from .caruana import CaruanaFuser
+from .feature import FeatureFuser
 from .gating import GatingFuser
 from .linear import LinearFuser
 from .mean import MeanFuser
@@ -18,5 +19,5 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "CaruanaFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "CaruanaFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]
