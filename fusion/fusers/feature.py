@@ -29,7 +29,7 @@ from ..errors import ConfigError, MemberOutputError
 from ..inputs import holdout_split
 from ..losses import per_example_cross_entropy
 from ..train_config import TrainConfig
-from ..training import TensorRows, train
+from ..training import TensorRows, seeded, train
 from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field
 
 COMBINES = ("concat", "attention")
@@ -123,8 +123,7 @@ class FeatureFuser(Fuser):
         self.mean_, self.scale_ = raw.mean(0), raw.std(0, unbiased=False).clamp_min(1e-6)
         features = self._features(outputs)
         fit_rows, hold_rows = holdout_split(len(labels), c.validation_fraction, c.train_config.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.train_config.seed)  # the head's initial weights
+        with seeded(c.train_config.seed):  # the head's initial weights
             self.head_ = self._head(outputs.n_classes)
 
         def pick(index: np.ndarray) -> TensorRows:

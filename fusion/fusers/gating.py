@@ -29,7 +29,7 @@ from ..config import at_least, is_bool, is_number
 from ..errors import MemberOutputError
 from ..losses import per_example_cross_entropy
 from ..train_config import TrainConfig
-from ..training import TensorRows, train
+from ..training import TensorRows, seeded, train
 from .base import FUSERS, Fuser, FuserConfig, MemberOutputs, training_field
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class GatingFuser(Fuser):
                         len(labels), c.min_rows)
         self.global_ = torch.tensor(int(fallback))
         self.gate_ = Gate(features.shape[1], outputs.n_members, 0 if fallback else c.hidden)
-        rows = TensorRows(features=(features - self.mean_) / self.scale_,
-                          member_logp=outputs.logits.log_softmax(-1), labels=labels)
+        standardised = (features - self.mean_) / self.scale_
+        rows = TensorRows(features=standardised, member_logp=outputs.logits.log_softmax(-1), labels=labels)
         entropy = c.entropy
 
         def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -133,13 +133,12 @@ class GatingFuser(Fuser):
             nll = per_example_cross_entropy(mixed, batch["labels"], log_probabilities=True)
             return nll + entropy * -(log_g.exp() * log_g).sum(-1) if entropy else nll
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.train_config.seed)  # the gate's initial weights
+        with seeded(c.train_config.seed):  # the gate's initial weights
             model = _Mixture(self.gate_, c.temperature)
         self.training_ = train(model, loss, rows, c.train_config, desc="gating fuser")
         self.gate_.eval()
         with torch.inference_mode():
-            self.mean_weights_ = self.gate_weights_of(rows.take(torch.arange(len(labels)))["features"]).mean(0)
+            self.mean_weights_ = self.gate_weights_of(standardised).mean(0)
 
     def gate_weights_of(self, features: torch.Tensor) -> torch.Tensor:
         """The gate's member weights ``[rows, members]`` for standardised features."""

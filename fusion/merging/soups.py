@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ import torch
 
 from ..errors import ConfigError
 from ..members.hf_classifier import HFClassifier
+from ..members.hf_model import HFInferenceConfig
 from ..members.hf_source import HFSource, model_label
 from ..members.merged import MergedModel
 from ..registry import Registry
@@ -91,8 +93,9 @@ def greedy_soup(models: Sequence[str], validation: Any, *, head: int | str | Non
     revisions = list(revisions) if revisions is not None else [None] * len(models)
     if len(models) < 2:
         raise ConfigError(f"a greedy soup chooses among at least 2 ingredients; got {len(models)}.")
-    inference = {k: v for k, v in settings.items() if k in ("max_length", "batch_size", "max_tokens", "dtype",
-                                                             "device", "show_progress", "label_map")}
+    # the ingredients run alone as the soups will run: the same inference settings and label map
+    shared = {f.name for f in dataclasses.fields(HFInferenceConfig) if f.name != "name"} | {"label_map"}
+    inference = {k: v for k, v in settings.items() if k in shared}
     alone = [HFClassifier(m, revision=r, name=f"ingredient-{i}", **inference)
              for i, (m, r) in enumerate(zip(models, revisions, strict=True))]
     accuracy = held_out_accuracies(alone, validation, cache_dir=cache_dir)

@@ -3,7 +3,8 @@
 Same as mergekit's ``linear``: ``sum_i w_i * t_i``, divided by ``sum_i w_i`` when ``normalize`` (the default;
 a weight sum of 0 is left undivided, as mergekit does). The sum is accumulated one model at a time rather than
 over a stack of all N tensors, so merging N models holds one extra tensor, not N; the result differs from
-mergekit's stack-and-sum by float32 rounding only (at most 2.4e-7 on N(0, 1) tensors of 5 models).
+mergekit's stack-and-sum by float32 rounding only (at most 2.4e-7 absolute on N(0, 1) tensors of 3, 5 and 8
+models, 0 for 2; 50 draws each, weights in [0, 2]).
 """
 
 from __future__ import annotations
