@@ -236,18 +236,42 @@ def test_two_poolings_of_one_checkpoint_run_the_backbone_once(bert_encoder_dir, 
     assert single == len(calls) > 0, "the second pooling ran the backbone again"
 
 
-def test_several_fusers_are_chosen_by_cross_validated_accuracy(bert_classifier_dir, toy_sentiment):
+def _kept_by_the_rule(scores: dict) -> str:
+    """The selection rule, by hand: lowest log-loss among candidates at least as accurate as the best member."""
+    member = next(label for label in scores if label.startswith("member: "))
+    eligible = [k for k, v in scores.items() if k == member or v["accuracy"] >= scores[member]["accuracy"]]
+    return min(eligible, key=lambda k: scores[k]["log_loss"])
+
+
+def test_several_fusers_are_chosen_by_cross_validated_log_loss_among_those_as_accurate_as_the_best_member(
+        bert_classifier_dir, toy_sentiment):
     members = [HFClassifier(bert_classifier_dir, name="bert", **QUIET), tfidf_member()]
     ens = Ensemble(members, fuser=[MeanFuser(), "vote", LinearFuser()], cv=3)
     ens.fit(toy_sentiment["train"], toy_sentiment["validation"])
     selection = ens.selection_
     member = next(label for label in selection["scores"] if label.startswith("member: "))  # the best single member
     assert set(selection["scores"]) == {"mean", "vote", "linear", member} and selection["rows"] == "train"
-    best = max(selection["scores"], key=lambda k: (selection["scores"][k]["accuracy"], -selection["scores"][k]["log_loss"]))
-    assert selection["chosen"] == best and ens.fuser_ is ens.candidates_[best]
+    assert selection["metric"] == "log_loss"
+    assert selection["chosen"] == _kept_by_the_rule(selection["scores"]) and ens.fuser_ is ens.candidates_[selection["chosen"]]
     report = ens.report_
     assert {m.name for m in report.models if m.kind == "fuser"} == {"mean", "vote", "linear", member}
-    assert any("cross-validated" in note for note in report.notes)
+    assert any("cross-validated log-loss" in note for note in report.notes)
+
+
+def test_no_fuser_named_compares_the_default_candidates_and_the_best_member(toy_sentiment):
+    """Ensemble(members): mean, linear, stacking and caruana against the best member, by the same rule; with
+    two noise members beside a strong one, no fuser is as accurate, cross-validated, as the strong member."""
+    members = [tfidf_member("strong"), _noise_member("noise1", 1), _noise_member("noise2", 2)]
+    ens = Ensemble(members, labels=["negative", "positive"], cv=3, cache_dir="memory").fit(toy_sentiment["train"])
+    scores = ens.selection_["scores"]
+    assert set(scores) == {"mean", "linear", "stacking", "caruana", "member: strong"}
+    assert ens.fuser is None and ens.get_params()["fuser"] is None  # the spec says "the default", not a list
+    assert ens.selection_["chosen"] == _kept_by_the_rule(scores)
+    mean_acc = scores["mean"]["accuracy"]
+    assert mean_acc < scores["member: strong"]["accuracy"]  # the noise drags the plain mean down
+    held_out = ens.score(toy_sentiment["validation"])
+    strong = held_out["strong"]["accuracy"]
+    assert held_out[f"fuser:{ens.fuser_.kind}"]["accuracy"] >= strong - 0.002
 
 
 def test_expensive_members_are_fitted_once_and_the_fuser_is_cross_fitted_on_validation(bert_encoder_dir, toy_sentiment,

@@ -57,9 +57,12 @@ class Ensemble:
 
     Args:
         members: the member specs (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...); never modified.
-        fuser: a ``Fuser``, a registered fuser kind, or a list of them: every candidate is fitted and the
-            one with the best cross-validated accuracy is kept (default ``MeanFuser()``); with several, the best
-            single member is one more candidate (``PickFuser``, ``"member: NAME"``), kept when no fuser beats it.
+        fuser: a ``Fuser``, a registered fuser kind, or a list of them. With several, every candidate is fitted
+            and cross-validated on the fuser's rows, the best single member being one more (``PickFuser``,
+            ``"member: NAME"``); the kept one has the lowest cross-validated log-loss among those at least as
+            accurate as that member, so the member alone is kept when no fuser beats it (``selection.py``).
+            None (default): the registered default candidates (``fusion.fusers.default_fusers()``: mean,
+            linear, stacking, caruana) compared that way, an ensemble that does not lose to its best member.
         labels: the label names, in id order. Default: the training data's ClassLabel names, its string
             labels (sorted), the first member that names its labels, or else the ids themselves.
         text_column / label_column: column names in the data.
@@ -104,7 +107,7 @@ class Ensemble:
         if fuser_data not in FUSER_DATA:
             raise ConfigError(f"fuser_data must be one of {FUSER_DATA}, got {fuser_data!r}.")
         self.members = list(members)
-        self.fuser = fuser if fuser is not None else "mean"
+        self.fuser = fuser
         self.fusers = as_fusers(self.fuser)  # validates names now, not at fit
         self.labels = list(labels) if labels is not None else None
         self.text_column, self.label_column = text_column, label_column
@@ -559,17 +562,21 @@ class Ensemble:
 
 def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:
     member = best.label.removeprefix("member: ") if isinstance(best.fuser, PickFuser) else None
-    return {"rows": mode, "cv": cv, "metric": "accuracy", "chosen": best.label,
+    return {"rows": mode, "cv": cv, "metric": "log_loss", "chosen": best.label,
             "member": member,  # the single member kept when it beat every fuser; else None
             "scores": {c.label: c.cv_scores for c in candidates}}
 
 
 def _selection_note(selection: dict[str, Any]) -> str:
-    scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in selection["scores"].items())
+    scores = ", ".join(f"{k} {v['log_loss']:.4f} / {v['accuracy']:.4f}" for k, v in selection["scores"].items())
     kept = (f"The member {selection['member']} alone beat every fuser, so it is kept and no fusion is applied: it"
             if selection.get("member") else selection["chosen"])
-    return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated "
-            f"accuracy on the {selection['rows']} rows ({scores}), not by its score on these rows.")
+    if selection.get("metric", "accuracy") == "accuracy":  # an ensemble saved before log-loss selection
+        return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated accuracy on the "
+                f"{selection['rows']} rows, not by its score on these rows.")
+    return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated log-loss on the "
+            f"{selection['rows']} rows, among those at least as accurate there as the best single member "
+            f"(log-loss / accuracy: {scores}), not by its score on these rows.")
 
 
 

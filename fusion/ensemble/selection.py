@@ -1,10 +1,12 @@
 """Fitting several candidate fusers on the same member outputs and keeping the best, honestly.
 
 Each candidate is scored on out-of-fold fused predictions (K folds over the rows fusers learn from), never
-on rows it was fitted on, then refitted on all of them. The winner has the best cross-validated accuracy
-(ties: lower log-loss, then the first listed). When several candidates are compared, the best single member
-is one more (``PickFuser``, listed last, named ``"member: NAME"``), so an ensemble keeps that member alone
-when no fuser beats it in cross-validation.
+on rows it was fitted on, then refitted on all of them. When several candidates are compared, the best single
+member is one more (``PickFuser``, listed last, named ``"member: NAME"``: in each fold, the member most
+accurate on the other folds). The winner has the lowest cross-validated log-loss among the candidates whose
+cross-validated accuracy is at least the best single member's (an exact tie: the first listed), so a fuser
+is kept only where it beats that member there on both counts, and the member alone is kept otherwise.
+``Ensemble(members)`` with no fuser named compares ``default_fusers()`` this way.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation.metrics import summary
-from ..fusers import FUSERS, Fuser, MemberOutputs, PickFuser
+from ..fusers import FUSERS, Fuser, MemberOutputs, PickFuser, default_fusers
 from .crossfit import out_of_fold_fused
 
 __all__ = ["Candidate", "as_fusers", "with_member_candidate", "candidate_labels", "fit_candidates",
-           "best_candidate"]
+           "best_candidate", "member_candidate"]
 
 
 @dataclass
@@ -44,16 +46,18 @@ class Candidate:
 
 
 def as_fusers(fuser: Fuser | str | Sequence[Fuser | str] | None) -> list[Fuser]:
-    """Specs as a list: a fuser, a registered kind, or a list of them (default: the mean)."""
-    items = [fuser] if isinstance(fuser, (Fuser, str)) or fuser is None else fuser
+    """Specs as a list: a fuser, a registered kind, or a list of them; None: ``default_fusers()``."""
+    if fuser is None:
+        return default_fusers()
+    items = [fuser] if isinstance(fuser, (Fuser, str)) else fuser
     if not isinstance(items, Sequence):
         items = [items]
     for index, item in enumerate(items):
-        if not (isinstance(item, (Fuser, str)) or item is None):
+        if not isinstance(item, (Fuser, str)):
             where = f"fuser[{index}]" if items is fuser else "fuser"
             raise ConfigError(f"{where} is {type(item).__name__} ({item!r:.60}); pass a Fuser (e.g. LinearFuser()), "
                               f"a registered fuser kind ({', '.join(FUSERS.names())}) or a list of them.")
-    return [FUSERS.get(f)() if isinstance(f, str) else f if f is not None else FUSERS.get("mean")() for f in items]
+    return [FUSERS.get(f)() if isinstance(f, str) else f for f in items]
 
 
 def with_member_candidate(fusers: list[Fuser]) -> list[Fuser]:
@@ -88,8 +92,25 @@ def fit_candidates(fusers: Sequence[Fuser], outputs: MemberOutputs, labels: np.n
     return candidates
 
 
+def member_candidate(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The best-single-member candidate (an unnamed ``PickFuser``), if one is compared."""
+    return next((c for c in candidates if isinstance(c.fuser, PickFuser) and c.fuser.config.member is None), None)
+
+
 def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
-    """Highest cross-validated accuracy, then lowest log-loss, then the first listed."""
+    """Lowest cross-validated log-loss among the candidates at least as accurate, cross-validated, as the
+    best single member (itself one of them); an exact tie goes to the first listed.
+
+    Example:
+        >>> scores = {"mean": (0.90, 0.30), "linear": (0.86, 0.25), "member: a": (0.88, 0.35)}
+        >>> found = [Candidate(k, PickFuser() if k.startswith("member") else None, None,
+        ...                    {"accuracy": a, "log_loss": l}, 0.0) for k, (a, l) in scores.items()]
+        >>> best_candidate(found).label  # linear has the lowest log-loss but is less accurate than the member
+        'mean'
+    """
     if len(candidates) == 1 or candidates[0].cv_scores is None:
         return candidates[0]
-    return max(candidates, key=lambda c: (c.cv_scores["accuracy"], -c.cv_scores["log_loss"]))
+    member = member_candidate(candidates)
+    floor = member.cv_scores["accuracy"] if member is not None else -np.inf
+    eligible = [c for c in candidates if c is member or c.cv_scores["accuracy"] >= floor]
+    return min(eligible, key=lambda c: c.cv_scores["log_loss"])

@@ -8,6 +8,7 @@ from .base import (
     MemberOutputs,
     as_member_outputs,
     check_weights,
+    default_fusers,
 )
 from .caruana import CaruanaFuser
 from .feature import FeatureFuser
@@ -19,5 +20,5 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "CaruanaFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "default_fusers", "CaruanaFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]

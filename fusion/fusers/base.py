@@ -27,6 +27,18 @@ from ..train_config import TrainConfig
 FUSERS: Registry[Fuser] = Registry("fuser")
 
 
+def default_fusers() -> list[Fuser]:
+    """Fresh specs of every registered kind with a ``default_candidate`` rank, in rank order: what an
+    ``Ensemble`` compares when no fuser is named (the best single member is one more candidate).
+
+    Example:
+        >>> [f.kind for f in default_fusers()]
+        ['mean', 'linear', 'stacking', 'caruana']
+    """
+    kinds = sorted((FUSERS.get(k).default_candidate, k) for k in FUSERS.names() if FUSERS.get(k).default_candidate > 0)
+    return [FUSERS.get(kind)() for _, kind in kinds]
+
+
 @dataclass
 class MemberOutputs:
     """Aligned outputs of all members on the same rows: what a fuser learns from.
@@ -131,6 +143,10 @@ class Fuser(Component):
     # True where ``_predict_proba`` returns float64 probability rows already (an average of them): dividing
     # by the row sum again would move them off the reference value by rounding.
     sums_to_one: ClassVar[bool] = False
+    # Above 0 for the kinds ``Ensemble(members)`` compares when no fuser is named (``default_fusers``), in
+    # this order (an exact tie goes to the earlier): kinds quick to cross-fit on cached outputs and sound on a
+    # few hundred rows. Gating and feature fusion need more rows and minutes of training, so they are named.
+    default_candidate: ClassVar[int] = 0
 
     # --- config ---------------------------------------------------------------------------------------
     @classmethod

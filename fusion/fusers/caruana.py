@@ -87,6 +87,7 @@ class CaruanaFuser(Fuser):
                 raise ConfigError("caruana: bag_fraction must be above 0 (a share of the members).")
 
     sums_to_one = True
+    default_candidate = 4
 
     def _fit(self, outputs: MemberOutputs, labels: torch.Tensor) -> None:
         from ..evaluation.metrics import METRICS

@@ -91,6 +91,8 @@ class LinearFuser(Fuser):
         0
     """
 
+    default_candidate = 2
+
     @dataclass(frozen=True)
     class Config(FuserConfig):
         constraint: str = "simplex"

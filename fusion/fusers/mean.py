@@ -33,6 +33,7 @@ class MeanFuser(FixedWeightsFuser):
         """MeanFuser's config: the fixed member weights."""
 
     sums_to_one = True
+    default_candidate = 1
 
     def _predict_proba(self, outputs: MemberOutputs) -> torch.Tensor:
         proba = outputs.probabilities(torch.float64).numpy()

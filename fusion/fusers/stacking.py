@@ -191,6 +191,8 @@ class StackingFuser(Fuser):
         True
     """
 
+    default_candidate = 3
+
     @dataclass(frozen=True)
     class Config(FuserConfig):
         meta: str | dict[str, Any] = coerced(_meta, "logreg")
