@@ -10,6 +10,7 @@ from .base import (
     check_weights,
 )
 from .caruana import CaruanaFuser
+from .cascade import CascadeFuser
 from .feature import FeatureFuser
 from .gating import GatingFuser
 from .linear import LinearFuser
@@ -19,5 +20,5 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "CaruanaFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "CaruanaFuser", "CascadeFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]
