@@ -271,10 +271,13 @@ class Ensemble:
 
     def _fuser_rows(self, mode: str, train: TextData, validation: TextData | None) -> tuple[MemberOutputs, np.ndarray]:
         if mode == "validation":
-            return self.member_outputs(validation), validation.labels
-        raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
-               else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
-        return self._stack(self.members_, raw, len(train), train), train.labels
+            rows = self.member_outputs(validation), validation.labels
+        else:
+            raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
+                   else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
+            rows = self._stack(self.members_, raw, len(train), train), train.labels
+        self._fuser_outputs = rows  # what prune refits fusers on
+        return rows
 
     def fit(self, train: Any, validation: Any | None = None) -> Ensemble:
         """Fit clones of the members on ``train``, then the fuser (choosing among candidates); the validation
@@ -335,6 +338,19 @@ class Ensemble:
         if lazy is not None:
             return self.classes_[lazy.argmax(1)]
         return self.classes_[self._fitted_fuser().predict(self._prediction_outputs(data))]
+
+    def prune(self, *, max_seconds_per_1k: float | None = None, max_members: int | None = None,
+              data: Any = None) -> Ensemble:
+        """A new fitted ensemble of the members on the accuracy-against-cost front that fit the limits, its fuser
+        refitted on their outputs; ``pruned_`` records the choice (see ``fusion.ensemble.prune``).
+
+        Example:
+            >>> ens.prune(max_seconds_per_1k=2.0).pruned_["members"]  # doctest: +SKIP
+            ['tfidf', 'minilm']
+        """
+        from .prune import prune
+
+        return prune(self, max_seconds_per_1k=max_seconds_per_1k, max_members=max_members, data=data)
 
     def _lazy_proba(self, data: Any) -> np.ndarray | None:
         """``Fuser.lazy_predict`` with members run (through the cache) on the rows it asks for; None when the fuser

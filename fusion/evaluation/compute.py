@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..cache.store import EntryCost
+from ..errors import DataError
 from .checks import (
     check_label_names,
     check_labels,
@@ -22,7 +23,6 @@ from .checks import (
     check_weight_methods,
     check_weights,
 )
-from ..errors import DataError
 from .cost import EXHAUSTIVE_LIMIT, as_cost, cost_accuracy
 from .diversity import member_diversity
 from .metrics import (
