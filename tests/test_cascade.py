@@ -22,6 +22,15 @@ from fusion.members.base import Member, MemberConfig
 LABELS = ["neg", "pos"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only spin-wait on a busy machine (as in test_fusers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ColumnMember(Member):
     """Scores ``[0, scale * x[:, column]]`` from numeric rows; records how many rows each call computes."""
 
@@ -144,7 +153,7 @@ def test_a_given_target_is_met_on_the_held_out_rows_and_a_higher_target_costs_mo
 
 
 def test_nested_stage_state_round_trips_with_costs(tmp_path):
-    outputs, y = two_member_outputs()
+    outputs, y = two_member_outputs(n=150)
     fuser = CascadeFuser(stage_fuser="linear", order=["strong", "weak"]).fit(outputs, y)
     save_file(fuser.state_dict(), tmp_path / "fuser.safetensors")
     fuser.save_files(tmp_path)
@@ -247,3 +256,25 @@ def test_ensemble_evaluate_reports_the_measured_usage():
     fuser = report.model(ens._fuser_label()).seconds_per_1k
     assert report.full_seconds_per_1k(ens._fuser_label()) == pytest.approx(
         weak_cost + strong_cost * usage["strong"] + fuser)
+
+
+def test_an_ensemble_with_a_cascade_saves_and_loads(tmp_path):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from fusion import SklearnMember
+
+    def column(j: int, name: str) -> SklearnMember:
+        return SklearnMember(make_pipeline(ColumnTransformer([("pick", "passthrough", [j])]), LogisticRegression()),
+                             name=name)
+
+    x, y = rows(300, 3)
+    ens = Ensemble([column(0, "weak"), column(1, "strong")], CascadeFuser(), labels=LABELS,
+                   cache_dir="memory", cv=3).fit(x, y)
+    ens.save_pretrained(tmp_path / "ens")
+    loaded = Ensemble.from_pretrained(tmp_path / "ens", cache_dir="memory")
+    x_test, _ = rows(100, 4)
+    np.testing.assert_array_equal(loaded.predict_proba(x_test), ens.predict_proba(x_test))
+    assert loaded.fuser_.thresholds_.tolist() == ens.fuser_.thresholds_.tolist()
+    assert 0 < loaded.fuser_.last_usage_[1] < 1  # the strong member ran on some of the rows only
