@@ -3,9 +3,10 @@
 Stage ``k`` fuses the ``k`` cheapest members (any registered fuser kind, ``stage_fuser``); a row stops at the
 first stage whose fused confidence (its largest class probability) reaches that stage's threshold, and the last
 stage (every member) decides the rows no earlier stage was sure of. Costlier members thus run only on the rows
-the cheaper ones leave undecided: the early-exit cascade of Viola & Jones (2001) applied to an ensemble, as
-AutoGluon's cascade ensembles do (Dong et al., "Deploying a Cascade of Models", AutoGluon 2023: about 80% of
-the ensemble's log-loss gain at 35% of its inference cost).
+the cheaper ones leave undecided: the attentional cascade of Viola & Jones ("Rapid Object Detection using a
+Boosted Cascade of Simple Features", CVPR 2001) over ensemble members, with the confidence-threshold exit rule of
+Wang et al. ("Wisdom of Committees: An Overlooked Approach to Faster and More Accurate Models", ICLR 2022), as
+AutoGluon's cascades of its ensemble's members do.
 
 Fitting: a stratified, seeded share ``holdout`` of the fuser's rows is set aside; each stage's fuser is fitted
 on the other rows and predicts the held-out ones; the thresholds are then chosen on the held-out rows to
