@@ -70,6 +70,7 @@ CASES = {name: (lambda name=name: FUSERS.get(name)()) for name in FUSERS.names()
     "stacking-passthrough": lambda: StackingFuser(passthrough=True),
     "linear-unconstrained": lambda: LinearFuser(constraint="unconstrained"),
     "linear-per_class": lambda: LinearFuser(per_class=True),
+    "cascade-linear": lambda: FUSERS.get("cascade")(stage_fuser="linear"),  # nested learned state
 }
 LEARNED = [case for case, make in CASES.items() if not isinstance(make(), FixedWeightsFuser)]
 _FITTED: dict[tuple[str, int], Fuser] = {}

@@ -194,10 +194,17 @@ class Ensemble:
             )
         return logits[:, alignment(member.name, names, self.labels_)], raw.get("embeddings")
 
-    def _stack(self, members: list[Member], raw: list[Outputs], n_rows: int) -> MemberOutputs:
+    def _stack(self, members: list[Member], raw: list[Outputs], n_rows: int, data: TextData | None = None) -> MemberOutputs:
         aligned = [self._aligned(m, r, n_rows) for m, r in zip(members, raw, strict=True)]
         return MemberOutputs(torch.stack([a[0] for a in aligned], 1), [m.name for m in members],
-                             [a[1] for a in aligned])
+                             [a[1] for a in aligned], None if data is None else self._member_costs(members, data))
+
+    def _member_costs(self, members: list[Member], data: TextData) -> list[Any] | None:
+        """Each member's recorded cost on ``data`` per 1,000 rows (an ``EntryCost``; None where unknown), for
+        cost-aware fusers; None when no member's is known."""
+        costs = [self.cache.cost(m.fingerprint, data.fingerprint) for m in members]
+        per_1k = [None if c is None else c.map(lambda s: s * 1000.0 / max(len(data), 1)) for c in costs]
+        return None if all(c is None for c in per_1k) else per_1k
 
     def _fitted_members(self) -> list[Member]:
         if self.members_ is None:
@@ -208,7 +215,7 @@ class Ensemble:
         """Aligned outputs of every fitted member on ``data`` (from the cache when already computed)."""
         members = self._fitted_members()
         data = data if isinstance(data, TextData) else self._data(data, "data")
-        return self._stack(members, [self._raw_outputs(m, data) for m in members], len(data))
+        return self._stack(members, [self._raw_outputs(m, data) for m in members], len(data), data)
 
     # --- fitting ------------------------------------------------------------------------------------------
     def _resolve_fuser_data(self, has_validation: bool) -> str:
@@ -267,10 +274,13 @@ class Ensemble:
 
     def _fuser_rows(self, mode: str, train: TextData, validation: TextData | None) -> tuple[MemberOutputs, np.ndarray]:
         if mode == "validation":
-            return self.member_outputs(validation), validation.labels
-        raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
-               else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
-        return self._stack(self.members_, raw, len(train)), train.labels
+            rows = self.member_outputs(validation), validation.labels
+        else:
+            raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
+                   else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
+            rows = self._stack(self.members_, raw, len(train), train), train.labels
+        self._fuser_outputs = rows  # what prune refits fusers on
+        return rows
 
     def fit(self, train: Any, validation: Any | None = None) -> Ensemble:
         """Fit clones of the members on ``train``, then the fuser (choosing among candidates); the validation
@@ -320,12 +330,52 @@ class Ensemble:
         return self.fuser_
 
     def predict_proba(self, data: Any) -> np.ndarray:
-        """Fused class probabilities ``[rows, labels]`` for texts, a dataset or a dict of columns."""
-        return self._fitted_fuser().predict_proba(self._prediction_outputs(data))
+        """Fused class probabilities ``[rows, labels]`` for texts, a dataset or a dict of columns. A fuser that
+        needs some members on some rows only (``cascade``) runs each member on those rows only."""
+        lazy = self._lazy_proba(data)
+        return self._fitted_fuser().predict_proba(self._prediction_outputs(data)) if lazy is None else lazy
 
     def predict(self, data: Any) -> np.ndarray:
         """Predicted label names."""
+        lazy = self._lazy_proba(data)
+        if lazy is not None:
+            return self.classes_[lazy.argmax(1)]
         return self.classes_[self._fitted_fuser().predict(self._prediction_outputs(data))]
+
+    def prune(self, *, max_seconds_per_1k: float | None = None, max_members: int | None = None,
+              data: Any = None) -> Ensemble:
+        """A new fitted ensemble of the members on the accuracy-against-cost front that fit the limits, its fuser
+        refitted on their outputs; ``pruned_`` records the choice (see ``fusion.ensemble.prune``).
+
+        Example:
+            >>> ens.prune(max_seconds_per_1k=2.0).pruned_["members"]  # doctest: +SKIP
+            ['tfidf', 'minilm']
+        """
+        from .prune import prune
+
+        return prune(self, max_seconds_per_1k=max_seconds_per_1k, max_members=max_members, data=data)
+
+    def _lazy_proba(self, data: Any) -> np.ndarray | None:
+        """``Fuser.lazy_predict`` with members run (through the cache) on the rows it asks for; None when the fuser
+        needs every member on every row. A member whose outputs on all of ``data`` are cached already is sliced."""
+        fuser = self._fitted_fuser()
+        if type(fuser).lazy_predict is Fuser.lazy_predict:
+            return None
+        rows = data if isinstance(data, TextData) else self._data(data, "data")
+        members = self._fitted_members()
+
+        def run_member(index: int, at: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+            member, at = members[index], np.asarray(at, dtype=np.int64)
+            whole = self.cache.get(member.fingerprint, rows.fingerprint)
+            if whole is not None or len(at) == len(rows):
+                logits, embeddings = self._aligned(member, self._raw_outputs(member, rows) if whole is None else whole, len(rows))
+                return logits[at], None if embeddings is None else embeddings[at]
+            part = rows.subset(at)
+            return self._aligned(member, self._raw_outputs(member, part), len(part))
+
+        with self.cache.small_call(len(rows)):
+            proba = fuser.lazy_predict(run_member, len(rows))
+        return None if proba is NotImplemented else np.asarray(proba)
 
     def _prediction_outputs(self, data: Any) -> MemberOutputs:
         """``member_outputs`` for a prediction call: one on few rows writes no cache file (``OutputCache.small_call``)."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..cache.store import EntryCost
+from ..errors import DataError
 from .checks import (
     check_label_names,
     check_labels,
@@ -56,6 +57,7 @@ def build_report(
     split: str = "validation",
     notes: list[str] | None = None,
     data_name: str | None = None,
+    member_usage: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Report:
     """Evaluate members and fusers on the same labelled rows.
 
@@ -78,6 +80,9 @@ def build_report(
             (:func:`default_title`).
         data_name: the dataset's name (e.g. ``"glue/sst2"``) for the default title; None when unknown.
         notes: caveats shown in every rendering (e.g. that a fuser was trained on these rows).
+        member_usage: fuser name -> {member name: share of these rows it ran the member on}, for fusers that run
+            some members on some rows only (``CascadeFuser``, ``Fuser.member_usage``): the fuser's full cost then
+            counts each member's cost for those rows only.
 
     Returns:
         A Report; see :mod:`fusion.evaluation.report` for its fields and JSON schema.
@@ -128,7 +133,23 @@ def build_report(
         best_fuser=best_fuser, tests=tests, diversity=diversity, weights=weights, weights_method=methods,
         cost_accuracy=cost_accuracy(members, labels, {n: costs.get(n) for n in members}),
         confusion={"model": confused, "matrix": confusion_matrix(probas[confused], labels).tolist()},
+        member_usage=_usage(member_usage, list(fusers), list(members)),
     )
+
+
+def _usage(member_usage: Mapping[str, Mapping[str, float]] | None, fusers: list[str],
+           members: list[str]) -> dict[str, dict[str, float]]:
+    """``member_usage`` checked: known fusers and members, shares in [0, 1]."""
+    usage = {}
+    for fuser, shares in (member_usage or {}).items():
+        unknown = [n for n in shares if n not in members]
+        if fuser not in fusers or unknown:
+            raise DataError(f"member_usage names {fuser if fuser not in fusers else unknown!r}, not a fuser and its "
+                            f"members of this report (fusers: {fusers}; members: {members}).")
+        if not all(0.0 <= float(s) <= 1.0 for s in shares.values()):
+            raise DataError(f"member_usage[{fuser!r}]: shares of rows must be in [0, 1]; got {dict(shares)}.")
+        usage[fuser] = {member: float(shares[member]) for member in members if member in shares}
+    return usage
 
 
 def default_title(members: list[str], fusers: list[str], split: str, data_name: str | None = None) -> str:

@@ -151,6 +151,8 @@ def evaluate(
                    if (c := ensemble.cache.cost(m.fingerprint, rows.fingerprint)) is not None}
     member_proba = {name: outputs.probabilities(torch.float64)[:, i].numpy() for i, name in enumerate(outputs.member_names)}
     fuser_proba, fuser_seconds, weights, methods = _fuser_results(outputs, named, np.asarray(y), fused or {})
+    usage = {name: dict(zip(outputs.member_names, map(float, shares), strict=True)) for name, fuser in named.items()
+             if (shares := fuser.member_usage(outputs)) is not None}  # a cascade runs some members on some rows
     report_options = {**data_facts(data), **report_options}
     return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
-                        member_weights=weights, weights_method=methods, **report_options)
+                        member_weights=weights, weights_method=methods, member_usage=usage, **report_options)

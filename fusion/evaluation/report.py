@@ -49,6 +49,9 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
   e.g. one backbone pass under two heads; null if one is unknown), ``pareto`` (bool).
 - ``confusion`` (object): ``model`` (str: the best fuser, else the best member) and ``matrix``
   (list[list[int]]: row = true label, column = predicted label).
+- ``member_usage`` (object): fuser -> member -> share of the rows that member was run on, for fusers that run
+  some members on some rows only (a cascade); their full cost counts each member's for those rows only
+  (:meth:`Report.full_seconds_per_1k`). Empty when no fuser does; reports written before this key read as empty.
 
 Example:
     >>> import numpy as np
@@ -126,6 +129,7 @@ class Report:
     weights_method: dict[str, str] = field(default_factory=dict)
     cost_accuracy: list[dict[str, Any]] = field(default_factory=list)
     confusion: dict[str, Any] = field(default_factory=dict)
+    member_usage: dict[str, dict[str, float]] = field(default_factory=dict)
 
     # --- lookups ------------------------------------------------------------------------------------
     def model(self, name: str) -> ModelResult:
@@ -145,10 +149,17 @@ class Report:
 
     def full_seconds_per_1k(self, name: str) -> float | None:
         """What predicting with ``name`` costs per 1,000 rows: a member's own time; a fuser's combining time plus
-        running every member (:meth:`members_seconds_per_1k`; None where a member's is unknown)."""
+        running every member (:meth:`members_seconds_per_1k`; None where a member's is unknown), or, for a fuser in
+        ``member_usage`` (a cascade), each member's cost times the share of rows it ran on."""
         model = self.model(name)
         if model.kind == "member":
             return model.seconds_per_1k
+        if name in self.member_usage:
+            costs = {m.name: m.seconds_per_1k for m in self.members}
+            usage = self.member_usage[name]
+            if any(costs.get(member) is None for member, share in usage.items() if share > 0):
+                return None
+            return sum(costs[m] * share for m, share in usage.items() if share > 0) + (model.seconds_per_1k or 0.0)
         members = self.members_seconds_per_1k()
         return None if members is None else members + (model.seconds_per_1k or 0.0)
 
@@ -178,7 +189,8 @@ class Report:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise PersistenceError(f"not a {SCHEMA} report (schema: {found!r}); re-create it with build_report.")
         try:
-            fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "metric_info"}
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("metric_info", "member_usage")}
+            fields["member_usage"] = data.get("member_usage", {})
             fields["models"] = [ModelResult(**m) for m in data["models"]]
             fields["tests"] = [PairedTest(**t) for t in data["tests"]]
             fields["metric_info"] = _renamed(data.get("metric_info")) or _metric_info_of(fields["models"])

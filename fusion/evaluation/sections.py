@@ -217,6 +217,10 @@ def _cost_section(report: Report) -> Section:
             "rows, a cached pass they share (one backbone under several heads) counted once. The table lists the "
             "Pareto front (no subset is both cheaper and more accurate); fusers (stars) cost all members plus their "
             "own combining time. All subsets are in report.json.")
+    for name, usage in report.member_usage.items():
+        shares = ", ".join(f"{member} {share:.0%}" for member, share in usage.items())
+        text += (f" {name} runs members on some rows only (a cascade); share of rows reaching each member: {shares}; "
+                 "its cost counts each member's for those rows only.")
     return Section("cost", "Accuracy against inference cost", text, [table], plot, "accuracy against cost")
 
 

@@ -11,6 +11,7 @@ from .base import (
     default_fusers,
 )
 from .caruana import CaruanaFuser
+from .cascade import CascadeFuser
 from .feature import FeatureFuser
 from .gating import GatingFuser
 from .linear import LinearFuser
@@ -20,5 +21,6 @@ from .stacking import StackingFuser
 from .vote import VoteFuser
 
 __all__ = ["FUSERS", "Fuser", "FuserConfig", "FixedWeightsFuser", "MemberOutputs", "as_member_outputs",
-           "check_weights", "default_fusers", "CaruanaFuser", "FeatureFuser", "GatingFuser", "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
+           "check_weights", "default_fusers", "CaruanaFuser", "CascadeFuser", "FeatureFuser", "GatingFuser",
+           "LinearFuser", "MeanFuser", "PickFuser", "StackingFuser",
            "VoteFuser"]

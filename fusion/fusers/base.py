@@ -10,7 +10,7 @@ fields are the constructor's parameters, plus the state it learns in ``fit`` (te
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +48,10 @@ class MemberOutputs:
             probabilistic members; any real scores otherwise).
         member_names: one per member.
         embeddings: per member, ``[rows, dim]`` or None.
+        costs: per member, what running it costs in seconds per 1,000 rows (a number, or an
+            :class:`~fusion.cache.store.EntryCost` whose shared passes count once for members run together), None
+            where unknown; ``costs`` None when no member's is known. ``Ensemble`` fills it from its output cache;
+            cost-aware fusers (``cascade``) read it.
 
     Example:
         >>> MemberOutputs(torch.zeros(4, 2, 3)).probabilities().shape
@@ -57,6 +61,7 @@ class MemberOutputs:
     logits: torch.Tensor
     member_names: list[str] = field(default_factory=list)
     embeddings: list[torch.Tensor | None] = field(default_factory=list)
+    costs: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self.logits = torch.as_tensor(self.logits, dtype=torch.float32)
@@ -66,6 +71,11 @@ class MemberOutputs:
             )
         self.member_names = self.member_names or [f"member{i}" for i in range(self.logits.shape[1])]
         self.embeddings = self.embeddings or [None] * self.logits.shape[1]
+        if self.costs is not None:
+            self.costs = list(self.costs)
+            if len(self.costs) != self.logits.shape[1]:
+                raise MemberOutputError(f"costs: {len(self.costs)} values for {self.logits.shape[1]} members; give one "
+                                        "per member (None where unknown).")
         if not torch.isfinite(self.logits).all():
             bad = sorted({self.member_names[m] for m in torch.nonzero(~torch.isfinite(self.logits))[:, 1].tolist()})
             raise MemberOutputError(f"members {bad} produced NaN or inf scores; check their inputs and weights.")
@@ -88,7 +98,20 @@ class MemberOutputs:
 
     def subset(self, rows: Sequence[int] | np.ndarray | torch.Tensor) -> MemberOutputs:
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
-        return MemberOutputs(self.logits[rows], self.member_names, [e[rows] if e is not None else None for e in self.embeddings])
+        return MemberOutputs(self.logits[rows], self.member_names, [e[rows] if e is not None else None for e in self.embeddings],
+                             self.costs)
+
+    def members(self, index: Sequence[int]) -> MemberOutputs:
+        """The members at ``index`` (in that order), with their names, embeddings and costs.
+
+        Example:
+            >>> MemberOutputs(torch.zeros(4, 3, 2), costs=[1.0, None, 3.0]).members([2, 0]).costs
+            [3.0, 1.0]
+        """
+        index = [int(i) for i in index]
+        return MemberOutputs(self.logits[:, index], [self.member_names[i] for i in index],
+                             [self.embeddings[i] for i in index],
+                             None if self.costs is None else [self.costs[i] for i in index])
 
 
 def as_member_outputs(outputs: MemberOutputs | torch.Tensor | np.ndarray) -> MemberOutputs:
@@ -235,6 +258,22 @@ class Fuser(Component):
     def member_weights(self) -> np.ndarray | None:
         """Each member's share in the fused output, where the method defines one (for reports)."""
         return None
+
+    def member_usage(self, outputs: MemberOutputs | torch.Tensor | np.ndarray) -> np.ndarray | None:
+        """The share of ``outputs``' rows each member is run on when predicting them (``[members]``), for fusers
+        that run some members on some rows only (``cascade``); None: every member on every row."""
+        return None
+
+    def lazy_predict(self, run_member: Callable[[int, np.ndarray], tuple[torch.Tensor, torch.Tensor | None]],
+                     n_rows: int) -> Any:
+        """Fused probabilities ``[rows, classes]`` computed by asking for member outputs only where needed, or
+        ``NotImplemented`` (the default) for fusers that need every member on every row.
+
+        ``run_member(m, rows)`` returns member ``m``'s aligned scores ``[len(rows), classes]`` on the given row
+        positions and its embeddings (or None); ``Ensemble.predict_proba`` passes one that runs the member on
+        those rows only.
+        """
+        return NotImplemented
 
     def table_label(self, member_names: list[str]) -> str | None:
         """A fitted fuser's name in tables when its kind says too little (``PickFuser``: ``"member: NAME"``)."""
