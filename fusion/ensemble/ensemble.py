@@ -278,9 +278,18 @@ class Ensemble:
         else:
             raw = [out_of_fold_outputs(spec, train, self.labels_, self.cache, self.cv, self.seed) if fitted.trainable
                    else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
+            self._measure_costs(train)
             rows = self._stack(self.members_, raw, len(train), train), train.labels
         self._fuser_outputs = rows  # what prune refits fusers on
         return rows
+
+    def _measure_costs(self, train: TextData) -> None:
+        """Run each fitted trainable member once over the training rows, so that its inference cost there is
+        recorded (its out-of-fold outputs cost training, not inference): cost-aware fusers (``cascade``) and
+        ``prune`` read it. Cheap beside cross-fitting: a head reads the cached backbone pass."""
+        for member in self.members_:
+            if member.trainable and self.cache.cost(member.fingerprint, train.fingerprint) is None:
+                self._raw_outputs(member, train)
 
     def fit(self, train: Any, validation: Any | None = None) -> Ensemble:
         """Fit clones of the members on ``train``, then the fuser (choosing among candidates); the validation
