@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math  # noqa: F401  (doctests)
-
 import torch
 import torch.nn.functional as F
 
@@ -69,8 +67,8 @@ def targets_loss(scores: torch.Tensor, labels: torch.Tensor, soft_targets: torch
     rows carry soft targets (a student learning from an ensemble, see ``fusion.distill``).
 
     Example:
-        >>> targets_loss(torch.zeros(1, 2), torch.tensor([1])).tolist() == [math.log(2)]
-        True
+        >>> round(float(targets_loss(torch.zeros(1, 2), torch.tensor([1]))[0]), 4)  # log 2
+        0.6931
     """
     if soft_targets is None:
         return per_example_cross_entropy(scores, labels)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..cache.store import EntryCost
+from ..errors import DataError
 from .checks import (
     check_label_names,
     check_labels,
@@ -106,8 +107,11 @@ def build_report(
     check_model_names(member_proba, {**fuser_proba, **(student_proba or {})})
     members = {n: check_proba(p, len(labels), f"member {n!r}", len(label_names)) for n, p in member_proba.items()}
     fusers = {n: check_proba(p, len(labels), f"fuser {n!r}", len(label_names)) for n, p in fuser_proba.items()}
+    clash = sorted(set(fusers) & set(student_proba or {}))
+    if clash:
+        raise DataError(f"names {clash} are used by both a fuser and a student; give the students distinct names.")
     students = {n: check_proba(p, len(labels), f"student {n!r}", len(label_names))
-                for n, p in (student_proba or {}).items() if n not in fusers}
+                for n, p in (student_proba or {}).items()}
     costs = _costs_per_1k(seconds, [*members, *fusers, *students], len(labels))
     per_1k = {n: c.total for n, c in costs.items()}
     weights = check_weights(member_weights, list(fusers), list(members))
