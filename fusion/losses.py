@@ -51,7 +51,9 @@ def distillation_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, 
         >>> round(float(distillation_loss(logits, soft, torch.tensor([0]), temperature=1.0, alpha=1.0)), 4)
         0.4338
     """
-    log_teacher = torch.log(soft_targets.detach().to(student_logits.dtype).clamp_min(torch.finfo(student_logits.dtype).tiny))
+    student_logits = student_logits.to(torch.promote_types(student_logits.dtype, torch.float32))  # fp16: no underflow
+    dtype = student_logits.dtype
+    log_teacher = torch.log(soft_targets.detach().to(dtype).clamp_min(torch.finfo(dtype).tiny))
     teacher_logp = F.log_softmax(log_teacher / temperature, dim=-1)
     student_logp = F.log_softmax(student_logits / temperature, dim=-1)
     teacher_p = teacher_logp.exp()

@@ -12,7 +12,7 @@ import torch
 from helpers import tfidf_member
 from torch import nn
 
-from fusion import ConfigError, Ensemble, HFEncoder, MeanFuser, TorchMember, TrainConfig
+from fusion import ConfigError, Ensemble, HFClassifier, HFEncoder, MeanFuser, TorchMember, TrainConfig
 from fusion.cache.store import OutputCache
 from fusion.ensemble.distill import soft_labels
 from fusion.ensemble.fitting import fitted_member
@@ -147,6 +147,18 @@ def test_on_the_members_training_rows_the_soft_labels_are_out_of_fold(teacher):
     assert other_source == "the ensemble's predictions" and other.shape == (50, K)
 
 
+def test_on_the_rows_a_fuser_learnt_from_the_soft_labels_are_its_out_of_fold_predictions():
+    ens = Ensemble([TorchMember(net(), name="a", train_config=TEACHER)], fuser="linear", labels=LABELS,
+                   text_column="x", fuser_data="validation", cv=2, cache_dir="memory")
+    validation = blobs(120, 2)
+    ens.fit(blobs(300, 0), validation)
+    rows = as_text_data(validation, text_column="x", label_names=LABELS)
+    proba, source = soft_labels(ens, rows)
+    assert source.startswith("the fuser's out-of-fold predictions")
+    assert np.array_equal(proba, ens._cv_proba[ens._fuser_label()])
+    assert not np.allclose(proba, ens.predict_proba(validation))  # not the fuser graded on its own fit rows
+
+
 def test_a_distillation_fit_is_never_served_from_a_hard_label_fit_in_the_cache(tmp_path):
     cache = OutputCache(tmp_path / "cache")
     data = as_text_data(blobs(80, 1), text_column="x", label_names=LABELS)
@@ -162,7 +174,9 @@ def test_a_distillation_fit_is_never_served_from_a_hard_label_fit_in_the_cache(t
 
 # ---------------------------------------------------------------- refusal, saving, the report
 
-def test_a_student_that_cannot_learn_from_soft_labels_is_refused(teacher, toy_sentiment):
+def test_a_student_that_cannot_learn_from_soft_labels_is_refused(teacher, toy_sentiment, bert_classifier_dir):
+    with pytest.raises(ConfigError, match=r"'clf' \(HFClassifier, kind 'hf_classifier'\) cannot learn.*HFEncoder"):
+        teacher.distill(HFClassifier(bert_classifier_dir, name="clf"), blobs(20, 1))
     with pytest.raises(ConfigError, match=r"'sk' \(SklearnMember, kind 'sklearn'\) cannot learn from an ensemble's "
                                           r"soft labels.*use a member that trains on them: HFEncoder.*TorchMember"):
         teacher.distill(tfidf_member("sk"), blobs(20, 1))

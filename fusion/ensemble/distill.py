@@ -102,12 +102,16 @@ def soft_labels(ensemble: Ensemble, rows: TextData) -> tuple[np.ndarray, str]:
     On the labelled rows the ensemble's trainable members were fitted on, the members' out-of-fold outputs
     (those the fuser learnt from with ``fuser_data="train"``, cached) fused by ``ensemble.fuser_``, so no
     member grades a row it was trained on; a member fitted once because it is expensive (fine-tuning) is not
-    cross-fitted here: its in-sample outputs are used, with a warning. Elsewhere, ``ensemble.predict_proba``.
+    cross-fitted here: its in-sample outputs are used, with a warning. On the validation rows a fuser learnt from
+    (``fuser_data="validation"``), the fuser's out-of-fold predictions there. Elsewhere, ``ensemble.predict_proba``.
     """
     members = ensemble._fitted_members()
     in_sample = [m for m in members if m.trainable and rows.labels is not None
                  and m.fitted_on_ == rows.label_fingerprint]
     if not in_sample:
+        fused = ensemble._cv_proba.get(ensemble._fuser_label()) if ensemble._is_fuser_rows(rows) else None
+        if fused is not None:  # the validation rows the fuser learnt from: its out-of-fold predictions there
+            return np.asarray(fused, dtype=np.float64), f"the fuser's out-of-fold predictions ({ensemble.cv}-fold)"
         return np.asarray(ensemble.predict_proba(rows), dtype=np.float64), "the ensemble's predictions"
     expensive = [m.name for m in in_sample if m.expensive_to_fit]
     if expensive:

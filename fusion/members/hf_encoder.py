@@ -222,7 +222,7 @@ class HFEncoder(HFMember):
             return
         emb = self.embeddings(train_data, cache)
         head = self._new_head(emb.shape[1], len(label_names), config.seed)
-        rows = {"x": emb, "y": labels, **({"soft": soft_rows} if soft_rows is not None else {})}
+        rows = {"x": emb, "y": labels, **({"soft_targets": soft_rows} if soft_rows is not None else {})}
         val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
         train(head, functools.partial(_head_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
               config, val, desc=f"{self.name} head")
@@ -298,8 +298,8 @@ class HFEncoder(HFMember):
 
 
 def _head_loss(head: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
-    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft"]``)."""
-    return targets_loss(head(batch["x"]), batch["y"], batch.get("soft"), **(soft.loss_options if soft else {}))
+    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
+    return targets_loss(head(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
 def _model_loss(model: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:

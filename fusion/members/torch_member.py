@@ -24,8 +24,8 @@ DEFAULT_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=100, batch_size=12
 
 
 def _module_loss(module: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
-    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft"]``)."""
-    return targets_loss(module(batch["x"]), batch["y"], batch.get("soft"), **(soft.loss_options if soft else {}))
+    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
+    return targets_loss(module(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
 @MEMBERS.register("torch")
@@ -104,7 +104,7 @@ class TorchMember(Member):
         rows = {"x": x, "y": y}
         soft = train_data.soft_targets
         if soft is not None:  # a distillation student: the teacher's probabilities ride along with each row
-            rows["soft"] = torch.as_tensor(soft.probabilities, dtype=torch.float32)
+            rows["soft_targets"] = torch.as_tensor(soft.probabilities, dtype=torch.float32)
         val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
         train(module, functools.partial(_module_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
               config, val, desc=self.name)
