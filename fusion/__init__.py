@@ -9,6 +9,7 @@ Example:
 from .cache.store import OutputCache
 from .config import Component, Config, LoadOptions
 from .ensemble import Ensemble, EnsembleConfig
+from .ensemble.distill import distill
 from .errors import (
     ChecksumError,
     ConfigError,
@@ -49,7 +50,7 @@ __all__ = [
     "set_progress", "set_verbosity",
     "Ensemble", "EnsembleConfig", "OutputCache", "TrainConfig", "Config", "Component", "LoadOptions", "evaluate", "Report", "build_report", "permutation_importance",
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
-    "finetune_classifier",
+    "finetune_classifier", "distill",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
     "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "GatingFuser", "FeatureFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",

@@ -213,12 +213,14 @@ class TokenRows:
     """Training rows of tokenised text (+ optional label ids), padded per batch; a ``training.Rows``.
 
     ``rows`` picks which of ``tokens``' rows these are (default: all, in order), so that the training and
-    held-out rows of one tokenisation (see :func:`cached_tokenize`) need no second pass.
+    held-out rows of one tokenisation (see :func:`cached_tokenize`) need no second pass. ``soft_targets``
+    (``[len(rows), classes]``, aligned with ``labels``) are a teacher's probabilities for a distillation
+    student, in each batch as ``"soft_targets"``.
     """
 
     def __init__(self, tokens: Tokenized, pad_id: int, labels: torch.Tensor | None = None,
-                 rows: Sequence[int] | np.ndarray | None = None) -> None:
-        self.tokens, self.pad_id, self.labels = tokens, pad_id, labels
+                 rows: Sequence[int] | np.ndarray | None = None, soft_targets: torch.Tensor | None = None) -> None:
+        self.tokens, self.pad_id, self.labels, self.soft_targets = tokens, pad_id, labels, soft_targets
         self.rows = np.arange(len(tokens)) if rows is None else np.asarray(rows, dtype=np.int64)
 
     @property
@@ -236,4 +238,6 @@ class TokenRows:
             batch = {k: torch.zeros((0, 1), dtype=torch.long) for k in (*self.tokens.flat, "attention_mask")}
         if self.labels is not None:
             batch["labels"] = self.labels[index]
+        if self.soft_targets is not None:
+            batch["soft_targets"] = self.soft_targets[index]
         return batch

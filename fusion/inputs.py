@@ -16,13 +16,46 @@ from .errors import DataError
 
 
 @dataclass(frozen=True)
+class SoftTargets:
+    """What a student learns from besides the hard labels: a teacher's probabilities ``[rows, classes]`` and how
+    to use them (``temperature`` and ``alpha`` of ``fusion.losses.distillation_loss``).
+
+    Example:
+        >>> soft = SoftTargets(np.array([[0.8, 0.2], [0.4, 0.6]]), temperature=2.0, alpha=0.5)
+        >>> soft.take([1]).probabilities.tolist(), soft.loss_options
+        ([[0.4, 0.6]], {'temperature': 2.0, 'alpha': 0.5})
+    """
+
+    probabilities: np.ndarray
+    temperature: float
+    alpha: float
+
+    def take(self, index: Sequence[int] | np.ndarray) -> SoftTargets:
+        """The rows at ``index`` (in that order)."""
+        return SoftTargets(self.probabilities[np.asarray(index, dtype=np.int64)], self.temperature, self.alpha)
+
+    @property
+    def loss_options(self) -> dict[str, float]:
+        """The keyword arguments of ``distillation_loss`` besides the tensors."""
+        return {"temperature": float(self.temperature), "alpha": float(self.alpha)}
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the probabilities and the settings (part of the data's ``label_fingerprint``)."""
+        array = np.ascontiguousarray(self.probabilities, dtype=np.float64)
+        head = f"soft|{array.shape}|{float(self.temperature)!r}|{float(self.alpha)!r}|".encode()
+        return hashlib.sha256(head + array.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
 class TextData:
     """Inputs, optional integer label ids (in the ensemble's label order), and content fingerprints.
 
     Inputs are texts (a list of str) for text members, or a numeric array ``[rows, ...]`` of features (images,
     tabular rows) for members such as ``TorchMember`` or scikit-learn estimators on arrays.
     ``fingerprint`` hashes the inputs only (member outputs depend on nothing else); ``label_fingerprint``
-    also covers the labels, for anything trained on them (out-of-fold outputs).
+    also covers the labels, for anything trained on them (out-of-fold outputs), and the soft targets a student
+    learns from (``with_soft_targets``), so a distilled fit is never mistaken for a hard-label one.
     """
 
     texts: list[str] | np.ndarray
@@ -31,13 +64,16 @@ class TextData:
     label_fingerprint: str = field(default="", compare=False)
     parent: TextData | None = field(default=None, compare=False, repr=False)
     index: np.ndarray | None = field(default=None, compare=False, repr=False)
+    soft_targets: SoftTargets | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", _hash_texts(self.texts))
         if not self.label_fingerprint:
             labels = b"" if self.labels is None else np.ascontiguousarray(self.labels, dtype=np.int64).tobytes()
-            object.__setattr__(self, "label_fingerprint", hashlib.sha256(self.fingerprint.encode() + labels).hexdigest())
+            soft = b"" if self.soft_targets is None else self.soft_targets.fingerprint.encode()
+            object.__setattr__(self, "label_fingerprint",
+                               hashlib.sha256(self.fingerprint.encode() + labels + soft).hexdigest())
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -49,7 +85,28 @@ class TextData:
         labels = None if self.labels is None else self.labels[index]
         root, root_index = (self.parent, self.index[index]) if self.parent is not None else (self, index)
         rows = self.texts[index] if self.is_array else [self.texts[i] for i in index]
-        return TextData(rows, labels, parent=root, index=root_index)
+        soft = None if self.soft_targets is None else self.soft_targets.take(index)
+        return TextData(rows, labels, parent=root, index=root_index, soft_targets=soft)
+
+    def with_soft_targets(self, probabilities: np.ndarray, temperature: float, alpha: float) -> TextData:
+        """A copy whose rows carry a teacher's probabilities ``[rows, classes]`` for a student to learn from
+        (``fusion.losses.distillation_loss``); its ``label_fingerprint`` covers them. Subsets keep their rows.
+
+        Raises:
+            DataError: probabilities of another number of rows, or not finite.
+
+        Example:
+            >>> data = TextData(["good", "bad"], np.array([1, 0]))
+            >>> soft = data.with_soft_targets(np.array([[0.3, 0.7], [0.9, 0.1]]), temperature=2.0, alpha=0.5)
+            >>> soft.subset([1]).soft_targets.probabilities.tolist(), soft.label_fingerprint != data.label_fingerprint
+            ([[0.9, 0.1]], True)
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.ndim != 2 or len(probabilities) != len(self) or not np.isfinite(probabilities).all():
+            raise DataError(f"soft targets: expected finite probabilities [{len(self)} rows, classes], got shape "
+                            f"{probabilities.shape}; pass one row of class probabilities per example.")
+        return TextData(self.texts, self.labels, fingerprint=self.fingerprint, parent=self.parent, index=self.index,
+                        soft_targets=SoftTargets(probabilities, float(temperature), float(alpha)))
 
     @property
     def is_array(self) -> bool:

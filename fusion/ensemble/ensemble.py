@@ -131,6 +131,7 @@ class Ensemble:
         self._report: Report | None = None
         self._metrics: dict[str, Any] | None = None
         self._members_key: tuple | None = None
+        self.students_: dict[str, Member] = {}  # distilled students by name (``distill``)
 
     def _set_fitted(self, members: list[Member], fuser: Fuser | None, labels: list[str]) -> Ensemble:
         """Use members (and a fuser) that are already fitted, e.g. loaded from disk."""
@@ -329,6 +330,7 @@ class Ensemble:
         self.member_fitting_ = self._member_fitting(mode)
         self._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation"}
         self._validation, self._report, self._metrics = val_data, None, None
+        self.students_ = {}  # students distilled from an earlier fit learnt from another ensemble
         self._validation_facts = data_facts(validation) if validation is not None else {}  # for report_'s title
         return self
 
@@ -391,6 +393,31 @@ class Ensemble:
         rows = data if isinstance(data, TextData) else self._data(data, "data")
         with self.cache.small_call(len(rows)):
             return self.member_outputs(rows)
+
+    # --- distillation -------------------------------------------------------------------------------------
+    def distill(self, student: Member, train: Any, **options: Any) -> Member:
+        """Train a clone of ``student`` (an ``HFEncoder`` or ``TorchMember``) on this fitted ensemble's soft labels
+        over ``train``: one model at one model's cost. Kept in ``students_`` and reported by ``evaluate`` beside
+        the ensemble and its best member; options: ``temperature`` (2.0), ``alpha`` (0.5, the soft term's weight).
+        See ``fusion.ensemble.distill.distill``.
+
+        Example:
+            >>> student = ens.distill(HFEncoder("prajjwal1/bert-tiny", name="student"), train)  # doctest: +SKIP
+            >>> ens.evaluate(test).model("student").seconds_per_1k  # doctest: +SKIP
+            >>> Ensemble.from_member(student).save_pretrained("out/student")  # doctest: +SKIP
+        """
+        from .distill import distill
+
+        return distill(self, student, train, **options)
+
+    @classmethod
+    def from_member(cls, member: Member, **options: Any) -> Ensemble:
+        """A fitted ensemble of one fitted member (a distilled student), passed through by ``PickFuser``, so it saves,
+        loads and predicts as any ensemble: ``Ensemble.from_member(student).save_pretrained(dir)``; ``options``:
+        ``text_column``, ``label_column``, ``cache_dir`` as for the constructor."""
+        from .distill import member_ensemble
+
+        return member_ensemble(cls, member, **options)
 
     # --- evaluation ---------------------------------------------------------------------------------------
     def _fuser_label(self) -> str:

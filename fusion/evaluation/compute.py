@@ -58,6 +58,7 @@ def build_report(
     notes: list[str] | None = None,
     data_name: str | None = None,
     member_usage: Mapping[str, Mapping[str, float]] | None = None,
+    student_proba: Mapping[str, np.ndarray] | None = None,
 ) -> Report:
     """Evaluate members and fusers on the same labelled rows.
 
@@ -83,6 +84,9 @@ def build_report(
         member_usage: fuser name -> {member name: share of these rows it ran the member on}, for fusers that run
             some members on some rows only (``CascadeFuser``, ``Fuser.member_usage``): the fuser's full cost then
             counts each member's cost for those rows only.
+        student_proba: student name -> ``[rows, classes]`` probabilities of models distilled from the ensemble
+            (``Ensemble.distill``): rows of kind ``"student"`` with their own cost (``seconds``), outside the
+            members' diversity, weights and ``cost_accuracy`` subsets, each tested against the best fuser.
 
     Returns:
         A Report; see :mod:`fusion.evaluation.report` for its fields and JSON schema.
@@ -104,24 +108,31 @@ def build_report(
     """
     label_names = check_label_names(label_names)
     labels = check_labels(labels, len(label_names))
-    check_model_names(member_proba, fuser_proba)
+    check_model_names(member_proba, {**fuser_proba, **(student_proba or {})})
     members = {n: check_proba(p, len(labels), f"member {n!r}", len(label_names)) for n, p in member_proba.items()}
     fusers = {n: check_proba(p, len(labels), f"fuser {n!r}", len(label_names)) for n, p in fuser_proba.items()}
-    costs = _costs_per_1k(seconds, [*members, *fusers], len(labels))
+    clash = sorted(set(fusers) & set(student_proba or {}))
+    if clash:
+        raise DataError(f"names {clash} are used by both a fuser and a student; give the students distinct names.")
+    students = {n: check_proba(p, len(labels), f"student {n!r}", len(label_names))
+                for n, p in (student_proba or {}).items()}
+    costs = _costs_per_1k(seconds, [*members, *fusers, *students], len(labels))
     per_1k = {n: c.total for n, c in costs.items()}
     weights = check_weights(member_weights, list(fusers), list(members))
     methods = check_weight_methods(weights_method, weights)
     n_bootstrap = check_n_bootstrap(n_bootstrap)
 
-    probas, metrics = {**members, **fusers}, list(METRICS.values())
+    probas, metrics = {**members, **fusers, **students}, list(METRICS.values())
     samples = bootstrap_metrics(probas, labels, n_bootstrap, seed, metrics)
-    models = [_model_result(n, "member" if n in members else "fuser", p, labels, label_names, samples[n],
-                            per_1k.get(n), metrics) for n, p in probas.items()]
+    kinds = {**dict.fromkeys(members, "member"), **dict.fromkeys(fusers, "fuser"), **dict.fromkeys(students, "student")}
+    models = [_model_result(n, kinds[n], p, labels, label_names, samples[n], per_1k.get(n), metrics)
+              for n, p in probas.items()]
     best_member = _best([m for m in models if m.kind == "member"])
     best_fuser = _best([m for m in models if m.kind == "fuser"]) if fusers else None
     # a fuser that returns the best member's own probabilities (the member-alone candidate) has nothing to test
     tests = [_test(f, best_member, probas, labels, samples) for f in fusers
              if not np.array_equal(probas[f], probas[best_member])]
+    tests += [_test(s, best_fuser or best_member, probas, labels, samples) for s in students]  # student vs teacher
     diversity = member_diversity(members, labels)
     confused = best_fuser or best_member
     return Report(

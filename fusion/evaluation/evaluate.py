@@ -154,5 +154,34 @@ def evaluate(
     usage = {name: dict(zip(outputs.member_names, map(float, shares), strict=True)) for name, fuser in named.items()
              if (shares := fuser.member_usage(outputs)) is not None}  # a cascade runs some members on some rows
     report_options = {**data_facts(data), **report_options}
-    return build_report(member_proba, fuser_proba, y, list(labels), seconds={**seconds, **fuser_seconds},
-                        member_weights=weights, weights_method=methods, member_usage=usage, **report_options)
+    students = source.students_ if isinstance(source, Ensemble) else {}
+    student_proba, student_seconds = _student_results(source, students, rows) if students else ({}, {})
+    if students:
+        report_options["notes"] = [*report_options.get("notes", []), _students_note(students)]
+    return build_report(member_proba, fuser_proba, y, list(labels),
+                        seconds={**seconds, **fuser_seconds, **student_seconds}, member_weights=weights,
+                        weights_method=methods, member_usage=usage, student_proba=student_proba,
+                        **report_options)
+
+
+def _student_results(ensemble: Ensemble, students: Mapping[str, Member], rows: TextData) -> tuple[dict, dict]:
+    """Each distilled student's probabilities on ``rows`` and its recorded cost there (``OutputCache.cost``:
+    its own computation plus the cached passes it reuses, since a student runs alone)."""
+    proba, seconds = {}, {}
+    for name, student in students.items():
+        outputs = ensemble._stack([student], [ensemble._raw_outputs(student, rows)], len(rows))
+        proba[name] = outputs.probabilities(torch.float64)[:, 0].numpy()
+        if (cost := ensemble.cache.cost(student.fingerprint, rows.fingerprint)) is not None:
+            seconds[name] = cost
+    return proba, seconds
+
+
+def _students_note(students: Mapping[str, Member]) -> str:
+    def how(student: Member) -> str:
+        facts = getattr(student, "distillation_", None)
+        return (f"{student.name} (temperature {facts['temperature']}, alpha {facts['alpha']}, {facts['rows']} rows, "
+                f"soft labels from {facts['soft_labels']})" if facts else student.name)
+
+    return ("Students, single models distilled from this ensemble's soft labels (Hinton et al. 2015), are reported "
+            "beside it and are not members (no weights, diversity or cost subsets): "
+            + "; ".join(how(s) for s in students.values()) + ".")

@@ -23,6 +23,7 @@ from matplotlib.ticker import ScalarFormatter
 
 DPI = 110
 MEMBER_COLOR, FUSER_COLOR, PARETO_COLOR = "#7a869a", "#d9480f", "#1864ab"
+STUDENT_COLOR = "#2b8a3e"  # models distilled from the ensemble
 PALETTE = ["#d9480f", "#1864ab", "#2b8a3e", "#862e9c", "#0b7285", "#c2255c", "#e67700", "#5c940d"]
 
 
@@ -59,13 +60,14 @@ def _wrap(name: str, width: int = 22) -> str:
 
 def metric_intervals_png(names: Sequence[str], kinds: Sequence[str], accuracy: Sequence[float],
                          intervals: Sequence[Sequence[float] | None], fmt: str = "png") -> bytes:
-    """Accuracy of each model with its 95% interval (members grey, fusers orange, told apart by a legend)."""
+    """Accuracy of each model with its 95% interval (members grey, fusers orange, students green, told apart by a
+    legend)."""
     lines = sum(_wrap(n).count("\n") + 1 for n in names)
     figure = _figure(6.4, 1.3 + 0.2 * lines + 0.12 * len(names))
     axes = figure.add_subplot()
     ys = np.arange(len(names))[::-1]
     for y, kind, acc, ci in zip(ys, kinds, accuracy, intervals, strict=True):
-        color = FUSER_COLOR if kind == "fuser" else MEMBER_COLOR
+        color = {"fuser": FUSER_COLOR, "student": STUDENT_COLOR}.get(kind, MEMBER_COLOR)
         if ci is not None:
             axes.plot(ci, [y, y], color=color, linewidth=2.5, alpha=0.5, solid_capstyle="butt")
         axes.plot([acc], [y], "o", color=color, markersize=6)
@@ -73,9 +75,9 @@ def metric_intervals_png(names: Sequence[str], kinds: Sequence[str], accuracy: S
     axes.set_xlabel("accuracy (dot) with 95% bootstrap interval")
     axes.grid(axis="x", alpha=0.3)
     handles = [Line2D([], [], marker="o", color=color, linewidth=2.5, alpha=0.8, label=label)
-               for label, color in (("members", MEMBER_COLOR), ("fusers", FUSER_COLOR))
+               for label, color in (("members", MEMBER_COLOR), ("fusers", FUSER_COLOR), ("students", STUDENT_COLOR))
                if label[:-1] in kinds]
-    figure.legend(handles=handles, loc="outside upper center", ncols=2, fontsize=8, frameon=False)
+    figure.legend(handles=handles, loc="outside upper center", ncols=3, fontsize=8, frameon=False)
     return _png(figure, fmt)
 
 

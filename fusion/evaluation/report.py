@@ -13,8 +13,9 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
 - ``metric_info`` (object): metric name -> ``{"header": str, "higher_is_better": bool | null, "description":
   str, "interval": "percentile" | "basic"}`` (no ``interval``: percentile), in column order: the metric table (:data:`fusion.evaluation.metrics.METRICS`) when the report was
   built. Reports written before this key existed get it on loading, from the table, for the metrics they hold.
-- ``models`` (list[object]): members first (input order), then fusers; each:
-    - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"``).
+- ``models`` (list[object]): members first (input order), then fusers, then students (models distilled from
+  the ensemble, ``Ensemble.distill``: not members, so outside diversity, weights and ``cost_accuracy``); each:
+    - ``name`` (str); ``kind`` (``"member"`` | ``"fuser"`` | ``"student"``).
     - ``metrics`` (object): one value per key of ``metric_info``, a float or null where undefined. The
       default table: ``accuracy``, ``macro_f1``, ``log_loss`` (natural log, probabilities clipped at 1e-15),
       ``brier`` (shown as "Brier (sum over classes)": mean over rows of the sum over classes of (p - onehot)^2,
@@ -27,14 +28,16 @@ appear in this order; floats are plain JSON numbers (never NaN); ``null`` means 
       key for a metric defined on none.
     - ``seconds_per_1k`` (float | null): wall seconds per 1,000 rows; a member's is running the model on its
       own (a cached backbone pass it shares with other members included), a fuser's is combining cached
-      member outputs (add the ``cost_accuracy`` subset of all members for the fuser's full cost).
+      member outputs (add the ``cost_accuracy`` subset of all members for the fuser's full cost); a student's is
+      running it alone (cached passes it reuses included).
     - ``per_class`` (object): label -> ``{"precision", "recall", "f1": float, "support": int}`` (0.0 where
       undefined).
     - ``reliability`` (object): per confidence bin, ``count`` (list[int]), ``confidence`` and ``accuracy``
       (list[float | null], null for empty bins).
 - ``best_member`` (str), ``best_fuser`` (str | null): highest accuracy, ties broken by lower log-loss, then
   by input order; ``best_fuser`` is null when no fuser was evaluated.
-- ``tests`` (list[object]): one per fuser, against ``best_member``: ``fuser``, ``against`` (str), ``method``
+- ``tests`` (list[object]): one per fuser, against ``best_member``, then one per student against
+  ``best_fuser`` (else ``best_member``), the student in ``fuser``: ``fuser``, ``against`` (str), ``method``
   (``"mcnemar"``: exact two-sided McNemar test), ``p_value`` (float), ``accuracy_delta`` (fuser minus member),
   ``accuracy_delta_ci95`` (``[lo, hi]`` paired-bootstrap interval, or null), ``fuser_only_correct`` and
   ``member_only_correct`` (int: the discordant rows). p-values are not corrected for multiple fusers.
@@ -147,12 +150,18 @@ class Report:
     def fusers(self) -> list[ModelResult]:
         return [m for m in self.models if m.kind == "fuser"]
 
+    @property
+    def students(self) -> list[ModelResult]:
+        """Models distilled from the ensemble (``Ensemble.distill``)."""
+        return [m for m in self.models if m.kind == "student"]
+
     def full_seconds_per_1k(self, name: str) -> float | None:
-        """What predicting with ``name`` costs per 1,000 rows: a member's own time; a fuser's combining time plus
-        running every member (:meth:`members_seconds_per_1k`; None where a member's is unknown), or, for a fuser in
-        ``member_usage`` (a cascade), each member's cost times the share of rows it ran on."""
+        """What predicting with ``name`` costs per 1,000 rows: a member's or a student's own time; a fuser's
+        combining time plus running every member (:meth:`members_seconds_per_1k`; None where a member's is
+        unknown), or, for a fuser in ``member_usage`` (a cascade), each member's cost times the share of rows it
+        ran on."""
         model = self.model(name)
-        if model.kind == "member":
+        if model.kind != "fuser":
             return model.seconds_per_1k
         if name in self.member_usage:
             costs = {m.name: m.seconds_per_1k for m in self.members}

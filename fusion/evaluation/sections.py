@@ -104,6 +104,9 @@ def _tests_section(report: Report) -> Section:
     text = ("Each fuser against the best single member on the same rows: exact two-sided McNemar test on the rows "
             "where exactly one of the two is right; the interval of the accuracy difference is a paired bootstrap. "
             "p-values are not corrected for testing several fusers.") if rows else "No fusers were evaluated."
+    if report.students:
+        text += (" Each student (a model distilled from the ensemble) is tested the same way against its teacher, "
+                 "the best fuser, in the fuser column.")
     table = Table(["fuser", "against", "Δ accuracy", "95% CI of Δ", "only fuser right", "only member right",
                    "p-value"], rows, text_columns=2)
     return Section("tests", "Fusers against the best member", text, [table] if rows else [])
@@ -237,7 +240,8 @@ def sections(report: Report) -> list[Section]:
                  f"{report.bootstrap['seed']}) in brackets: {interval_methods(report.metric_info)}. "
                  if report.bootstrap["resamples"] else "")
     metrics = Section("metrics", "Metrics", f"{intervals}{metric_notes(report.metric_info)} Seconds per 1,000 rows: "
-                      "a fuser's include running all its members, a cached pass they share counted once.",
+                      "a fuser's include running all its members, a cached pass they share counted once"
+                      + ("; a student's (distilled from the ensemble) is running it alone." if report.students else "."),
                       [metric_table(report)], metric_plot, "accuracy with intervals")
     return [metrics, _tests_section(report), _reliability_section(report), _confusion_section(report),
             _per_class_section(report), _disagreement_section(report), _weights_section(report),

@@ -94,6 +94,12 @@ class Member(Component, abc.ABC):
         return False
 
     @property
+    def learns_soft_targets(self) -> bool:
+        """True when ``fit`` can learn from a teacher's probabilities (``TextData.soft_targets``, set by
+        ``fusion.distill``) as well as hard labels, so the member can be a distillation student."""
+        return False
+
+    @property
     def inputs(self) -> str:
         """What the member reads: ``"texts"``, ``"arrays"`` (numeric features ``[rows, ...]``) or ``"any"``."""
         return "any"
@@ -122,6 +128,8 @@ class Member(Component, abc.ABC):
 
         Fits this object in place: the Ensemble calls it on a ``clone()``, never on the user's member.
         """
+        if train.soft_targets is not None and not (self.trainable and self.learns_soft_targets):
+            raise ConfigError(refuse_student(self))
         if not self.trainable:
             return self
         self._fit(train, list(label_names), cache)
@@ -237,6 +245,13 @@ class Member(Component, abc.ABC):
     def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
                     restored: Mapping[str, Any]) -> None:
         """Restore learned state that is not tensors, and prepare ``load_state_dict`` (build a head)."""
+
+
+def refuse_student(member: Member) -> str:
+    """Why ``member`` cannot be a distillation student (it learns nothing from soft targets), and what can."""
+    return (f"member {member.name!r} ({type(member).__name__}, kind {member.kind!r}) cannot learn from an ensemble's "
+            "soft labels, so it cannot be a distillation student; use a member that trains on them: HFEncoder "
+            "(a head on a frozen or fine-tuned encoder) or TorchMember (any nn.Module on numeric inputs).")
 
 
 def check_inputs(members: list[Member], data: TextData, where: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,9 @@ from ..batching import TokenRows, cached_tokenize, pad_token_id
 from ..cache.store import OutputCache, Outputs
 from ..config import LoadOptions, coerced, digest, is_bool, one_of
 from ..engine import max_input_length, run_model
-from ..inputs import TextData, holdout_split
+from ..inputs import SoftTargets, TextData, holdout_split
 from ..io import sha256_tensors
-from ..losses import per_example_cross_entropy
+from ..losses import targets_loss
 from ..progress import quiet_transformers
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
@@ -123,6 +124,10 @@ class HFEncoder(HFMember):
         return self.config.finetune
 
     @property
+    def learns_soft_targets(self) -> bool:
+        return True
+
+    @property
     def training(self) -> TrainConfig:
         """The training settings in effect (the config's, or the default for this mode)."""
         default = FINETUNE_TRAINING if self.config.finetune else HEAD_TRAINING
@@ -210,19 +215,21 @@ class HFEncoder(HFMember):
         config = self.training
         fit_rows, hold_rows = holdout_split(len(train_data), self.config.validation_fraction, config.seed)
         labels = torch.as_tensor(train_data.labels, dtype=torch.long)
+        soft = train_data.soft_targets  # set when this member is a distillation student (fusion.distill)
+        soft_rows = None if soft is None else torch.as_tensor(soft.probabilities, dtype=torch.float32)
         if self.config.finetune:
-            self._finetune(train_data, labels, fit_rows, hold_rows, len(label_names), config, cache)
+            self._finetune(train_data, labels, soft_rows, fit_rows, hold_rows, len(label_names), config, cache)
             return
         emb = self.embeddings(train_data, cache)
         head = self._new_head(emb.shape[1], len(label_names), config.seed)
-        rows = {"x": emb, "y": labels}
+        rows = {"x": emb, "y": labels, **({"soft_targets": soft_rows} if soft_rows is not None else {})}
         val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
-        train(head, _head_loss, TensorRows(**{k: v[fit_rows] for k, v in rows.items()}), config, val,
-              desc=f"{self.name} head")
+        train(head, functools.partial(_head_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
+              config, val, desc=f"{self.name} head")
         self.head_ = head
 
-    def _finetune(self, data: TextData, labels: torch.Tensor, fit_rows: np.ndarray, hold_rows: np.ndarray | None,
-                  n_classes: int, config: TrainConfig, cache: OutputCache) -> None:
+    def _finetune(self, data: TextData, labels: torch.Tensor, soft_rows: torch.Tensor | None, fit_rows: np.ndarray,
+                  hold_rows: np.ndarray | None, n_classes: int, config: TrainConfig, cache: OutputCache) -> None:
         backbone, tokenizer = self._load()
         head = self._new_head(backbone.config.hidden_size, n_classes, config.seed)
         # Tokenised once for the whole dataset (a cross-fitting fold reads its root's rows), under the key
@@ -232,11 +239,13 @@ class HFEncoder(HFMember):
                                  self._tokens_key(root), cache=cache)
 
         def rows(index: np.ndarray) -> TokenRows:
-            return TokenRows(tokens, pad_token_id(tokenizer), labels[index], rows=at[index])
+            return TokenRows(tokens, pad_token_id(tokenizer), labels[index], rows=at[index],
+                             soft_targets=None if soft_rows is None else soft_rows[index])
 
         val = rows(hold_rows) if hold_rows is not None else None
         model = EncoderClassifier(backbone, self.config.pooling, self.config.normalize, head)
-        train(model, _model_loss, rows(fit_rows), config, val, desc=f"{self.name} fine-tune")
+        loss = functools.partial(_model_loss, soft=data.soft_targets)
+        train(model, loss, rows(fit_rows), config, val, desc=f"{self.name} fine-tune")
         self.head_, self.finetuned_ = head, True
         self._backbone_fp = self._backbone_digest(sha256_tensors(backbone.state_dict()))  # hashed once, here
 
@@ -288,9 +297,10 @@ class HFEncoder(HFMember):
         return f"`{model_label(self.source.model)}` ({mode}), {self.config.pooling} pooling, {self.config.head.kind} head"
 
 
-def _head_loss(head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return per_example_cross_entropy(head(batch["x"]), batch["y"])
+def _head_loss(head: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
+    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
+    return targets_loss(head(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
-def _model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return per_example_cross_entropy(model(batch), batch["labels"])
+def _model_loss(model: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
+    return targets_loss(model(batch), batch["labels"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,8 +13,8 @@ from torch import nn
 from ..cache.store import OutputCache, Outputs
 from ..config import at_least, is_bool, object_field, setting
 from ..errors import ConfigError, DataError
-from ..inputs import TextData, holdout_split
-from ..losses import per_example_cross_entropy
+from ..inputs import SoftTargets, TextData, holdout_split
+from ..losses import targets_loss
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, Member, MemberConfig, train_config_field, with_progress
@@ -22,8 +23,9 @@ from .heads import describe_module, identify_module, reinitialized_copy
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=100, batch_size=128, weight_decay=1e-4, patience=8)
 
 
-def _module_loss(module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return per_example_cross_entropy(module(batch["x"]), batch["y"])
+def _module_loss(module: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
+    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
+    return targets_loss(module(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
 @MEMBERS.register("torch")
@@ -81,6 +83,10 @@ class TorchMember(Member):
     def trainable(self) -> bool:
         return True
 
+    @property
+    def learns_soft_targets(self) -> bool:
+        return True
+
     def output_labels(self, ensemble_labels: list[str] | None) -> list[str] | None:
         return self.labels_
 
@@ -95,8 +101,13 @@ class TorchMember(Member):
         with seeded(config.seed):
             module = reinitialized_copy(self.config.module)
         fit_rows, hold_rows = holdout_split(len(x), self.config.validation_fraction, config.seed)
-        val = TensorRows(x=x[hold_rows], y=y[hold_rows]) if hold_rows is not None else None
-        train(module, _module_loss, TensorRows(x=x[fit_rows], y=y[fit_rows]), config, val, desc=self.name)
+        rows = {"x": x, "y": y}
+        soft = train_data.soft_targets
+        if soft is not None:  # a distillation student: the teacher's probabilities ride along with each row
+            rows["soft_targets"] = torch.as_tensor(soft.probabilities, dtype=torch.float32)
+        val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
+        train(module, functools.partial(_module_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
+              config, val, desc=self.name)
         self.module_ = module
 
     def compute(self, data: TextData, cache: OutputCache) -> Outputs:
