@@ -28,6 +28,7 @@ from .finetuning import finetune_classifier
 from .fusers import (
     FUSERS,
     CaruanaFuser,
+    CascadeFuser,
     FeatureFuser,
     Fuser,
     GatingFuser,
@@ -52,7 +53,8 @@ __all__ = [
     "Member", "MEMBERS", "HFClassifier", "HFEncoder", "SklearnMember", "TorchMember", "MergedModel", "merge",
     "finetune_classifier", "distill",
     "Head", "HEADS", "LinearHead", "MLPHead", "CustomHead",
-    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "GatingFuser", "FeatureFuser",
+    "Fuser", "FUSERS", "MemberOutputs", "MeanFuser", "VoteFuser", "LinearFuser", "StackingFuser", "PickFuser", "CaruanaFuser", "CascadeFuser", "GatingFuser",
+    "FeatureFuser",
     "FusionError", "DataError", "LabelMismatchError", "MemberOutputError", "NotFittedError", "ConfigError",
     "UnknownNameError", "PersistenceError", "ChecksumError", "ResourceError",
 ]
