@@ -88,6 +88,18 @@ class TextData:
         soft = None if self.soft_targets is None else self.soft_targets.take(index)
         return TextData(rows, labels, parent=root, index=root_index, soft_targets=soft)
 
+    def select(self, index: Sequence[int] | np.ndarray) -> TextData:
+        """The rows at ``index`` as data of their own (no parent): a member runs on exactly these rows, where a
+        ``subset``'s outputs are sliced from the whole dataset's (a cascade asks for a few rows' outputs).
+
+        Example:
+            >>> data = TextData(["a", "b", "c"]).select([2, 0])
+            >>> data.texts, data.parent is None
+            (['c', 'a'], True)
+        """
+        part = self.subset(index)
+        return TextData(part.texts, part.labels, fingerprint=part.fingerprint, soft_targets=part.soft_targets)
+
     def with_soft_targets(self, probabilities: np.ndarray, temperature: float, alpha: float) -> TextData:
         """A copy whose rows carry a teacher's probabilities ``[rows, classes]`` for a student to learn from
         (``fusion.losses.distillation_loss``); its ``label_fingerprint`` covers them. Subsets keep their rows.

@@ -73,7 +73,8 @@ def paired(report, name: str) -> str:
     if test is None or test.accuracy_delta_ci95 is None:
         return ""
     low, high = test.accuracy_delta_ci95
-    return f"{100 * test.accuracy_delta:+5.1f} [{100 * low:+.1f}, {100 * high:+.1f}] p={test.p_value:.2g}"
+    return (f"vs {test.against}: {100 * test.accuracy_delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+            f"p={test.p_value:.2g}")
 
 
 def cost(report, name: str) -> str:
@@ -83,7 +84,7 @@ def cost(report, name: str) -> str:
 
 def print_models(report, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'model':<30}{'accuracy':>9}{'log-loss':>9}{'s/1k rows':>10}  gain vs best member, points [95% CI]")
+    print(f"{'model':<30}{'accuracy':>9}{'log-loss':>9}{'s/1k rows':>10}  accuracy gain, points [paired 95% CI], McNemar p")
     for model in report.models:
         name = {"fuser": "fuser: ", "student": "student: "}.get(model.kind, "") + model.name
         print(f"{name:<30}{model.metrics['accuracy']:>9.4f}{model.metrics['log_loss']:>9.4f}"
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # The saves below only time loading and predicting on this machine; their warning that they name the
+    # MiniLM folder of this machine (bundle_models=True would copy it in) is beside the point here.
+    logging.getLogger("fusion.ensemble.persistence").setLevel(logging.ERROR)
     set_progress(not args.quiet)
 
     data = load_data(DataSpec(path=args.data, validation_fraction=0.2, seed=0, limit=args.limit))

@@ -279,3 +279,53 @@ def test_an_ensemble_with_a_cascade_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(x_test), ens.predict_proba(x_test))
     assert loaded.fuser_.thresholds_.tolist() == ens.fuser_.thresholds_.tolist()
     assert 0 < loaded.fuser_.last_usage_[1] < 1  # the strong member ran on some of the rows only
+
+
+def test_later_stages_on_one_backbone_reuse_its_pass_on_the_rows_that_reached_them(bert_encoder_dir, toy_sentiment,
+                                                                                   monkeypatch):
+    """TF-IDF first, then two heads on one frozen encoder: the encoder runs only on the rows that reach the
+    second stage, once; the third stage slices that pass for its (fewer) rows. The report costs the cascade by
+    the share reaching each member, the shared pass counted once."""
+    from helpers import tfidf_member
+
+    from fusion import HFEncoder, TrainConfig
+    from fusion.members.hf_encoder import HFEncoder as Encoder
+
+    encoded: list[int] = []
+    original = Encoder._load
+
+    def loaded(self):
+        backbone, tokenizer = original(self)
+        if not getattr(backbone, "_counted", False):
+            backbone.register_forward_hook(lambda module, args, kwargs, out: encoded.append(len(kwargs["input_ids"]))
+                                           if "input_ids" in kwargs else encoded.append(len(args[0])),
+                                           with_kwargs=True)
+            backbone._counted = True
+        return backbone, tokenizer
+
+    monkeypatch.setattr(Encoder, "_load", loaded)
+    fast = TrainConfig(learning_rate=1e-2, max_epochs=5, batch_size=32, patience=None, show_progress=False)
+    members = [tfidf_member("tfidf"), *[HFEncoder(bert_encoder_dir, pooling=p, name=p, train_config=fast,
+                                                  show_progress=False) for p in ("mean", "cls")]]
+    ens = Ensemble(members, CascadeFuser(order=["tfidf", "mean", "cls"]), labels=["negative", "positive"],
+                   cache_dir="memory", cv=2).fit(toy_sentiment["train"])
+    texts = toy_sentiment["validation"]["text"]
+    confidence = np.sort(ens.members_[0].compute(ens._data(texts, "data"), ens.cache)["logits"].softmax(-1)
+                         .max(-1).values.numpy())
+    # Stop half the rows at the first stage (TF-IDF's median confidence) and let every row reaching the second
+    # go on to the third unless it is certain: the encoder must then run on exactly the rows that reach stage 2.
+    ens.fuser_.thresholds_ = torch.tensor([float(confidence[len(texts) // 2]), 1.01, 0.0], dtype=torch.float64)
+    encoded.clear()
+    ens.predict_proba(texts)
+    reached = ens.fuser_.last_usage_
+    assert reached[0] == 1.0 and 0 < reached[1] < 1 and reached[2] == reached[1]
+    assert sum(encoded) == round(reached[1] * len(texts)), "the encoder ran on rows that stopped at TF-IDF, or twice"
+
+    report = ens.evaluate(toy_sentiment["validation"], n_bootstrap=0)
+    usage = report.member_usage["cascade"]
+    both = next(p["seconds_per_1k"] for p in report.cost_accuracy if set(p["members"]) == {"tfidf", "mean", "cls"})
+    tfidf = report.model("tfidf").seconds_per_1k
+    own = report.model("cascade").seconds_per_1k
+    mean_after_tfidf = next(p["seconds_per_1k"] for p in report.cost_accuracy if set(p["members"]) == {"tfidf", "mean"})
+    expected = own + tfidf + (mean_after_tfidf - tfidf) * usage["mean"] + (both - mean_after_tfidf) * usage["cls"]
+    assert report.full_seconds_per_1k("cascade") == pytest.approx(expected)

@@ -375,13 +375,26 @@ class Ensemble:
         rows = data if isinstance(data, TextData) else self._data(data, "data")
         members = self._fitted_members()
 
+        selected: list[tuple[np.ndarray, TextData]] = []  # rows already asked for, as data of their own
+
+        def rows_at(at: np.ndarray) -> TextData:
+            """``at`` as data of its own; within rows asked for before (a later stage's), their subset, so a
+            backbone pass several members share is sliced, not run again."""
+            for positions, data in reversed(selected):
+                lookup = np.full(len(rows), -1, dtype=np.int64)
+                lookup[positions] = np.arange(len(positions))
+                if (lookup[at] >= 0).all():
+                    return data.subset(lookup[at])
+            selected.append((at, rows.select(at)))
+            return selected[-1][1]
+
         def run_member(index: int, at: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
             member, at = members[index], np.asarray(at, dtype=np.int64)
             whole = self.cache.get(member.fingerprint, rows.fingerprint)
             if whole is not None or len(at) == len(rows):
                 logits, embeddings = self._aligned(member, self._raw_outputs(member, rows) if whole is None else whole, len(rows))
                 return logits[at], None if embeddings is None else embeddings[at]
-            part = rows.subset(at)
+            part = rows_at(at)
             return self._aligned(member, self._raw_outputs(member, part), len(part))
 
         with self.cache.small_call(len(rows)):

@@ -164,13 +164,27 @@ class Report:
         if model.kind != "fuser":
             return model.seconds_per_1k
         if name in self.member_usage:
-            costs = {m.name: m.seconds_per_1k for m in self.members}
-            usage = self.member_usage[name]
-            if any(costs.get(member) is None for member, share in usage.items() if share > 0):
-                return None
-            return sum(costs[m] * share for m, share in usage.items() if share > 0) + (model.seconds_per_1k or 0.0)
+            return self._usage_seconds(self.member_usage[name], model.seconds_per_1k or 0.0)
         members = self.members_seconds_per_1k()
         return None if members is None else members + (model.seconds_per_1k or 0.0)
+
+    def _usage_seconds(self, usage: dict[str, float], own: float) -> float | None:
+        """A fuser that runs members on some rows only: members in the order rows reach them (most used first; a
+        cascade's stages are nested), each adding its cost over those before it (a pass they share counted once,
+        from ``cost_accuracy``'s joint costs; else its own) times the share of rows it ran on."""
+        joint = {frozenset(p["members"]): p["seconds_per_1k"] for p in self.cost_accuracy}
+        costs = {m.name: m.seconds_per_1k for m in self.members}
+        order = sorted((m for m, share in usage.items() if share > 0), key=lambda m: -usage[m])
+        total, before = own, 0.0
+        for k, member in enumerate(order):
+            prefix = joint.get(frozenset(order[: k + 1]))
+            if prefix is None:
+                if costs.get(member) is None:
+                    return None
+                prefix = before + costs[member]
+            total += (prefix - before) * usage[member]
+            before = prefix
+        return total
 
     def members_seconds_per_1k(self) -> float | None:
         """What running every member once costs per 1,000 rows: the ``cost_accuracy`` subset of all members
