@@ -28,7 +28,15 @@ from ..labels import alignment
 from ..members.base import Member, check_inputs
 from .crossfit import folds, out_of_fold_outputs
 from .fitting import fitted_member
-from .selection import Candidate, as_fusers, best_candidate, fit_candidates, with_member_candidate
+from .selection import (
+    Candidate,
+    as_fusers,
+    beats_member,
+    best_candidate,
+    fit_candidates,
+    member_candidate,
+    with_member_candidate,
+)
 
 if TYPE_CHECKING:
     from ..evaluation import Report
@@ -59,8 +67,9 @@ class Ensemble:
         members: the member specs (``HFClassifier``, ``HFEncoder``, ``SklearnMember``, ...); never modified.
         fuser: a ``Fuser``, a registered fuser kind, or a list of them. With several, every candidate is fitted
             and cross-validated on the fuser's rows, the best single member being one more (``PickFuser``,
-            ``"member: NAME"``); the kept one has the lowest cross-validated log-loss among those at least as
-            accurate as that member, so the member alone is kept when no fuser beats it (``selection.py``).
+            ``"member: NAME"``); the kept one has the lowest cross-validated log-loss among that member and the
+            fusers more accurate than it by more than one standard error, so the member alone is kept when no
+            fuser beats it by more than noise (``selection.py``).
             None (default): the registered default candidates (``fusion.fusers.default_fusers()``: mean,
             linear, stacking, caruana) compared that way, an ensemble that does not lose to its best member.
         labels: the label names, in id order. Default: the training data's ClassLabel names, its string
@@ -323,10 +332,10 @@ class Ensemble:
         logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
         candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels_ids, cv=self.cv, seed=self.seed,
                                     cross_validate=len(self.fusers) > 1 or mode == "validation")
-        best = best_candidate(candidates)
+        best = best_candidate(candidates, labels_ids)
         self.fuser_, self.fuser_data_ = best.fuser, mode
         self.candidates_ = {c.label: c.fuser for c in candidates}
-        self.selection_ = _selection(candidates, best, mode, self.cv) if len(candidates) > 1 else None
+        self.selection_ = _selection(candidates, best, mode, self.cv, labels_ids) if len(candidates) > 1 else None
         self.member_fitting_ = self._member_fitting(mode)
         self._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation"}
         self._validation, self._report, self._metrics = val_data, None, None
@@ -659,10 +668,15 @@ class Ensemble:
         return load_ensemble(cls, resolve_saved(directory, revision), checked, cache_dir)
 
 
-def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int) -> dict[str, Any]:
+def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int,
+               labels: np.ndarray | None = None) -> dict[str, Any]:
     member = best.label.removeprefix("member: ") if isinstance(best.fuser, PickFuser) else None
+    alone = member_candidate(candidates)
+    beats = ({c.label: beats_member(c, alone, labels) for c in candidates if c is not alone}
+             if alone is not None and labels is not None else None)
     return {"rows": mode, "cv": cv, "metric": "log_loss", "chosen": best.label,
             "member": member,  # the single member kept when it beat every fuser; else None
+            "beats_member": beats,  # per fuser: more accurate than the best member by more than one standard error
             "scores": {c.label: c.cv_scores for c in candidates}}
 
 
@@ -674,8 +688,8 @@ def _selection_note(selection: dict[str, Any]) -> str:
         return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated accuracy on the "
                 f"{selection['rows']} rows, not by its score on these rows.")
     return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated log-loss on the "
-            f"{selection['rows']} rows, among those at least as accurate there as the best single member "
-            f"(log-loss / accuracy: {scores}), not by its score on these rows.")
+            f"{selection['rows']} rows, among the best single member and the fusers more accurate there than it by "
+            f"more than one standard error (log-loss / accuracy: {scores}), not by its score on these rows.")
 
 
 

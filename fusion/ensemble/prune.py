@@ -125,11 +125,11 @@ def prune(ensemble: Ensemble, *, max_seconds_per_1k: float | None = None, max_me
     candidates = fit_candidates(with_member_candidate(pruned.fusers), subset_outputs, np.asarray(fit_labels),
                                 cv=pruned.cv, seed=pruned.seed,
                                 cross_validate=len(pruned.fusers) > 1 or mode == "validation")
-    chosen = best_candidate(candidates)
+    chosen = best_candidate(candidates, np.asarray(fit_labels))
     pruned._set_fitted([ensemble.members_[i] for i in keep], chosen.fuser, list(ensemble.labels_))
     pruned.fuser_data_, pruned.label_note_ = mode, ensemble.label_note_
     pruned.candidates_ = {c.label: c.fuser for c in candidates}
-    pruned.selection_ = _selection(candidates, chosen, mode, pruned.cv) if len(candidates) > 1 else None
+    pruned.selection_ = _selection(candidates, chosen, mode, pruned.cv, np.asarray(fit_labels)) if len(candidates) > 1 else None
     pruned.member_fitting_ = {n: r for n, r in ensemble.member_fitting_.items() if n in best["members"]}
     pruned._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation" and fuser_rows is not None}
     pruned._validation, pruned._validation_facts = ensemble._validation, dict(ensemble._validation_facts)

@@ -3,9 +3,10 @@
 Each candidate is scored on out-of-fold fused predictions (K folds over the rows fusers learn from), never
 on rows it was fitted on, then refitted on all of them. When several candidates are compared, the best single
 member is one more (``PickFuser``, listed last, named ``"member: NAME"``: in each fold, the member most
-accurate on the other folds). The winner has the lowest cross-validated log-loss among the candidates whose
-cross-validated accuracy is at least the best single member's (an exact tie: the first listed), so a fuser
-is kept only where it beats that member there on both counts, and the member alone is kept otherwise.
+accurate on the other folds). The winner has the lowest cross-validated log-loss among that member and the
+fusers whose cross-validated accuracy beats it by more than one standard error of the paired per-row
+difference (an exact tie: the first listed), so a fuser is kept only where it beats the member by more than
+noise, and the member alone is kept otherwise.
 ``Ensemble(members)`` with no fuser named compares ``default_fusers()`` this way.
 """
 
@@ -23,7 +24,7 @@ from ..fusers import FUSERS, Fuser, MemberOutputs, PickFuser, default_fusers
 from .crossfit import out_of_fold_fused
 
 __all__ = ["Candidate", "as_fusers", "with_member_candidate", "candidate_labels", "fit_candidates",
-           "best_candidate", "member_candidate"]
+           "best_candidate", "member_candidate", "beats_member"]
 
 
 @dataclass
@@ -97,20 +98,46 @@ def member_candidate(candidates: Sequence[Candidate]) -> Candidate | None:
     return next((c for c in candidates if isinstance(c.fuser, PickFuser) and c.fuser.config.member is None), None)
 
 
-def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
-    """Lowest cross-validated log-loss among the candidates at least as accurate, cross-validated, as the
-    best single member (itself one of them); an exact tie goes to the first listed.
+def beats_member(candidate: Candidate, member: Candidate, labels: np.ndarray) -> bool:
+    """True when ``candidate``'s cross-validated accuracy exceeds the best member's by more than one standard
+    error of their paired per-row difference (the one-standard-error rule of Breiman et al. 1984): a gain that
+    row-to-row noise could explain does not count, as on new rows it is as likely to be a loss.
 
     Example:
-        >>> scores = {"mean": (0.90, 0.30), "linear": (0.86, 0.25), "member: a": (0.88, 0.35)}
-        >>> found = [Candidate(k, PickFuser() if k.startswith("member") else None, None,
-        ...                    {"accuracy": a, "log_loss": l}, 0.0) for k, (a, l) in scores.items()]
-        >>> best_candidate(found).label  # linear has the lowest log-loss but is less accurate than the member
+        >>> labels = np.array([0, 0, 1, 1, 1, 1, 0, 0])
+        >>> def cand(predicted):  # a candidate whose out-of-fold prediction is ``predicted`` on every row
+        ...     return Candidate("c", None, np.eye(2)[predicted], {}, 0.0)
+        >>> member = cand(np.array([0, 0, 1, 1, 0, 0, 0, 0]))  # right on 6 of 8 rows
+        >>> beats_member(cand(np.array([0, 0, 1, 1, 1, 0, 0, 0])), member, labels)  # one more row right
+        False
+        >>> beats_member(cand(labels), member, labels)  # right on every row: +2 rows, difference 0.25 > 0.16
+        True
+    """
+    difference = ((candidate.cv_proba.argmax(1) == labels).astype(float)
+                  - (member.cv_proba.argmax(1) == labels).astype(float))
+    gain = difference.mean()
+    error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.inf
+    return bool(gain > error)
+
+
+def best_candidate(candidates: Sequence[Candidate], labels: np.ndarray | None = None) -> Candidate:
+    """The lowest cross-validated log-loss among the best single member and the fusers that beat it on
+    cross-validated accuracy by more than noise (``beats_member``); an exact tie goes to the first listed.
+    Without a member candidate (or ``labels``), the lowest log-loss of all.
+
+    Example:
+        >>> labels = np.array([0, 1] * 50)
+        >>> right = np.eye(2)[labels] * 0.8 + 0.1  # every row right, 0.9 sure
+        >>> member = Candidate("member: a", PickFuser(), np.where(np.arange(100)[:, None] < 80, right, 1 - right),
+        ...                    {"accuracy": 0.8, "log_loss": 0.53}, 0.0)
+        >>> mean = Candidate("mean", None, right, {"accuracy": 1.0, "log_loss": 0.11}, 0.0)
+        >>> best_candidate([mean, member], labels).label  # +20 points, far beyond one standard error
         'mean'
     """
     if len(candidates) == 1 or candidates[0].cv_scores is None:
         return candidates[0]
     member = member_candidate(candidates)
-    floor = member.cv_scores["accuracy"] if member is not None else -np.inf
-    eligible = [c for c in candidates if c is member or c.cv_scores["accuracy"] >= floor]
+    if member is None or labels is None:
+        return min(candidates, key=lambda c: c.cv_scores["log_loss"])
+    eligible = [c for c in candidates if c is member or beats_member(c, member, np.asarray(labels))]
     return min(eligible, key=lambda c: c.cv_scores["log_loss"])
