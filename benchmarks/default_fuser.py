@@ -87,13 +87,9 @@ def splits(name: str) -> tuple[dict, dict, list[str]]:
 
 
 def paired(report, name: str) -> str:
-    """The report's paired test of a fuser against its best member: accuracy gain, interval, McNemar p."""
+    """The report's paired test of ``name`` (a fuser, or a student against the best fuser), on one line."""
     test = next((t for t in report.tests if t.fuser == name), None)
-    if test is None or test.accuracy_delta_ci95 is None:
-        return "n/a"
-    low, high = test.accuracy_delta_ci95
-    return (f"vs {test.against}: {100 * test.accuracy_delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], "
-            f"p={test.p_value:.3g}")
+    return "" if test is None else test.summary()
 
 
 def run(cache: str, all_fusers: bool) -> tuple[list[str], list[str]]:

@@ -108,8 +108,8 @@ def main() -> None:
     print(f"data: {args.data} ({len(train['text'])} train, {len(validation['text'])} validation rows)")
 
     members = build_members(args.model or minilm_path(), not args.quiet)
-    # Every candidate fuser is fitted on out-of-fold training outputs; the one with the best cross-validated
-    # accuracy on those rows is kept (never chosen by its score on the validation rows it is reported on).
+    # Every candidate fuser is fitted on out-of-fold training outputs and cross-validated there, against the best
+    # single member (see fusion.ensemble.selection); never chosen by its score on the validation rows.
     fusers = [MeanFuser(), VoteFuser(), LinearFuser(), StackingFuser()]
     ensemble = Ensemble(members, fuser=fusers, labels=labels, cache_dir=args.cache_dir)
     start = time.perf_counter()
@@ -118,7 +118,8 @@ def main() -> None:
     report = ensemble.report_  # every member and candidate fuser on the validation split
     print_table([(("fuser: " if m.kind == "fuser" else "") + m.name, m.metrics) for m in report.models])
     print(f"(validation split; fusers fitted on out-of-fold training outputs; fitting everything took {seconds:.1f} s)")
-    print(f"kept {ensemble.selection_['chosen']} (best {ensemble.cv}-fold cross-validated accuracy on the train rows)")
+    print(f"kept {ensemble.selection_['chosen']} (by {ensemble.cv}-fold cross-validated log-loss on the train rows, "
+          "among the best member and the fusers more accurate than it there by more than one standard error)")
     expected = ensemble.predict_proba(validation)
     ensemble.save_pretrained(args.out)
     print(f"report: {args.out / 'report' / 'report.html'} (also report.md, report.json, and the model card)")

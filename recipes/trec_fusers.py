@@ -69,12 +69,9 @@ def build_members(model: str) -> list:
 
 
 def paired(report, name: str) -> str:
+    """The report's paired test of ``name`` (a fuser, or a student against the best fuser), on one line."""
     test = next((t for t in report.tests if t.fuser == name), None)
-    if test is None or test.accuracy_delta_ci95 is None:
-        return ""
-    low, high = test.accuracy_delta_ci95
-    return (f"vs {test.against}: {100 * test.accuracy_delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
-            f"p={test.p_value:.2g}")
+    return "" if test is None else test.summary()
 
 
 def cost(report, name: str) -> str:
@@ -149,6 +146,12 @@ def main() -> None:
           f"rows reaching each member {', '.join(f'{m} {100 * s:.0f}%' for m, s in usage.items())}; "
           f"cost {cost(cascade_report, 'cascade')} s/1k rows against {cost(report, full_name)} for the full "
           f"ensemble ({full_name}, accuracy {report.model(full_name).metrics['accuracy']:.4f})")
+    member_ll = min(report.model(m.name).metrics["log_loss"] for m in report.members)
+    full_ll, cascade_ll = report.model(full_name).metrics["log_loss"], cascade_report.model("cascade").metrics["log_loss"]
+    share = cascade_report.full_seconds_per_1k("cascade") / report.full_seconds_per_1k(full_name)
+    print(f"   the cascade keeps {(member_ll - cascade_ll) / (member_ll - full_ll):.0%} of the full ensemble's "
+          f"log-loss gain over the best member ({member_ll:.4f} -> {full_ll:.4f}; cascade {cascade_ll:.4f}) at "
+          f"{share:.0%} of its cost")
     cascade_wall = wall_seconds(cascade, args.out / "cascade", texts)
     full_wall = wall_seconds(ensemble, args.out / "full", texts)
     print(f"   predicting the {len(texts)} held-out rows from an empty cache: cascade {cascade_wall:.1f} s, "

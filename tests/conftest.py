@@ -44,6 +44,17 @@ def _fresh_state():
 # --- Tiny real Hugging Face models and toy data (tests/tiny_models.py), built once per session. ---
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the two spin-wait on each
+    other (a 0.5 s fuser fit then takes 10 s); float sums stay identical. The previous setting is restored.
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def bert_classifier_dir(tmp_path_factory):
     """A saved BERT classifier with labels ["negative", "positive"] and a WordPiece tokenizer."""

@@ -22,13 +22,7 @@ from fusion.members.base import Member, MemberConfig
 LABELS = ["neg", "pos"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only spin-wait on a busy machine (as in test_fusers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ColumnMember(Member):

@@ -25,13 +25,7 @@ TEACHER = TrainConfig(learning_rate=1e-2, max_epochs=25, batch_size=64, show_pro
 STUDENT = TrainConfig(learning_rate=1e-2, max_epochs=60, batch_size=32, show_progress=False, patience=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on 2 cores: one intra-op thread is faster, and float sums stay identical."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- the loss

@@ -30,7 +30,7 @@ def test_sst2_demo_runs_on_a_tiny_encoder(bert_encoder_dir, sentiment_dir, tmp_p
     assert "reloaded predictions identical: True" in table
     assert (tmp_path / "ens" / "fusion_config.json").is_file()
     report = Report.load(tmp_path / "ens" / "report")
-    kept = table.split("\nkept ")[1].split(" (best ")[0]
+    kept = table.split("\nkept ")[1].split(" (by ")[0]
     assert [m.name for m in report.fusers][0] == kept  # the kept fuser first, then the other candidates
     names = [m.name for m in report.fusers]  # the four fusers and the best single member ("member: NAME")
     assert sorted(n for n in names if not n.startswith("member: ")) == ["linear", "mean", "stacking", "vote"]
@@ -70,3 +70,17 @@ def test_soups_vs_ensembles_runs_on_a_tiny_checkpoint(bert_encoder_dir, sentimen
     assert {"ft-seed0", "ft-seed1", "uniform-soup", "ties-d0.5", "learned-soup-model"} <= names
     soup, single = report.full_seconds_per_1k("uniform-soup"), report.full_seconds_per_1k("ft-seed0")
     assert soup is not None and single is not None  # a merge costs one model's inference, measured
+
+
+@pytest.mark.slow
+def test_trec_fusers_recipe_runs_on_a_tiny_encoder(bert_encoder_dir, sentiment_dir, tmp_path):
+    table = run_recipe("trec_fusers.py", "--data", str(sentiment_dir), "--model", str(bert_encoder_dir),
+                       "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
+    assert "1. default: kept " in table and "held-out accuracy" in table
+    for row in ("fuser: mean", "fuser: vote", "fuser: linear", "fuser: stacking", "fuser: caruana", "fuser: gating",
+                "fuser: feature", "fuser: cascade", "student: distilled"):
+        assert row in table
+    assert "3. cascade (members in cost order: tfidf-logreg" in table  # the cheapest member first
+    assert "of the full ensemble's log-loss gain" in table and "predicting the 80 held-out rows" in table
+    assert "4. prune(max_members=2): kept [" in table and "4. prune(max_seconds_per_1k=" in table
+    assert "the same head on hard labels alone: 0." in table

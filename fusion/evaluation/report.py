@@ -107,6 +107,17 @@ class PairedTest:
     fuser_only_correct: int
     member_only_correct: int
 
+    def summary(self) -> str:
+        """One line: the accuracy gain in points with its paired 95% interval, and the test's p-value.
+
+        Example:
+            >>> PairedTest("stacking", "tfidf", "mcnemar", 0.0123, 0.031, [0.012, 0.05], 40, 6).summary()
+            'vs tfidf: +3.1 [+1.2, +5.0] points, p=0.012'
+        """
+        interval = ("" if self.accuracy_delta_ci95 is None else
+                    " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in self.accuracy_delta_ci95)))
+        return f"vs {self.against}: {100 * self.accuracy_delta:+.1f}{interval} points, p={self.p_value:.2g}"
+
 
 @dataclass
 class Report:
