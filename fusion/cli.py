@@ -161,8 +161,8 @@ def _print_build_table(ensemble: Any, report: Report) -> None:
     if selection:
         cv = ", ".join(f"{k} {v['log_loss']:.4f} / {v['accuracy']:.4f}" for k, v in selection["scores"].items())
         print(f"kept {selection['chosen']}: lowest {selection['cv']}-fold cross-validated log-loss on the "
-              f"{selection['rows']} rows among the best member and the fusers more accurate there than it by more "
-              f"than one standard error (log-loss / accuracy: {cv})")
+              f"{selection['rows']} rows among the best member and the fusers more accurate there than it beyond "
+              f"noise (95% paired interval above 0; log-loss / accuracy: {cv})")
 
 
 NAME_THE_LABELS = ("name the labels in id order with a `labels:` list under `data:` in the recipe (e.g. `labels: "

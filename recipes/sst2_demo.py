@@ -119,7 +119,7 @@ def main() -> None:
     print_table([(("fuser: " if m.kind == "fuser" else "") + m.name, m.metrics) for m in report.models])
     print(f"(validation split; fusers fitted on out-of-fold training outputs; fitting everything took {seconds:.1f} s)")
     print(f"kept {ensemble.selection_['chosen']} (by {ensemble.cv}-fold cross-validated log-loss on the train rows, "
-          "among the best member and the fusers more accurate than it there by more than one standard error)")
+          "among the best member and the fusers more accurate than it there beyond noise)")
     expected = ensemble.predict_proba(validation)
     ensemble.save_pretrained(args.out)
     print(f"report: {args.out / 'report' / 'report.html'} (also report.md, report.json, and the model card)")

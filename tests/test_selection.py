@@ -1,5 +1,5 @@
 """The selection rule on hand-made candidates: the lowest cross-validated log-loss among the best member and the
-fusers that beat it on cross-validated accuracy by more than one standard error of the paired difference."""
+fusers that beat it on cross-validated accuracy beyond noise (a 95% interval of the paired difference above 0)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def rows_right(count: int, start: int = 0) -> np.ndarray:
 
 def test_a_gain_within_one_standard_error_keeps_the_member():
     member = candidate("member: a", rows_right(160), 0.7, PickFuser())
-    # Right on 12 rows the member gets wrong, wrong on 10 it gets right: +1 point, one standard error 2.3 points.
+    # Right on 12 rows the member gets wrong, wrong on 10 it gets right: +1 point, its standard error 2.3 points.
     nearly = candidate("mean", rows_right(162, start=10), 0.9)
     assert nearly.cv_scores["log_loss"] < member.cv_scores["log_loss"]
     assert not beats_member(nearly, member, LABELS)

@@ -68,7 +68,7 @@ class Ensemble:
         fuser: a ``Fuser``, a registered fuser kind, or a list of them. With several, every candidate is fitted
             and cross-validated on the fuser's rows, the best single member being one more (``PickFuser``,
             ``"member: NAME"``); the kept one has the lowest cross-validated log-loss among that member and the
-            fusers more accurate than it by more than one standard error, so the member alone is kept when no
+            fusers more accurate than it beyond noise (a 95% paired interval above 0), so the member alone is kept when no
             fuser beats it by more than noise (``selection.py``).
             None (default): the registered default candidates (``fusion.fusers.default_fusers()``: mean,
             linear, stacking, caruana) compared that way, an ensemble that does not lose to its best member.
@@ -676,7 +676,7 @@ def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int,
              if alone is not None and labels is not None else None)
     return {"rows": mode, "cv": cv, "metric": "log_loss", "chosen": best.label,
             "member": member,  # the single member kept when it beat every fuser; else None
-            "beats_member": beats,  # per fuser: more accurate than the best member by more than one standard error
+            "beats_member": beats,  # per fuser: more accurate than the best member beyond noise
             "scores": {c.label: c.cv_scores for c in candidates}}
 
 
@@ -689,7 +689,8 @@ def _selection_note(selection: dict[str, Any]) -> str:
                 f"{selection['rows']} rows, not by its score on these rows.")
     return (f"{kept} was chosen among the candidates by {selection['cv']}-fold cross-validated log-loss on the "
             f"{selection['rows']} rows, among the best single member and the fusers more accurate there than it by "
-            f"more than one standard error (log-loss / accuracy: {scores}), not by its score on these rows.")
+            f"more than noise (a 95% paired interval of the gain above 0; log-loss / accuracy: {scores}), not by its "
+            "score on these rows.")
 
 
 

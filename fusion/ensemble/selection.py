@@ -4,9 +4,8 @@ Each candidate is scored on out-of-fold fused predictions (K folds over the rows
 on rows it was fitted on, then refitted on all of them. When several candidates are compared, the best single
 member is one more (``PickFuser``, listed last, named ``"member: NAME"``: in each fold, the member most
 accurate on the other folds). The winner has the lowest cross-validated log-loss among that member and the
-fusers whose cross-validated accuracy beats it by more than one standard error of the paired per-row
-difference (an exact tie: the first listed), so a fuser is kept only where it beats the member by more than
-noise, and the member alone is kept otherwise.
+fusers whose cross-validated accuracy beats it beyond noise (the 95% interval of the paired per-row
+difference above 0; an exact tie: the first listed), so the member alone is kept otherwise.
 ``Ensemble(members)`` with no fuser named compares ``default_fusers()`` this way.
 """
 
@@ -98,26 +97,30 @@ def member_candidate(candidates: Sequence[Candidate]) -> Candidate | None:
     return next((c for c in candidates if isinstance(c.fuser, PickFuser) and c.fuser.config.member is None), None)
 
 
+Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
 def beats_member(candidate: Candidate, member: Candidate, labels: np.ndarray) -> bool:
-    """True when ``candidate``'s cross-validated accuracy exceeds the best member's by more than one standard
-    error of their paired per-row difference (the one-standard-error rule of Breiman et al. 1984): a gain that
-    row-to-row noise could explain does not count, as on new rows it is as likely to be a loss.
+    """True when ``candidate``'s cross-validated accuracy beats the best member's beyond noise: the normal 95%
+    interval of their paired per-row difference lies above 0 (gain > 1.96 standard errors; the report's paired
+    intervals ask the same of held-out rows). A gain that row-to-row noise could explain does not count, as
+    on new rows it is as likely to be a loss.
 
     Example:
         >>> labels = np.array([0, 0, 1, 1, 1, 1, 0, 0])
         >>> def cand(predicted):  # a candidate whose out-of-fold prediction is ``predicted`` on every row
         ...     return Candidate("c", None, np.eye(2)[predicted], {}, 0.0)
-        >>> member = cand(np.array([0, 0, 1, 1, 0, 0, 0, 0]))  # right on 6 of 8 rows
-        >>> beats_member(cand(np.array([0, 0, 1, 1, 1, 0, 0, 0])), member, labels)  # one more row right
+        >>> member = cand(np.array([0, 0, 1, 1, 0, 0, 1, 1]))  # right on 4 of 8 rows
+        >>> beats_member(cand(np.array([0, 0, 1, 1, 1, 1, 1, 1])), member, labels)  # 2 more right: +0.25 < 1.96 * 0.16
         False
-        >>> beats_member(cand(labels), member, labels)  # right on every row: +2 rows, difference 0.25 > 0.16
+        >>> beats_member(cand(labels), member, labels)  # 4 more right: +0.5 > 1.96 * 0.19
         True
     """
     difference = ((candidate.cv_proba.argmax(1) == labels).astype(float)
                   - (member.cv_proba.argmax(1) == labels).astype(float))
     gain = difference.mean()
     error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.inf
-    return bool(gain > error)
+    return bool(gain > Z_95 * error)
 
 
 def best_candidate(candidates: Sequence[Candidate], labels: np.ndarray | None = None) -> Candidate:
@@ -131,7 +134,7 @@ def best_candidate(candidates: Sequence[Candidate], labels: np.ndarray | None = 
         >>> member = Candidate("member: a", PickFuser(), np.where(np.arange(100)[:, None] < 80, right, 1 - right),
         ...                    {"accuracy": 0.8, "log_loss": 0.53}, 0.0)
         >>> mean = Candidate("mean", None, right, {"accuracy": 1.0, "log_loss": 0.11}, 0.0)
-        >>> best_candidate([mean, member], labels).label  # +20 points, far beyond one standard error
+        >>> best_candidate([mean, member], labels).label  # +20 points, far beyond noise
         'mean'
     """
     if len(candidates) == 1 or candidates[0].cv_scores is None:
