@@ -256,6 +256,11 @@ def test_fusers_are_built_through_their_config(tmp_path, sentiment_dir):
     assert not quiet.config.train_config.show_progress and quiet.fingerprint == linear.fingerprint
 
 
+def test_a_recipe_without_fusers_compares_the_default_candidates(tmp_path, sentiment_dir):
+    recipe = parse(BASE["data"] + BASE["members"], tmp_path, data=sentiment_dir)
+    assert [f.kind for f in recipe.build_fusers()] == ["mean", "linear", "stacking", "caruana"]  # as Ensemble(members)
+
+
 @pytest.mark.parametrize(
     ("annotation", "good", "bad", "text"),
     [

@@ -29,7 +29,7 @@ Reference::
       - kind: merged                   # fine-tunes of one checkpoint merged in weight space (fusion.merging)
         models: [out/ft-a, out/ft-b]
         method: {name: linear, params: {weight: [0.6, 0.4]}}
-    fusers: [mean, vote, linear, {name: stacking, params: {meta: logreg}}]   # params: the fuser's config
+    fusers: [mean, vote, linear, {name: stacking, params: {meta: logreg}}]   # params: the fuser's config; left out: mean, linear, stacking, caruana and the best member, as Ensemble(members)
     ensemble: {cache_dir: cache, cv: 5, seed: 0, fuser_data: auto}
     report: {formats: [html, md, json]}
 

@@ -14,7 +14,7 @@ import yaml
 from ..datafiles import DataSpec
 from ..ensemble.ensemble import Ensemble
 from ..errors import FusionError, did_you_mean
-from ..fusers import FUSERS, Fuser
+from ..fusers import FUSERS, Fuser, default_fusers
 from ..members.base import MEMBERS, Member
 from ..train_config import TrainConfig
 from .document import MAX_RECIPE_BYTES, Document, KeyPath, RecipeError, describe, fmt, parse_yaml
@@ -166,9 +166,11 @@ class Recipe:
         return members
 
     def build_fusers(self, show_progress: bool = True) -> list[Fuser]:
-        """Fresh, unfitted fusers in the order listed (default: ``[mean]``)."""
+        """Fresh, unfitted fusers in the order listed (default, as ``Ensemble(members)``: the default candidates,
+        ``fusion.fusers.default_fusers()``, compared with the best member)."""
+        default = [fuser.kind for fuser in default_fusers()]
         return [read_component(self.doc, ("fusers", i), value, FUSERS, _make_fuser(show_progress))
-                for i, value in enumerate(_read_list(self.doc, "fusers", ["mean"]))]
+                for i, value in enumerate(_read_list(self.doc, "fusers", default))]
 
     def build_ensemble(self, members: list[Member], labels: list[str] | None = None,
                        fusers: list[Fuser] | None = None) -> Ensemble:
