@@ -123,7 +123,8 @@ class GatingFuser(Fuser):
             logger.info("gating: %d fit rows (< min_rows=%d): global member weights instead of a per-row gate",
                         len(labels), c.min_rows)
         self.global_ = torch.tensor(int(fallback))
-        self.gate_ = Gate(features.shape[1], outputs.n_members, 0 if fallback else c.hidden)
+        with seeded(c.train_config.seed):  # the gate's initial weights: the same fit twice gives the same gate
+            self.gate_ = Gate(features.shape[1], outputs.n_members, 0 if fallback else c.hidden)
         standardised = (features - self.mean_) / self.scale_
         rows = TensorRows(features=standardised, member_logp=outputs.logits.log_softmax(-1), labels=labels)
         entropy = c.entropy
@@ -133,8 +134,7 @@ class GatingFuser(Fuser):
             nll = per_example_cross_entropy(mixed, batch["labels"], log_probabilities=True)
             return nll + entropy * -(log_g.exp() * log_g).sum(-1) if entropy else nll
 
-        with seeded(c.train_config.seed):  # the gate's initial weights
-            model = _Mixture(self.gate_, c.temperature)
+        model = _Mixture(self.gate_, c.temperature)
         self.training_ = train(model, loss, rows, c.train_config, desc="gating fuser")
         self.gate_.eval()
         with torch.inference_mode():
