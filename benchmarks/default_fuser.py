@@ -106,7 +106,7 @@ def run(cache: str, all_fusers: bool) -> tuple[list[str], list[str]]:
             chosen = ens.selection_["chosen"]
             gap = 100 * (fused - member_acc[best])
             report = ens.evaluate(held_out, n_bootstrap=1000, seed=0)
-            test = "" if ens.selection_["member"] else paired(report, ens._fuser_label())
+            test = "" if ens.selection_["member"] else paired(report, chosen)
             default_rows.append(f"| {dataset} | {set_name} | {len(train['text'])} / {len(held_out['text'])} | "
                                 f"{best} {member_acc[best]:.4f} | {chosen} | {fused:.4f} | {gap:+.2f} | "
                                 f"{'yes' if gap >= -0.2 else 'NO'} | {test} | {time.perf_counter() - start:.0f} |")

@@ -153,6 +153,20 @@ def test_on_the_rows_a_fuser_learnt_from_the_soft_labels_are_its_out_of_fold_pre
     assert not np.allclose(proba, ens.predict_proba(validation))  # not the fuser graded on its own fit rows
 
 
+def test_distilling_on_the_training_rows_leaves_the_rows_prune_chooses_on_alone():
+    """An ensemble whose fuser learnt from validation rows: the out-of-fold soft labels on the training rows must
+    not replace the fuser rows that prune chooses members on and refits the fuser on."""
+    ens = Ensemble([TorchMember(net(), name="a", train_config=TEACHER), TorchMember(net(), name="b",
+                    train_config=TEACHER.replace(seed=1))], fuser="mean", labels=LABELS, text_column="x",
+                   fuser_data="validation", cv=2, cache_dir="memory")
+    train, validation = blobs(300, 0), blobs(120, 2)
+    ens.fit(train, validation)
+    outputs, labels = ens._fuser_outputs
+    ens.distill(TorchMember(net(), name="student", train_config=STUDENT), train)
+    assert ens._fuser_outputs[0] is outputs and len(ens._fuser_outputs[1]) == len(labels) == 120
+    assert ens.prune(max_members=1).pruned_["rows"] == "the fuser's validation rows"
+
+
 def test_a_distillation_fit_is_never_served_from_a_hard_label_fit_in_the_cache(tmp_path):
     cache = OutputCache(tmp_path / "cache")
     data = as_text_data(blobs(80, 1), text_column="x", label_names=LABELS)

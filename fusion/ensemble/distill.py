@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..config import is_number
 from ..errors import ConfigError
 from ..fusers import PickFuser
 from ..inputs import TextData
@@ -86,12 +87,10 @@ def _check_student(student: Any, members: list[Member], temperature: Any, alpha:
     if student.name in {m.name for m in members}:
         raise ConfigError(f"distill: the student's name {student.name!r} is already a member's; pass name= to the "
                           "student to tell them apart (it is reported beside the members).")
-    number = (int, float)
-    if not isinstance(temperature, number) or isinstance(temperature, bool) or not (
-            math.isfinite(temperature) and temperature > 0):
+    if not (is_number(temperature) and temperature > 0):
         raise ConfigError(f"distill: temperature must be a number > 0 (1 leaves the probabilities as they are, "
                           f"2 to 5 is usual); got {temperature!r}.")
-    if not isinstance(alpha, number) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+    if not (is_number(alpha) and 0.0 <= alpha <= 1.0):
         raise ConfigError(f"distill: alpha, the weight of the soft labels against the hard ones, must be in [0, 1]; "
                           f"got {alpha!r}.")
 

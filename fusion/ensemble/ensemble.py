@@ -140,6 +140,7 @@ class Ensemble:
         self._report: Report | None = None
         self._metrics: dict[str, Any] | None = None
         self._members_key: tuple | None = None
+        self._fuser_outputs: tuple[MemberOutputs, np.ndarray] | None = None
         self.students_: dict[str, Member] = {}  # distilled students by name (``distill``)
 
     def _set_fitted(self, members: list[Member], fuser: Fuser | None, labels: list[str]) -> Ensemble:
@@ -290,7 +291,6 @@ class Ensemble:
                    else self._raw_outputs(fitted, train) for spec, fitted in zip(self.members, self.members_, strict=True)]
             self._measure_costs(train)
             rows = self._stack(self.members_, raw, len(train), train), train.labels
-        self._fuser_outputs = rows  # what prune refits fusers on
         return rows
 
     def _measure_costs(self, train: TextData) -> None:
@@ -329,6 +329,7 @@ class Ensemble:
         self.members_ = self._fit_members(train_data)
         self.fusers = as_fusers(self.fuser)
         outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
+        self._fuser_outputs = (outputs, labels_ids)  # what prune chooses members on and refits fusers on
         logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
         candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels_ids, cv=self.cv, seed=self.seed,
                                     cross_validate=len(self.fusers) > 1 or mode == "validation")

@@ -76,7 +76,7 @@ def _rows(ensemble: Ensemble, data: Any) -> tuple[MemberOutputs | None, np.ndarr
     if data is not None:
         rows = data if isinstance(data, TextData) else ensemble._data(data, "prune data", require_labels=True)
         return ensemble.member_outputs(rows), rows.labels, "the given data"
-    kept = getattr(ensemble, "_fuser_outputs", None)
+    kept = ensemble._fuser_outputs
     if kept is None:
         return None, None, ""
     return kept[0], kept[1], f"the fuser's {ensemble.fuser_data_} rows"
@@ -104,7 +104,7 @@ def prune(ensemble: Ensemble, *, max_seconds_per_1k: float | None = None, max_me
     if ensemble.fuser_ is None or ensemble.members_ is None:
         raise NotFittedError("prune needs a fitted ensemble; call fit(train, validation) first.")
     chosen_on, labels, rows = _rows(ensemble, data)
-    fuser_rows = getattr(ensemble, "_fuser_outputs", None)
+    fuser_rows = ensemble._fuser_outputs
     if chosen_on is None or (fuser_rows is None and data is None):
         raise ConfigError("prune: this ensemble keeps no fuser rows (it was loaded, not fitted here); pass data= "
                           "(labelled rows) to choose the members on and refit its fuser on.")
