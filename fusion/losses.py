@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distillation_loss", "per_example_cross_entropy", "targets_loss"]
+__all__ = ["distillation_loss", "features_loss", "per_example_cross_entropy", "targets_loss"]
 
 
 def per_example_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, *, log_probabilities: bool = False
@@ -75,3 +75,15 @@ def targets_loss(scores: torch.Tensor, labels: torch.Tensor, soft_targets: torch
     if soft_targets is None:
         return per_example_cross_entropy(scores, labels)
     return distillation_loss(scores, soft_targets, labels, temperature=temperature, alpha=alpha)
+
+
+def features_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], **distillation: float) -> torch.Tensor:
+    """The per-row loss of a model on feature rows, ``model(batch["x"])`` against ``batch["y"]``: what a head on
+    embeddings and a ``TorchMember`` train with. Rows carrying ``batch["soft_targets"]`` (a distillation student)
+    use :func:`distillation_loss` with ``distillation``'s temperature and alpha.
+
+    Example:
+        >>> round(float(features_loss(torch.nn.Identity(), {"x": torch.zeros(1, 2), "y": torch.tensor([0])})[0]), 4)
+        0.6931
+    """
+    return targets_loss(model(batch["x"]), batch["y"], batch.get("soft_targets"), **distillation)

@@ -19,7 +19,7 @@ from ..config import LoadOptions, coerced, digest, is_bool, one_of
 from ..engine import max_input_length, run_model
 from ..inputs import SoftTargets, TextData, holdout_split
 from ..io import sha256_tensors
-from ..losses import targets_loss
+from ..losses import features_loss, targets_loss
 from ..progress import quiet_transformers
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
@@ -224,7 +224,7 @@ class HFEncoder(HFMember):
         head = self._new_head(emb.shape[1], len(label_names), config.seed)
         rows = {"x": emb, "y": labels, **({"soft_targets": soft_rows} if soft_rows is not None else {})}
         val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
-        train(head, functools.partial(_head_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
+        train(head, functools.partial(features_loss, **(soft.loss_options if soft else {})), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
               config, val, desc=f"{self.name} head")
         self.head_ = head
 
@@ -295,11 +295,6 @@ class HFEncoder(HFMember):
     def describe(self) -> str:
         mode = "fine-tuned" if self.config.finetune else "frozen"
         return f"`{model_label(self.source.model)}` ({mode}), {self.config.pooling} pooling, {self.config.head.kind} head"
-
-
-def _head_loss(head: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
-    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
-    return targets_loss(head(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
 def _model_loss(model: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:

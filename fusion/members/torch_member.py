@@ -13,19 +13,14 @@ from torch import nn
 from ..cache.store import OutputCache, Outputs
 from ..config import at_least, is_bool, object_field, setting
 from ..errors import ConfigError, DataError
-from ..inputs import SoftTargets, TextData, holdout_split
-from ..losses import targets_loss
+from ..inputs import TextData, holdout_split
+from ..losses import features_loss
 from ..train_config import TrainConfig
 from ..training import TensorRows, seeded, train
 from .base import FRACTION, MEMBERS, Member, MemberConfig, train_config_field, with_progress
 from .heads import describe_module, identify_module, reinitialized_copy
 
 DEFAULT_TRAINING = TrainConfig(learning_rate=1e-3, max_epochs=100, batch_size=128, weight_decay=1e-4, patience=8)
-
-
-def _module_loss(module: nn.Module, batch: dict[str, torch.Tensor], soft: SoftTargets | None = None) -> torch.Tensor:
-    """Cross-entropy on the labels, or the distillation loss when the rows carry soft targets (``batch["soft_targets"]``)."""
-    return targets_loss(module(batch["x"]), batch["y"], batch.get("soft_targets"), **(soft.loss_options if soft else {}))
 
 
 @MEMBERS.register("torch")
@@ -106,7 +101,7 @@ class TorchMember(Member):
         if soft is not None:  # a distillation student: the teacher's probabilities ride along with each row
             rows["soft_targets"] = torch.as_tensor(soft.probabilities, dtype=torch.float32)
         val = TensorRows(**{k: v[hold_rows] for k, v in rows.items()}) if hold_rows is not None else None
-        train(module, functools.partial(_module_loss, soft=soft), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
+        train(module, functools.partial(features_loss, **(soft.loss_options if soft else {})), TensorRows(**{k: v[fit_rows] for k, v in rows.items()}),
               config, val, desc=self.name)
         self.module_ = module
 
