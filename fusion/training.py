@@ -156,7 +156,7 @@ class _Run:
     desc: str
 
 
-def _process_state() -> PartialState:
+def process_state() -> PartialState:
     """Accelerate's device and processes: the existing PartialState, or a new one that honours
     ``ACCELERATE_USE_CPU`` as ``Accelerator()`` would (CPU processes over gloo under torchrun)."""
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -506,7 +506,7 @@ def train(
     _check_rows(train_rows, "train_rows", desc)
     if val_rows is not None:
         _check_rows(val_rows, "val_rows", desc)
-    state = _process_state()
+    state = process_state()
     try:
         with seeded(config.seed, state.device):
             run = _start(state, model, loss_fn, config, desc)

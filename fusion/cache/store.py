@@ -37,17 +37,23 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FusionError
 from ..io import atomic_save_tensors, sha256_tensors
+from .shards import SHARDS_SUFFIX, ShardedEntry
+
+if TYPE_CHECKING:
+    from ..engines.base import Engine, RowJob
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +234,17 @@ class OutputCache:
             computes in memory only and writes no file: a service answering a few texts at a time would
             otherwise add several files per request. Such an entry is written if a later call that keeps its
             entries (a fit, an evaluation, a large prediction) uses it.
+        shard_rows: an entry computed by a row-wise job (:meth:`get_or_compute_rows`: a model's pass over a
+            dataset) with more rows than this is written as shards of this many rows plus a manifest
+            (:mod:`fusion.cache.shards`), so a killed build resumes with the missing shards only and the
+            processes of a launch, or an engine's workers, share the work.
+        engine: what computes the shards: ``"local"`` (default: this process, or each process of an
+            ``accelerate launch`` / ``torchrun`` its share), ``"ray"`` (Ray Data batch inference; every row-wise
+            entry is then sharded, whatever its size), or an :class:`fusion.engines.Engine`.
 
     Raises:
-        ConfigError: ``directory`` together with ``memory_only=True``, or ``small_call_rows`` below 0.
+        ConfigError: ``directory`` together with ``memory_only=True``, ``small_call_rows`` below 0, ``shard_rows``
+            below 1, or an unknown engine.
 
     Attributes:
         directory: where entries persist, or None when memory-only.
@@ -252,13 +266,20 @@ class OutputCache:
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, max_memory_entries: int = 256, *,
-                 memory_only: bool = False, max_token_entries: int = 8, small_call_rows: int = 1000) -> None:
+                 memory_only: bool = False, max_token_entries: int = 8, small_call_rows: int = 1000,
+                 shard_rows: int = 8192, engine: str | Engine | None = None) -> None:
+        from ..engines import make_engine
+
         if memory_only and directory is not None:
             raise ConfigError(f"OutputCache: directory={str(directory)!r} and memory_only=True contradict each "
                               "other; pass one of them (no directory means the cache home).")
         if not isinstance(small_call_rows, int) or small_call_rows < 0:
             raise ConfigError(f"OutputCache: small_call_rows must be an integer >= 0; got {small_call_rows!r}.")
+        if not isinstance(shard_rows, int) or isinstance(shard_rows, bool) or shard_rows < 1:
+            raise ConfigError(f"OutputCache: shard_rows must be an integer >= 1; got {shard_rows!r}.")
         self.directory = None if memory_only else Path(directory) if directory is not None else default_cache_dir()
+        self.shard_rows = shard_rows
+        self.engine = make_engine(engine)
         self.max_memory_entries = max_memory_entries
         self.small_call_rows = small_call_rows
         self._memory = _LRU(max_memory_entries)
@@ -277,6 +298,10 @@ class OutputCache:
     def _path(self, member_fp: str, data_fp: str, variant: str) -> Path:
         assert self.directory is not None
         return self.directory / _file_part(member_fp) / f"{variant}-{_file_part(data_fp)}.safetensors"
+
+    def _shards_path(self, member_fp: str, data_fp: str, variant: str) -> Path:
+        """The folder of the entry's shards (:mod:`fusion.cache.shards`), beside where its single file would be."""
+        return self._path(member_fp, data_fp, variant).with_suffix(SHARDS_SUFFIX)
 
     @contextlib.contextmanager
     def small_call(self, rows: int) -> Iterator[None]:
@@ -311,7 +336,8 @@ class OutputCache:
                 pool.remember(key, entry)
         if entry is not None and self.directory is not None:
             if entry.on_disk:
-                _touch(self._path(*key))
+                path = self._path(*key)
+                _touch(path if path.is_file() else self._shards_path(*key) / "manifest.json")
             elif not self._in_small_call:  # an entry of a small call, now used by a call that keeps its entries
                 self._write(key, entry)
         return entry
@@ -321,7 +347,7 @@ class OutputCache:
         is logged and ignored, so the caller recomputes it and overwrites the file."""
         path = self._path(*key)
         if not path.is_file():
-            return None
+            return self._read_shards(key)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
@@ -345,6 +371,15 @@ class OutputCache:
             logger.warning("cache file %s is unreadable (%s); recomputing", path, err)
             return None
         return _Entry(outputs, cost, meta.get("label"))
+
+    def _read_shards(self, key: Key) -> _Entry | None:
+        """A complete sharded entry, every shard verified (a damaged one is deleted, so it is computed again)."""
+        sharded = ShardedEntry.existing(self._shards_path(*key), key)
+        read = None if sharded is None else sharded.read()
+        if read is None:
+            return None
+        outputs, seconds, label = read
+        return _Entry(outputs, EntryCost(seconds), label)
 
     def seconds(self, member_fp: str, data_fp: str, variant: str = "outputs") -> float | None:
         """Recorded cost of computing an entry from scratch (:attr:`EntryCost.total`), or None if unknown."""
@@ -408,6 +443,7 @@ class OutputCache:
         if self.directory is not None:
             with contextlib.suppress(OSError):
                 self._path(*key).unlink(missing_ok=True)
+            shutil.rmtree(self._shards_path(*key), ignore_errors=True)
 
     def get_or_compute(self, member_fp: str, data_fp: str, compute: Callable[[], Outputs],
                        variant: str = "outputs", label: str | None = None) -> Outputs:
@@ -433,6 +469,43 @@ class OutputCache:
         entry = self._put(key, outputs, max(elapsed - frame.nested, 0.0), label, frame.shared)
         self._note_reuse(key, entry.cost, elapsed)
         return entry.outputs
+
+    def get_or_compute_rows(self, job: RowJob, compute: Callable[[], Outputs] | None = None) -> Outputs:
+        """Like :meth:`get_or_compute` for a row-wise job (a model's pass over a dataset): the cached entry, else
+        computed, sharded when it is large.
+
+        An entry of more than ``shard_rows`` rows (any size, with a remote engine) is built as shards by the
+        cache's engine (:mod:`fusion.cache.shards`): only the shards not yet on disk are computed, so a build
+        that was killed resumes where it stopped, and the processes of a launch or an engine's workers share
+        them. Smaller entries, memory-only caches and small prediction calls run ``compute`` here (default:
+        ``job.run`` on every row) and are stored as one file.
+
+        Raises:
+            fusion.engines.ShardError: a shard failed after the engine's retries (finished shards are kept).
+        """
+        member_fp, data_fp, variant = key = job.key
+        if self.directory is None or self._in_small_call or (self.engine.local and len(job.data) <= self.shard_rows):
+            return self.get_or_compute(member_fp, data_fp, compute or (lambda: job.run(job.data)), variant,
+                                       label=job.label)
+        cached = self._entry(key)
+        if cached is not None:
+            self.hits += 1
+            self._note_reuse(key, cached.cost, 0.0)
+            return cached.outputs
+        self.misses += 1
+        start = time.perf_counter()
+        sharded = ShardedEntry(self._shards_path(*key), key, len(job.data), self.shard_rows)
+        self.engine.build(job, sharded)
+        sharded.finish(job.label)
+        read = sharded.read()
+        if read is None:
+            raise FusionError(f"{job.label}: the shards just written to {sharded.folder} could not be read back "
+                              "intact (see the warnings above); check the disk, then run again.")
+        outputs, seconds, _ = read
+        entry = _Entry(outputs, EntryCost(seconds), job.label)
+        self._pool(variant).remember(key, entry)
+        self._note_reuse(key, entry.cost, time.perf_counter() - start)
+        return outputs
 
     @contextlib.contextmanager
     def untimed(self) -> Iterator[None]:

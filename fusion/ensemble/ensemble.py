@@ -7,6 +7,7 @@ keeps what it was given untouched, as scikit-learn does: ``fit`` fits clones int
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ..cache.store import OutputCache, Outputs
+from ..engines import RowJob
 from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError, did_you_mean
 from ..evaluation import metrics
 from ..evaluation.evaluate import data_facts
@@ -186,8 +188,12 @@ class Ensemble:
 
     # --- member outputs -----------------------------------------------------------------------------------
     def _raw_outputs(self, member: Member, data: TextData) -> Outputs:
-        return self.cache.get_or_compute(member.fingerprint, data.fingerprint, lambda: member.compute(data, self.cache),
-                                         label=f"{member.kind} {member.name}")
+        label = f"{member.kind} {member.name}"
+        compute = functools.partial(member.compute, data, self.cache)
+        if not member.sharded_outputs:
+            return self.cache.get_or_compute(member.fingerprint, data.fingerprint, compute, label=label)
+        job = RowJob((member.fingerprint, data.fingerprint, "outputs"), data, member.compute_rows, label)
+        return self.cache.get_or_compute_rows(job, compute)
 
     def _aligned(self, member: Member, raw: Outputs, n_rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = raw["logits"]

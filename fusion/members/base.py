@@ -77,11 +77,31 @@ class Member(Component, abc.ABC):
     """
 
     Config: ClassVar[type[MemberConfig]] = MemberConfig
+    #: The member's outputs on a large dataset are cached in shards (``OutputCache.get_or_compute_rows``), computed
+    #: by the cache's engine. False for a member whose costly pass is itself cached in shards (an encoder's
+    #: backbone pass), so that its own outputs, cheap from that, are computed where they are asked for.
+    sharded_outputs: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.labels_: list[str] | None = None  # the ensemble's label names, once fitted by fusion
         self.fitted_on_: str | None = None  # label fingerprint of the data it was fitted on
+
+    def _reloadable(self) -> tuple[str, ...]:
+        """Attributes holding what the member loads again from its files on first use (a model, a tokenizer):
+        left out when the member is pickled (sent to a remote worker), which then loads them once itself."""
+        return ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self._reloadable():
+            state[name] = None
+        return state
+
+    def compute_rows(self, rows: TextData) -> Outputs:
+        """``compute`` on ``rows`` alone, with a throwaway in-memory cache: what a shard of this member's outputs
+        is (``fusion.engines.RowJob.run``), in this process or on a remote worker."""
+        return self.compute(rows, OutputCache(memory_only=True))
 
     # --- what the member is -------------------------------------------------------------------------------
     @property

@@ -109,6 +109,9 @@ class HFClassifier(HFMember):
     def torch_modules(self) -> list[torch.nn.Module]:
         return [self._model] if self._model is not None else []
 
+    def _reloadable(self) -> tuple[str, ...]:
+        return ("_model", "_tokenizer")
+
     def _load_files(self, directory: Path, fitted: Mapping[str, Any], options: LoadOptions,
                     restored: Mapping[str, Any]) -> None:
         self._verify_source(fitted, options)

@@ -17,6 +17,7 @@ from ..batching import TokenRows, cached_tokenize, pad_token_id
 from ..cache.store import OutputCache, Outputs
 from ..config import LoadOptions, coerced, digest, is_bool, one_of
 from ..engine import max_input_length, run_model
+from ..engines.base import RowJob
 from ..inputs import SoftTargets, TextData, holdout_split
 from ..io import sha256_tensors
 from ..losses import features_loss, targets_loss
@@ -82,6 +83,8 @@ class HFEncoder(HFMember):
     Example:
         >>> member = HFEncoder("sentence-transformers/all-MiniLM-L6-v2", head=MLPHead(hidden=256))  # doctest: +SKIP
     """
+
+    sharded_outputs = False  # its costly pass, the backbone's, is the sharded entry (``pooled``)
 
     @dataclass(frozen=True)
     class Config(HFModelConfig):
@@ -192,14 +195,23 @@ class HFEncoder(HFMember):
             index = torch.as_tensor(data.index)
             return {name: value[index] for name, value in self.pooled(data.parent, cache).items()}
 
-        def compute() -> Outputs:
-            backbone, tokenizer = self._load()
-            return run_model(backbone, tokenizer, data.texts, lambda m, batch: pool_all(m, batch),
-                             tokens_key=self._tokens_key(data), cache=cache, desc=self.name,
-                             **self.inference_options())
-
         label = f"hf_encoder backbone {self.source.model}" + (" (fine-tuned)" if self.finetuned_ else "")
-        return cache.get_or_compute(self.backbone_fingerprint, data.fingerprint, compute, POOLED, label=label)
+        job = RowJob((self.backbone_fingerprint, data.fingerprint, POOLED), data, self.pooled_rows, label)
+        return cache.get_or_compute_rows(job, lambda: self._pool(data.texts, self._tokens_key(data), cache))
+
+    def pooled_rows(self, rows: TextData) -> Outputs:
+        """Every pooling of the backbone's outputs on ``rows`` alone (a shard of the cached backbone pass)."""
+        return self._pool(rows.texts, None, None)
+
+    def _pool(self, texts: list[str], tokens_key: tuple[str, str] | None, cache: OutputCache | None) -> Outputs:
+        backbone, tokenizer = self._load()
+        return run_model(backbone, tokenizer, texts, lambda m, batch: pool_all(m, batch), tokens_key=tokens_key,
+                         cache=cache, desc=self.name, **self.inference_options())
+
+    def _reloadable(self) -> tuple[str, ...]:
+        # a backbone fine-tuned here and not saved yet exists only in memory: it travels with the member
+        in_memory_only = self.finetuned_ and self._weights is None
+        return () if in_memory_only else ("_backbone", "_tokenizer")
 
     def embeddings(self, data: TextData, cache: OutputCache) -> torch.Tensor:
         """Pooled (and, with ``normalize``, L2-normalised) embeddings of ``data`` ``[rows, dim]``."""

@@ -1,0 +1,10 @@
+"""Engines: where the shards of a large cache entry are computed (see :mod:`fusion.cache.shards`).
+
+- ``"local"``: this process, or, under ``accelerate launch`` / ``torchrun``, each process its share.
+- ``"ray"``: Ray Data batch inference on a Ray cluster (the ``fusion[ray]`` extra).
+"""
+
+from . import local as _local  # noqa: F401  (registers "local")
+from .base import ENGINES, Engine, RowJob, ShardError, make_engine
+
+__all__ = ["ENGINES", "Engine", "RowJob", "ShardError", "make_engine"]

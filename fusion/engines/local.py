@@ -1,0 +1,66 @@
+"""The local engine: shards computed in this process, or shared between the processes of one launch.
+
+Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) every process calls the same build in lockstep
+(an ensemble's fit already runs so): Accelerate's ``split_between_processes`` gives each process a contiguous
+block of the entry's shards, each computes those of its block still missing, and all wait for each other before
+anyone reads the entry. Every shard is computed by the same function of the same rows, so the entry equals one
+process's bit for bit on CPU (``tests/test_shards_distributed.py``). A process whose shard failed tells the
+others through one all-reduce, so they all raise instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import ENGINES, Engine, RowJob, ShardError, compute_shard, shard_bar
+
+
+def launch_state():
+    """Accelerate's process state under a multi-process launch, else None (one process: no state is created)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from ..training import process_state
+
+    state = process_state()
+    return state if state.num_processes > 1 else None
+
+
+@ENGINES.register("local")
+class LocalEngine(Engine):
+    """Shards in this process, one after another (or each process of a launch its block of them).
+
+    Example:
+        >>> LocalEngine(retries=1)
+        LocalEngine(retries=1)
+    """
+
+    def build(self, job: RowJob, entry, show_progress: bool = True) -> None:
+        state = launch_state()
+        if state is None:
+            with shard_bar(job, entry, show_progress) as bar:
+                for index in entry.missing():
+                    compute_shard(job, entry, index, self.retries)
+                    bar.update()
+            return
+        failure: ShardError | None = None
+        with shard_bar(job, entry, show_progress and state.is_main_process) as bar, \
+                state.split_between_processes(list(range(len(entry.ranges)))) as mine:
+            for index in mine:
+                if entry.has(index):
+                    continue
+                try:
+                    compute_shard(job, entry, index, self.retries)
+                except ShardError as err:
+                    failure = err
+                    break
+                bar.n = len(entry.ranges) - len(entry.missing())  # every process's shards, counted on disk
+                bar.refresh()
+        failed = torch.tensor([0.0 if failure is None else 1.0], device=state.device)
+        torch.distributed.all_reduce(failed)
+        if failure is not None:
+            raise failure
+        if failed.item():
+            raise ShardError(f"{job.label}: another process of this launch failed to compute its shards (its error "
+                             f"is in its own log); the finished shards are kept in {entry.folder}.")
