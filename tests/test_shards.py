@@ -266,3 +266,25 @@ def test_two_processes_share_the_shards_and_build_the_one_process_entry_bit_for_
     assert int(two["shards_rank0"]) == 9 and int(two["shards_rank1"]) == 9  # 3 entries x 6 shards, half each
     for name in ("clf", "pooled_mean", "pooled_cls", "proba"):
         assert torch.equal(two[name], one[name]), name
+
+
+def test_cache_info_counts_a_sharded_entry_once_and_clear_removes_it_by_age(tmp_path):
+    from fusion.cache.admin import cache_summary, clear_cache
+
+    cache = OutputCache(tmp_path, shard_rows=4)
+    cache.get_or_compute_rows(job(rows_data(10), Counting()))
+    cache.get_or_compute_rows(job(rows_data(3), Counting(), key=("member-fp", "small-data", "outputs")))  # one file
+    stopped = ShardedEntry(cache._shards_path("member-fp", "stopped-data", "outputs"),
+                           ("member-fp", "stopped-data", "outputs"), 10, 4)
+    stopped.write(0, expected(4), 0.1)  # a build that stopped after one shard: no manifest
+    (row,) = cache_summary(tmp_path).members
+    folder = shard_folder(cache)
+    sizes = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert (row.label, row.entries, row.size) == ("counting member", 3, sizes)
+    old = time.time() - 7200
+    for path in stopped.folder.iterdir():
+        os.utime(path, (old, old))
+    result = clear_cache(tmp_path, older_than=3600)
+    assert (result.removed, result.kept) == (1, 2) and not stopped.folder.exists() and folder.is_dir()
+    assert clear_cache(tmp_path).removed == 4 + 1  # the sharded entry's 3 shards + manifest, and the one file
+    assert not any(tmp_path.iterdir())

@@ -2,7 +2,9 @@
 not been used for a while). ``fusion cache info`` and ``fusion cache clear`` are thin wrappers of these.
 
 An entry is a ``<directory>/<member fp>/<variant>-<data fp>.safetensors`` file (see :mod:`fusion.cache`); its
-modification time is its last use. A merged model is a ``<directory>/merged/<merge fp>/`` folder, one row (and
+modification time is its last use. A sharded entry (:mod:`fusion.cache.shards`) is one ``….shards`` folder, its
+size all its files, its last use its newest file (a hit touches its manifest); a folder without a manifest is a
+build in progress or stopped, cleared like any entry by its newest file's age. A merged model is a ``<directory>/merged/<merge fp>/`` folder, one row (and
 one entry) of its own, last used when its ``merge.json`` was. Nothing else under the directory is read or removed, except the hidden
 staging files of writers that died mid-write (older than :data:`STALE_STAGING_SECONDS`).
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..errors import ConfigError
+from .shards import MANIFEST, SHARDS_SUFFIX
 from .store import MERGED_DIR, MERGED_MARKER, default_cache_dir
 
 ENTRY_GLOB = "*.safetensors"
@@ -183,8 +186,24 @@ def _entries(member_dir: Path, pattern: str = ENTRY_GLOB) -> list[tuple[Path, os
     return sorted(found, key=lambda item: -item[1].st_mtime)
 
 
+def _sharded(member_dir: Path) -> list[tuple[Path, int, float]]:
+    """The sharded entries of one member directory: ``(folder, bytes, last use)``, newest first."""
+    found = []
+    for folder in member_dir.glob("*" + SHARDS_SUFFIX):
+        files = _files(folder)
+        if files:
+            found.append((folder, sum(st.st_size for _, st in files), max(st.st_mtime for _, st in files)))
+    return sorted(found, key=lambda item: -item[2])
+
+
 def _label(path: Path) -> str | None:
-    """The ``label`` in an entry's safetensors metadata (only the header is read), or None."""
+    """The ``label`` in an entry's safetensors metadata (only the header is read), or a sharded entry's manifest;
+    None if it has none."""
+    if path.is_dir():
+        try:
+            return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("label")
+        except (OSError, ValueError, AttributeError):
+            return None
     try:
         with safe_open(str(path), framework="pt") as handle:
             return (handle.metadata() or {}).get("label")
@@ -194,12 +213,12 @@ def _label(path: Path) -> str | None:
 
 def _usage(member_dir: Path) -> MemberUsage | None:
     """One member directory summed up, labelled by its most recently used entry that carries a label."""
-    entries = _entries(member_dir)
+    entries = [(path, st.st_size, st.st_mtime) for path, st in _entries(member_dir)] + _sharded(member_dir)
     if not entries:
         return None
-    label = next((found for path, _ in entries if (found := _label(path))), UNKNOWN_LABEL)
-    return MemberUsage(member_dir.name, label, len(entries), sum(s.st_size for _, s in entries),
-                       entries[0][1].st_mtime)
+    entries.sort(key=lambda item: -item[2])
+    label = next((found for path, _, _ in entries if (found := _label(path))), UNKNOWN_LABEL)
+    return MemberUsage(member_dir.name, label, len(entries), sum(size for _, size, _ in entries), entries[0][2])
 
 
 def cache_summary(directory: str | os.PathLike | None = None) -> CacheSummary:
@@ -237,9 +256,18 @@ def _clear_member(member_dir: Path, older_than: float | None, now: float) -> tup
     old = [path for path, stat in entries if older_than is None or now - stat.st_mtime > older_than]
     stale = [path for path, stat in _entries(member_dir, STAGING_GLOB) if now - stat.st_mtime > STALE_STAGING_SECONDS]
     sizes = [size for path in old + stale if (size := _remove(path)) is not None]
+    removed, kept = len(sizes), len(entries) - len(old)
+    for folder, size, last_used in _sharded(member_dir):
+        if older_than is not None and now - last_used <= older_than:
+            kept += 1
+            continue
+        files = len(_files(folder))
+        (folder / MANIFEST).unlink(missing_ok=True)  # first: a half-removed entry is never taken as complete
+        shutil.rmtree(folder, ignore_errors=True)
+        removed, sizes = removed + files, [*sizes, size]
     with contextlib.suppress(OSError):  # not empty: kept entries, or another process wrote meanwhile
         member_dir.rmdir()
-    return len(sizes), sum(sizes), len(entries) - len(old)
+    return removed, sum(sizes), kept
 
 
 def _clear_merged(folder: Path, older_than: float | None, now: float) -> tuple[int, int, int]:
