@@ -190,6 +190,7 @@ def _fit_with_cli_advice(ensemble: Any, splits: Any, console: Console) -> None:
 
 
 def run_build(args: argparse.Namespace, console: Console) -> int:
+    from .engines.local import is_main_process
     from .ensemble.persistence import check_replaceable
     from .recipe import load_recipe, parse_override
 
@@ -217,6 +218,8 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     ensemble = recipe.build_ensemble(members, labels=splits.labels, fusers=recipe.build_fusers(show_progress))
     console.step(f"fitting members and {len(ensemble.fusers)} fuser(s)")
     _fit_with_cli_advice(ensemble, splits, console)
+    if not is_main_process():  # under accelerate launch / torchrun, the main process reports and saves
+        return EXIT_OK
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
     _print_build_table(ensemble, ensemble.report_)
     saved = ensemble.save_pretrained(recipe.output / "ensemble", bundle_models=args.bundle_models)

@@ -27,6 +27,12 @@ def launch_state():
     return state if state.num_processes > 1 else None
 
 
+def is_main_process() -> bool:
+    """True in a single process, and in the main process of a multi-process launch (the one that saves)."""
+    state = launch_state()
+    return state is None or state.is_main_process
+
+
 @ENGINES.register("local")
 class LocalEngine(Engine):
     """Shards in this process, one after another (or each process of a launch its block of them).
