@@ -192,3 +192,6 @@ def test_a_failing_shard_is_retried_then_reported_with_the_finished_shards_kept(
     out = OutputCache(tmp_path / "cache", shard_rows=4).get_or_compute_rows(RowJob(job.key, data, resumed, job.label))
     assert resumed.calls == [(4, 5, 6, 7)]  # the local engine computes the missing shard only
     torch.testing.assert_close(out, expected(20), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="num_gpus=1 per actor, but the Ray cluster has 0 GPU"):
+        RayEngine(num_gpus=1).resources(ray, 5)  # Ray would wait for a GPU without end
+    assert RayEngine().resources(ray, 5) == (2, 0.0) and RayEngine().resources(ray, 1) == (1, 0.0)

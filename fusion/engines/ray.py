@@ -181,6 +181,9 @@ class RayEngine(Engine):
         """``(actors, GPUs per actor)`` for a build of ``shards`` shards on the connected cluster."""
         available = ray.cluster_resources()
         gpus = self.num_gpus if self.num_gpus is not None else (1.0 if available.get("GPU", 0) >= 1 else 0.0)
+        if gpus > available.get("GPU", 0):  # Ray would wait for it without end
+            raise ConfigError(f"RayEngine: num_gpus={gpus} per actor, but the Ray cluster has "
+                              f"{available.get('GPU', 0):g} GPU(s); pass num_gpus=0 (or None: 1 when it has GPUs).")
         if self.concurrency is not None:
             actors = self.concurrency
         else:
