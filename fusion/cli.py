@@ -2,8 +2,8 @@
 fine-tunes of one checkpoint into one model.
 
     fusion build recipes/sst2_minilm.yaml [--data DIR|FILE|hub:ID] [--output DIR] [--limit N] [--set KEY=VALUE]
-                 [--bundle-models]
-    fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR]
+                 [--bundle-models] [--engine local|ray]
+    fusion evaluate DIR --data PATH [--split validation] [--out REPORT_DIR] [--engine local|ray]
     fusion predict DIR --text "a great film" [--text ...]   |   --file input.csv [--text-column text] --out predictions.csv
                    [--overwrite]
     fusion report DIR [--out DIR]
@@ -195,7 +195,8 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     from .recipe import load_recipe, parse_override
 
     overrides = [parse_override(text) for text in args.set or []]
-    recipe = load_recipe(args.recipe, overrides, data=args.data, output=args.output, limit=args.limit)
+    recipe = load_recipe(args.recipe, overrides, data=args.data, output=args.output, limit=args.limit,
+                         engine=args.engine)
     show_progress = not args.quiet
     members = recipe.build_members(show_progress)
     print(f"recipe {args.recipe}: {len(members)} members ({', '.join(m.name for m in members)}), fusers "
@@ -232,10 +233,10 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
 # --- evaluate / predict / report ------------------------------------------------------------------------------
 
 
-def _load_ensemble(directory: str, quiet: bool, cache_dir: str | None = None):
+def _load_ensemble(directory: str, quiet: bool, cache_dir: str | None = None, engine: str | None = None):
     from .ensemble.ensemble import Ensemble
 
-    return Ensemble.from_pretrained(directory, show_progress=not quiet, cache_dir=cache_dir)
+    return Ensemble.from_pretrained(directory, show_progress=not quiet, cache_dir=cache_dir, engine=engine)
 
 
 def _cli_data_spec(value: str, **options: Any) -> DataSpec:
@@ -248,7 +249,7 @@ def _cli_data_spec(value: str, **options: Any) -> DataSpec:
 
 
 def run_evaluate(args: argparse.Namespace, console: Console) -> int:
-    ensemble = _load_ensemble(args.dir, args.quiet, args.cache_dir)
+    ensemble = _load_ensemble(args.dir, args.quiet, args.cache_dir, args.engine)
     options = {"text_column": args.text_column, "label_column": args.label_column, "limit": args.limit}
     if args.data.startswith("hub:"):
         options.update(config=args.data_config, validation_split=args.split)
@@ -458,6 +459,15 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use at most N rows (seeded sample)")
 
 
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    from .engines import ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES.names(), default=None,
+                        help="what computes member outputs on large datasets, shard by shard: local (this process, "
+                             "the default) or ray (Ray Data batch inference on a Ray cluster, $RAY_ADDRESS or a new "
+                             "local one; pip install \"fusion-ensembles[ray]\")")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="fusion", description="Build, evaluate and ship ensembles of text classifiers.",
@@ -481,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy members' model folders of this machine into the saved ensemble, so that it loads "
                             "anywhere (hub ids and package: models are referenced, not copied)")
     build.add_argument("--check", action="store_true", help="validate the recipe and exit without running anything")
+    _engine_option(build)
     build.set_defaults(run=run_build)
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="score a saved ensemble on labelled data",
@@ -491,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-config", help="the hub dataset's configuration")
     evaluate.add_argument("--out", help="report directory (default: evaluation-SPLIT beside DIR)")
     evaluate.add_argument("--cache-dir", help="keep member outputs here")
+    _engine_option(evaluate)
     _data_options(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 

@@ -59,7 +59,7 @@ def test_ensemble_is_a_classifier_with_params(ensemble):
     params = ensemble.get_params()
     assert params["cv"] == 3 and params["fuser__per_class"] is True and [m.name for m in params["members"]] == ["a", "b"]
     assert set(ensemble.get_params(deep=False)) == {"members", "fuser", "labels", "text_column", "label_column",
-                                                    "cache_dir", "fuser_data", "cv", "seed"}
+                                                    "cache_dir", "engine", "fuser_data", "cv", "seed"}
     given = ensemble.fuser
     ensemble.set_params(cv=4, fuser__constraint="unconstrained")
     assert ensemble.cv == 4 and ensemble.get_params()["fuser__constraint"] == "unconstrained"

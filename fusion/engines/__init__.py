@@ -5,6 +5,7 @@
 """
 
 from . import local as _local  # noqa: F401  (registers "local")
+from . import ray as _ray  # noqa: F401  (registers "ray"; imports Ray only when a build runs)
 from .base import ENGINES, Engine, RowJob, ShardError, make_engine
 
 __all__ = ["ENGINES", "Engine", "RowJob", "ShardError", "make_engine"]

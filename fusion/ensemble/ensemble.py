@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..cache.store import OutputCache, Outputs
-from ..engines import RowJob
+from ..engines import Engine, RowJob, make_engine
 from ..errors import ConfigError, DataError, MemberOutputError, NotFittedError, did_you_mean
 from ..evaluation import metrics
 from ..evaluation.evaluate import data_facts
@@ -49,13 +49,17 @@ FUSER_DATA = ("auto", "train", "validation")
 MEMORY = "memory"  # cache_dir value for a cache that lives in memory only
 
 
-def make_cache(cache_dir: str | os.PathLike | OutputCache | None) -> OutputCache:
-    """The output cache: the default cache home (None), a directory, ``"memory"``, or a given cache."""
+def make_cache(cache_dir: str | os.PathLike | OutputCache | None, engine: str | Engine | None = None) -> OutputCache:
+    """The output cache: the default cache home (None), a directory, ``"memory"``, or a given cache; computing its
+    sharded entries with ``engine`` (None: ``"local"`` for a cache made here; a given cache's own engine, which
+    any other ``engine`` replaces)."""
     if isinstance(cache_dir, OutputCache):
+        if engine is not None:
+            cache_dir.engine = make_engine(engine)
         return cache_dir
     if cache_dir == MEMORY:
-        return OutputCache(memory_only=True)
-    return OutputCache(cache_dir)
+        return OutputCache(memory_only=True, engine=engine)
+    return OutputCache(cache_dir, engine=engine)
 
 
 class Ensemble:
@@ -78,6 +82,12 @@ class Ensemble:
             labels (sorted), the first member that names its labels, or else the ids themselves.
         text_column / label_column: column names in the data.
         cache_dir: where member outputs are cached: None for the cache home, a directory, or ``"memory"``.
+        engine: what computes members' passes over large datasets, shard by shard (``OutputCache``'s
+            ``shard_rows``): ``"local"`` (this process, or each process of an ``accelerate launch`` its share),
+            ``"ray"`` (Ray Data batch inference on a Ray cluster; the ``fusion[ray]`` extra, see
+            ``fusion.engines.ray.RayEngine``), or an ``fusion.engines.Engine``. None: ``"local"``, or the engine
+            of an ``OutputCache`` given as ``cache_dir``. Like ``cache_dir``, where outputs are computed is not
+            part of what is learnt: outputs are the same, and it is not saved with the ensemble.
         fuser_data: the rows fusers learn from. ``"train"``: out-of-fold member outputs on the training rows
             (each trainable member cross-fitted with ``cv`` folds). ``"validation"``: member outputs on the
             validation split; the fuser is then cross-fitted over ``cv`` folds of those rows for the report,
@@ -107,6 +117,7 @@ class Ensemble:
         text_column: str = "text",
         label_column: str = "label",
         cache_dir: str | os.PathLike | None = None,
+        engine: str | Engine | None = None,
         fuser_data: str = "auto",
         cv: int = 5,
         seed: int = 0,
@@ -122,8 +133,8 @@ class Ensemble:
         self.fusers = as_fusers(self.fuser)  # validates names now, not at fit
         self.labels = list(labels) if labels is not None else None
         self.text_column, self.label_column = text_column, label_column
-        self.cache_dir = cache_dir
-        self.cache = make_cache(cache_dir)
+        self.cache_dir, self.engine = cache_dir, engine
+        self.cache = make_cache(cache_dir, engine)
         self.fuser_data, self.cv, self.seed = fuser_data, cv, seed
         self._reset_fitted()
 
@@ -590,14 +601,16 @@ class Ensemble:
         self.fusers = checked.fusers
         if "cache_dir" in params:
             self.cache = checked.cache
+        elif "engine" in params and not isinstance(self.cache_dir, OutputCache):  # a given cache: set by make_cache
+            self.cache.engine = checked.cache.engine
         return self
 
     def __sklearn_clone__(self) -> Ensemble:
         """``sklearn.base.clone``: an unfitted ensemble of fresh clones of the members and fuser specs, sharing the
-        output cache (where outputs are kept is not a parameter of what is learnt)."""
+        output cache and engine (where outputs are kept and computed is not a parameter of what is learnt)."""
         from sklearn.base import clone
 
-        return type(self)(**{name: value if name == "cache_dir" else clone(value, safe=False)
+        return type(self)(**{name: value if name in ("cache_dir", "engine") else clone(value, safe=False)
                              for name, value in self.get_params(deep=False).items()})
 
     def __sklearn_tags__(self) -> Any:
@@ -655,7 +668,8 @@ class Ensemble:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, **options: Any) -> Ensemble:
+                        cache_dir: str | os.PathLike | None = None, engine: str | Engine | None = None,
+                        **options: Any) -> Ensemble:
         """Load a saved ensemble, verifying checksums, tensor names and shapes.
 
         Args:
@@ -663,6 +677,8 @@ class Ensemble:
                 ``push_to_hub`` wrote (downloaded once into the Hugging Face cache).
             revision: with a hub id: a branch, tag or commit.
             cache_dir: the output cache (None: the cache home; ``"memory"``: memory only).
+            engine: what computes member outputs on large datasets (``"local"``, ``"ray"``), as for the
+                constructor; never saved with the ensemble.
             **options: ``fusion.config.LoadOptions`` fields: ``objects`` (Python objects a saved config cannot
                 rebuild, by member name: ``{"cnn": {"module": SmallCNN()}}``), ``trusted_types`` (extra skops
                 types), ``verify_members`` (check referenced model weights; default True), ``show_progress``,
@@ -672,7 +688,8 @@ class Ensemble:
         from .persistence import load_ensemble, load_options, resolve_saved
 
         checked = load_options(options)  # bad options fail before anything is downloaded
-        return load_ensemble(cls, resolve_saved(directory, revision), checked, cache_dir)
+        ensemble = load_ensemble(cls, resolve_saved(directory, revision), checked, cache_dir)
+        return ensemble if engine is None else ensemble.set_params(engine=engine)
 
 
 def _selection(candidates: list[Candidate], best: Candidate, mode: str, cv: int,

@@ -397,7 +397,7 @@ def load_options(options: dict[str, Any]) -> LoadOptions:
                               f"objects={{name: {{{field_name!r}: value}} for name, value in {old}.items()}}.")
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ConfigError(f"from_pretrained got unknown options {unknown}; valid: cache_dir, {', '.join(valid)}."
+        raise ConfigError(f"from_pretrained got unknown options {unknown}; valid: cache_dir, engine, {', '.join(valid)}."
                           + did_you_mean(unknown[0], valid))
     if "trust_remote_code" in options and not isinstance(options["trust_remote_code"], bool):
         raise ConfigError(f"from_pretrained(trust_remote_code=...) takes True or False; got "

@@ -209,7 +209,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def parse_recipe(text: str, name: str = "recipe.yaml", base: str | os.PathLike | None = None,
                  overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), *, data: str | None = None,
-                 output: str | None = None, limit: int | None = None) -> Recipe:
+                 output: str | None = None, limit: int | None = None, engine: str | None = None) -> Recipe:
     """Validate recipe text (see ``load_recipe``); ``base`` is the directory relative paths start from."""
     base = Path(base) if base is not None else Path.cwd()
     doc = parse_yaml(text, name, base)
@@ -222,6 +222,8 @@ def parse_recipe(text: str, name: str = "recipe.yaml", base: str | os.PathLike |
         doc.set("output", output, "(--output)")
     if limit is not None:
         doc.set("data.limit", limit, "(--limit)")
+    if engine is not None:
+        doc.set("ensemble.engine", engine, "(--engine)")
     return Recipe.from_document(doc, Path("out") / Path(name).stem)
 
 
@@ -237,7 +239,8 @@ def _set_data_source(doc: Document, value: str) -> None:
 
 
 def load_recipe(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), *,
-                data: str | None = None, output: str | None = None, limit: int | None = None) -> Recipe:
+                data: str | None = None, output: str | None = None, limit: int | None = None,
+                engine: str | None = None) -> Recipe:
     """Read and validate a recipe file; nothing runs and no model is loaded.
 
     Args:
@@ -245,13 +248,14 @@ def load_recipe(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable
         overrides: ``{"members.0.model": "DIR", ...}`` applied before validation (``fusion build --set``).
         data: replaces the data source: a directory or file, or ``hub:ID`` (``--data``).
         output: replaces ``output`` (``--output``); limit: sets ``data.limit`` (``--limit``).
+        engine: sets ``ensemble.engine`` (``--engine``): what computes member outputs, ``"local"`` or ``"ray"``.
 
     Raises:
         RecipeError: the first problem, with its line and the accepted values.
     """
     path = Path(path)
     return parse_recipe(read_recipe_text(path), str(path), path.resolve().parent, overrides, data=data, output=output,
-                        limit=limit)
+                        limit=limit, engine=engine)
 
 
 def read_recipe_text(path: Path) -> str:
