@@ -250,17 +250,18 @@ def test_two_processes_share_the_shards_and_build_the_one_process_entry_bit_for_
     """Under torchrun with two CPU processes (gloo), each process computes its block of every entry's shards, and
     the entries, and the mean fuser's predictions on them, equal one process's exactly."""
     script = Path(__file__).with_name("_shard_launch_script.py")
-    results = {}
-    for processes in (1, 2):
-        out = tmp_path / f"{processes}.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: the same kernels
+    launched = {}
+    for processes in (1, 2):  # started together: their imports overlap (the ports differ: --standalone)
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path / f"cache{processes}"), str(out),
-                               str(bert_classifier_dir), str(roberta_classifier_dir), str(bert_encoder_dir)],
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert done.returncode == 0, done.stderr[-4000:]
-        results[processes] = load_file(out)
-    one, two = results[1], results[2]
+        launched[processes] = subprocess.Popen(
+            [sys.executable, *launcher, str(script), str(tmp_path / f"cache{processes}"),
+             str(tmp_path / f"{processes}.safetensors"), str(bert_classifier_dir), str(roberta_classifier_dir),
+             str(bert_encoder_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    for process in launched.values():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-4000:]
+    one, two = (load_file(tmp_path / f"{n}.safetensors") for n in (1, 2))
     assert int(two["num_processes"]) == 2 and int(one["num_processes"]) == 1
     assert int(one["shards_rank0"]) == 18 and int(one["shards_rank1"]) == 0
     assert int(two["shards_rank0"]) == 9 and int(two["shards_rank1"]) == 9  # 3 entries x 6 shards, half each
