@@ -23,7 +23,8 @@ import fusion.io
 from fusion import Ensemble, PersistenceError
 from fusion.io import atomic_directory, recover_directory
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks writer processes")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="forks writer processes"),
+              pytest.mark.usefixtures("one_torch_thread")]  # set before ``pair``: one thread for every prediction
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a great film", "a dull film", "not bad at all", "the worst plot"]
