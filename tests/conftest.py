@@ -29,6 +29,16 @@ def _private_output_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_subprocesses(monkeypatch):
+    """Processes a test starts (recipes, benchmarks, torchrun scripts, the CLI) use one OpenMP thread, as
+    ``one_torch_thread`` does in-process: their tiny tensors gain nothing from a second thread, and on a busy
+    2-core machine the two spin-wait on each other (the trec_fusers recipe took 104-126 s at load 3 instead of
+    24-30 s). A value the caller set is kept; this process's own threads are untouched (torch read it already)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
 def _fresh_state():
     """Reset Accelerate's process-wide singletons and torch's seed so tests cannot leak into each other."""
     from accelerate.state import AcceleratorState, GradientState

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = [
     "(a) transformers pipeline", "(b) loop padded to 128", "(c) length-sorted dynamic padding",
@@ -29,14 +31,55 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in body]
 
 
-def test_smoke_run_writes_every_workload(tmp_path):
-    out = tmp_path / "RESULTS.md"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf-home"), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--smoke", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = out.read_text()
+MERGING_HEADING = "## Merging: streaming merge_checkpoints against loading every model"
+SMOKE = {  # each smoke run's arguments after ``python -m``; ``{out}`` is its results file
+    "run": ["benchmarks.run", "--device", "cpu", "--smoke", "--out", "{out}"],
+    "merging": ["benchmarks.merging", "--smoke", "--out", "{out}"],
+    "foundation": ["benchmarks.foundation", "--smoke", "--heading", "Smoke run", "--out", "{out}"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """The three smoke runs, started together when the first of their tests runs (each waits for its own):
+    most of each is single-threaded imports and fresh worker processes, so on 2 cores they overlap well. Each
+    has its own folder, HF_HOME, output cache and results file; the merging one starts from a results file
+    that already holds its section."""
+    runs = {}
+    for name, args in SMOKE.items():
+        folder = tmp_path_factory.mktemp(f"smoke-{name}")
+        out = folder / ("FOUNDATION.md" if name == "foundation" else "RESULTS.md")
+        if name == "merging":
+            out.write_text(f"# fusion benchmarks\n\n{MERGING_HEADING}\n\nold numbers\n\n## Targets\n\nkept\n")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HOME": str(folder / "hf-home"), "TOKENIZERS_PARALLELISM": "false",
+               "FUSION_CACHE": str(folder / "fusion-cache"),  # set here: the per-test autouse fixtures run later
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:  # no pipe to fill
+            process = subprocess.Popen([sys.executable, "-m", *(a.format(out=out) for a in args)], cwd=REPO,
+                                       env=env, stdout=stdout, stderr=stderr)
+        runs[name] = (process, out, folder)
+    yield runs
+    for process, _, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _finished(runs: dict, name: str) -> str:
+    """The results file of smoke run ``name`` once it exited 0 (its stderr's end otherwise)."""
+    process, out, folder = runs[name]
+    try:
+        process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, (folder / "stderr").read_text()[-3000:]
+    return out.read_text()
+
+
+def test_smoke_run_writes_every_workload(smoke_runs):
+    text = _finished(smoke_runs, "run")
     for header in ("# fusion benchmarks", "- date:", "- device: CPU", "torch 2", "transformers ", "accelerate ",
                    "fusion ", "- command: `python -m benchmarks.run --device cpu --smoke --out",
                    "CPU run: GPU targets not measurable here"):
@@ -67,19 +110,11 @@ def _check_merge_rows(rows: list[list[str]], counts: list[int]) -> None:
             assert time_ratio == rss_ratio == "1" and allocated_ratio in ("1", "n/a")
 
 
-def test_smoke_merging_writes_its_section(tmp_path):
+def test_smoke_merging_writes_its_section(smoke_runs):
     """``python -m benchmarks.merging --smoke``: its section, with every way, replaces an earlier one in the
     results file (the rest kept), and the ways' merged tensors were checked equal."""
-    out = tmp_path / "RESULTS.md"
-    heading = "## Merging: streaming merge_checkpoints against loading every model"
-    out.write_text(f"# fusion benchmarks\n\n{heading}\n\nold numbers\n\n## Targets\n\nkept\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.merging", "--smoke", "--out", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = out.read_text()
-    assert text.count(heading) == 1 and "old numbers" not in text and "## Targets\n\nkept" in text
+    text = _finished(smoke_runs, "merging")
+    assert text.count(MERGING_HEADING) == 1 and "old numbers" not in text and "## Targets\n\nkept" in text
     for line in ("- date:", "- machine: CPU", "- command: `python -m benchmarks.merging --smoke --out",
                  "**smoke run**"):
         assert line in text
@@ -88,15 +123,9 @@ def test_smoke_merging_writes_its_section(tmp_path):
     _check_merge_rows(_table_rows(text), counts=[2])
 
 
-def test_smoke_foundation_writes_both_parts(tmp_path):
+def test_smoke_foundation_writes_both_parts(smoke_runs):
     """``python -m benchmarks.foundation --smoke``: both tables land in the results file with positive numbers."""
-    out = tmp_path / "FOUNDATION.md"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf-home"), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.foundation", "--smoke", "--heading", "Smoke run",
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = out.read_text()
+    text = _finished(smoke_runs, "foundation")
     for header in ("# fusion foundation benchmark", "## Smoke run", "- machine: ", "nproc ", "torch 2",
                    "transformers ", "- command: `HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false python -m "
                    "benchmarks.foundation --smoke", "**smoke run**"):

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import fusion.io
 from fusion import Ensemble, PersistenceError
 from fusion.io import atomic_directory, recover_directory
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks writer processes")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="forks writer processes"),
+              pytest.mark.usefixtures("one_torch_thread")]  # set before ``pair``: one thread for every prediction
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a great film", "a dull film", "not bad at all", "the worst plot"]
@@ -51,7 +53,22 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.parent.iterdir() if p.name.startswith(f".{directory.name}."))
 
 
+def _own_progress_lock() -> None:
+    """Give this forked writer a tqdm write lock of its own. tqdm's default lock holds a multiprocessing semaphore
+    that a forked child shares with its parent, and every bar takes it, even a disabled one: a writer killed while
+    holding it left it held for good, and the test's next bar (transformers' loading bar in from_pretrained) then
+    waited for ever (a hang seen in the killed-at-random test)."""
+    from tqdm import tqdm
+
+    classes = [tqdm]
+    while classes:
+        cls = classes.pop()
+        cls.set_lock(threading.RLock())
+        classes += cls.__subclasses__()
+
+
 def _save_forever(ensembles: list[Ensemble], directory: Path, start: int) -> None:
+    _own_progress_lock()
     index = start
     while True:
         ensembles[index % 2].save_pretrained(directory)

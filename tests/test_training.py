@@ -661,7 +661,8 @@ def test_warns_when_launched_distributed_but_accelerate_sees_one_process(monkeyp
     assert "lonely: WORLD_SIZE=2 but Accelerate sees one process" in caplog.text
 
 
-def run_script(outdir: Path, processes: int) -> dict:
+def start_script(outdir: Path, processes: int) -> subprocess.Popen:
+    """The script in ``processes`` processes, started (stdout and stderr go to files in ``outdir``)."""
     script = Path(__file__).with_name("_train_script.py")
     outdir.mkdir()
     # --standalone rendezvouses on a free port of its own choosing, so parallel runs cannot clash on 29500.
@@ -670,10 +671,18 @@ def run_script(outdir: Path, processes: int) -> dict:
         if processes > 1
         else []
     )
-    done = subprocess.run(
-        [sys.executable, *launcher, str(script), str(outdir)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    with open(outdir / "stdout", "w") as stdout, open(outdir / "stderr", "w") as stderr:
+        return subprocess.Popen([sys.executable, *launcher, str(script), str(outdir)], stdout=stdout, stderr=stderr)
+
+
+def script_results(process: subprocess.Popen, outdir: Path, processes: int) -> dict:
+    """What the started script wrote, once it exited 0."""
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, (outdir / "stderr").read_text()[-4000:]
     from safetensors.torch import load_file
 
     ranks = [json.loads((outdir / f"rank{r}.json").read_text()) for r in range(processes)]
@@ -683,7 +692,14 @@ def run_script(outdir: Path, processes: int) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    one, two = run_script(tmp_path / "one", 1), run_script(tmp_path / "two", 2)
+    # Both at once: much of each is single-threaded imports, which overlap on 2 cores.
+    started = {n: start_script(tmp_path / name, n) for n, name in ((1, "one"), (2, "two"))}
+    try:
+        one, two = (script_results(started[n], tmp_path / name, n) for n, name in ((1, "one"), (2, "two")))
+    finally:
+        for process in started.values():
+            process.kill()  # only the other one, if one failed: a finished process ignores it
+            process.wait()
     assert [r["num_processes"] for r in two["ranks"]] == [2, 2] and one["ranks"][0]["num_processes"] == 1
     # Micro-batches of 15 rows split 8/7; the 1-row last micro-batch leaves rank 1 a 1-row dummy forward.
     assert two["ranks"][0]["rows_seen"][:5] == [8, 8, 8, 8, 1]
