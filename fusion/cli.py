@@ -190,7 +190,7 @@ def _fit_with_cli_advice(ensemble: Any, splits: Any, console: Console) -> None:
 
 
 def run_build(args: argparse.Namespace, console: Console) -> int:
-    from .engines.local import is_main_process
+    from .engines.local import finish_launch, is_main_process
     from .ensemble.persistence import check_replaceable
     from .recipe import load_recipe, parse_override
 
@@ -220,6 +220,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     console.step(f"fitting members and {len(ensemble.fusers)} fuser(s)")
     _fit_with_cli_advice(ensemble, splits, console)
     if not is_main_process():  # under accelerate launch / torchrun, the main process reports and saves
+        finish_launch()
         return EXIT_OK
     console.step("evaluating every fuser on the validation split")  # saved with the ensemble, in its model card
     _print_build_table(ensemble, ensemble.report_)
@@ -227,6 +228,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
     atomic_write_text(recipe.output / "recipe.yaml", recipe.resolved_yaml())
     print(f"saved the ensemble to {saved} (recipe as run: {recipe.output / 'recipe.yaml'})")
     _save_report(ensemble.report_, recipe.output / "report", recipe.report.formats)
+    finish_launch()
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from tiny_models import make_toy_sentiment  # noqa: E402
 import fusion.engines.local as local  # noqa: E402
 from fusion import Ensemble, HFClassifier, HFEncoder, LinearHead  # noqa: E402
 from fusion.cache.store import OutputCache  # noqa: E402
+from fusion.engines.local import finish_launch  # noqa: E402
 from fusion.inputs import TextData  # noqa: E402
 from fusion.training import process_state  # noqa: E402
 
@@ -57,6 +58,7 @@ def main(cache_dir: str, out: Path, bert: str, roberta: str, encoder: str) -> No
         save_file({"clf": clf.logits.contiguous(), "pooled_mean": pooled["mean"], "pooled_cls": pooled["cls"],
                    "proba": proba, "num_processes": torch.tensor(state.num_processes),
                    "shards_rank0": gathered[0][0], "shards_rank1": gathered[1][0]}, str(out))
+    finish_launch()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,16 @@ def is_main_process() -> bool:
     return state is None or state.is_main_process
 
 
+def finish_launch() -> None:
+    """End this process's part in a multi-process launch (nothing in one process): wait for every process, then
+    close the process group, so that no process exits while another still works (a process leaving with its
+    group's threads running can abort, and torchrun then stops the others)."""
+    state = launch_state()
+    if state is not None:
+        state.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+
+
 @ENGINES.register("local")
 class LocalEngine(Engine):
     """Shards in this process, one after another (or each process of a launch its block of them).
