@@ -303,8 +303,8 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def provenance(argv: Sequence[str], seconds: float) -> list[str]:
-    """Date, machine, versions and command of a standalone run."""
+def provenance(argv: Sequence[str], seconds: float, module: str = "benchmarks.merging") -> list[str]:
+    """Date, machine, versions and command (``python -m module argv``) of a standalone run."""
     import torch
 
     import fusion
@@ -316,7 +316,7 @@ def provenance(argv: Sequence[str], seconds: float) -> list[str]:
             f"{package_version('transformers')}, safetensors {package_version('safetensors')}, fusion "
             f"{fusion.__version__} (git {git_revision('unknown revision')}; imported from "
             f"{Path(fusion.__file__).parent})",
-            f"- command: `{shlex.join(['python', '-m', 'benchmarks.merging', *argv])}`; total wall time "
+            f"- command: `{shlex.join(['python', '-m', module, *argv])}`; total wall time "
             f"{seconds / 60:.1f} min",
             f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f} (the machine may be shared with other "
             "work)"]

@@ -71,14 +71,24 @@ def compare(outputs: dict, reference: dict) -> tuple[bool, float]:
     return equal, diff
 
 
+HEADING = "## Scale-out: the Ray engine against the local one"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .foundation import write_section
+    from .merging import provenance
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000, help="SST-2 training texts (the first N)")
     parser.add_argument("--shard-rows", type=int, default=250)
     parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: the cluster's CPUs)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"),
+                        help="results file whose Ray section is written")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    begin = time.perf_counter()
     import ray
 
     set_progress(False)
@@ -101,17 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         results["ray, warm"] = build(args.model, data, root / "ray-warm", args.shard_rows, engine, actors)
         ray.shutdown()
     reference = results["local"]["outputs"]
-    print(f"\nray.init (a local instance, {args.cpus} CPUs): {init:.1f} s, not in the table; Ray builds on {actors} "
-          "actor(s), 1 CPU (1 torch thread) each; 'ray, warm' is a second build on the running instance\n")
-    print("| engine | seconds to first shard | total seconds | rows/s computing (all workers) | overhead seconds "
-          "| bit-identical to local | max abs diff |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [HEADING, "", *provenance(argv, time.perf_counter() - begin, "benchmarks.ray_engine"),
+             f"- {len(data)} SST-2 texts, {args.shard_rows} rows per shard, model {args.model}; ray {ray.__version__}; "
+             f"ray.init (a local instance, {args.cpus} CPUs): {init:.1f} s, not in the table; Ray builds on {actors} "
+             "actor(s), 1 CPU (1 torch thread) each; 'ray, warm' is a second build on the running instance", "",
+             "| engine | seconds to first shard | total seconds | rows/s computing (all workers) | overhead seconds "
+             "| bit-identical to local | max abs diff |", "|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         equal, diff = compare(result["outputs"], reference)
-        print(f"| {name} | {result['first']:.1f} | {result['total']:.1f} | {result['rate']:.0f} | "
-              f"{result['overhead']:.1f} | {'yes' if equal else 'no'} | {diff:.2e} |")
-    print("\nrows/s computing: rows over the shards' own seconds (where they ran, first shards' model loads "
-          "included) divided among the workers; overhead: total less that (start-up, transfers, idle workers).")
+        lines.append(f"| {name} | {result['first']:.1f} | {result['total']:.1f} | {result['rate']:.0f} | "
+                     f"{result['overhead']:.1f} | {'yes' if equal else 'no'} | {diff:.2e} |")
+    lines += ["", "rows/s computing: rows over the shards' own seconds (where they ran, first shards' model loads "
+              "included) divided among the workers; overhead: total less that (start-up, transfers, idle workers)."]
+    print("\n".join(lines))
+    write_section(args.out, HEADING, lines, preamble="# fusion benchmarks\n")
+    print(f"\nwritten to {args.out}")
     return 0
 
 

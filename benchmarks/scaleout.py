@@ -9,7 +9,9 @@ SST-2 training texts, from an empty cache, in a fresh process (``benchmarks/scal
 * ``P processes``: ``torchrun --nproc_per_node P``, the same shards split between the processes (on CPU each
   process gets ``cores / P`` threads, as torchrun sets; on a multi-GPU machine each process its own GPU);
 * ``resume``: a sharded one-process build is killed once about half of its shards are written, then run again:
-  the rerun's computed shards are counted.
+  the rerun's computed shards are counted;
+* the cost of sharding itself, in one process with the model loaded once: the pass in one go against shards of
+  several sizes.
 
 Seconds are the build's own (model load included; the slowest process), medians over ``--repeats`` runs with
 the workloads interleaved; ratios are between medians of this run. Each build's embeddings are compared with the
@@ -20,7 +22,7 @@ of 1 and 2 processes at equal thread counts.
 The Ray engine's figures come from ``python -m benchmarks.ray_engine`` (a Ray cluster's start-up is its own
 cost). The same command runs unchanged on a multi-GPU machine (P defaults to the number of GPUs there)::
 
-    python -m benchmarks.scaleout                         # CPU: 2,000 rows, 250 per shard, 2 processes
+    python -m benchmarks.scaleout                         # CPU: 4,000 rows, 1,000 per shard, 2 processes
     python -m benchmarks.scaleout --rows 50000 --shard-rows 5000    # a multi-GPU machine
 """
 
@@ -129,6 +131,36 @@ def run(rows: int, shard_rows: int, processes: int, repeats: int, directory: Pat
             f"computed {resumed['computed']} ({'exactly the missing ones' if ok else 'NOT just the missing ones'})."]
 
 
+def shard_sizes(rows: int, sizes: Sequence[int], repeats: int) -> list[str]:
+    """In one process, one loaded model: the backbone pass over the rows in one go against shards of each size (the
+    shard functions alone, no cache), medians of ``repeats`` interleaved runs."""
+    from benchmarks.data import load_corpus
+    from benchmarks.models import minilm_path
+    from fusion import HFEncoder, LinearHead
+    from fusion.inputs import TextData
+    from fusion.progress import set_progress
+
+    set_progress(False)
+    texts = load_corpus(REPO.parent / "shared" / "data" / "sst2").train.texts[:rows]
+    member, data = HFEncoder(str(minilm_path()), head=LinearHead(), show_progress=False), TextData(texts)
+    member.pooled_rows(data.select(range(min(rows, 64))))  # load the model once, outside the timings
+    seconds: dict[int, list[float]] = {size: [] for size in (rows, *sizes)}
+    for _ in range(repeats):
+        for size in seconds:
+            start = time.perf_counter()
+            for first in range(0, rows, size):
+                member.pooled_rows(data.select(range(first, min(first + size, rows))))
+            seconds[size].append(time.perf_counter() - start)
+    one = statistics.median(seconds[rows])
+    lines = [[f"{size} ({-(-rows // size)} shard(s))", number(statistics.median(runs)),
+              number(rows / statistics.median(runs)), number(statistics.median(runs) / one)]
+             for size, runs in seconds.items()]
+    return [f"The cost of sharding itself: the same pass over {rows} rows in one process, in one go and in shards "
+            "(the model loaded once; each shard's rows are sorted by length and batched on their own, so small "
+            "shards pad more):", "",
+            table(["rows per shard", "median s", "rows/s", "x one go"], lines)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .foundation import write_section
     from .merging import provenance
@@ -136,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cli = argparse.ArgumentParser(prog="python -m benchmarks.scaleout", description=__doc__.split("\n\n")[0])
     gpus = torch.cuda.device_count()
-    cli.add_argument("--rows", type=int, default=2000)
-    cli.add_argument("--shard-rows", type=int, default=250)
+    cli.add_argument("--rows", type=int, default=4000)
+    cli.add_argument("--shard-rows", type=int, default=1000)
+    cli.add_argument("--sizes", default="250,500,1000", help="shard sizes for the cost-of-sharding table")
     cli.add_argument("--processes", type=int, default=gpus if gpus > 1 else 2)
     cli.add_argument("--repeats", type=int, default=3)
     cli.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -145,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fusion-scaleout-") as directory:
         body = run(args.rows, args.shard_rows, args.processes, args.repeats, Path(directory))
-    lines = [HEADING, "", *provenance(argv, time.perf_counter() - start)]
-    lines[-2] = lines[-2].replace("benchmarks.merging", "benchmarks.scaleout")
+    body += ["", *shard_sizes(args.rows, [int(x) for x in args.sizes.split(",")], args.repeats)]
+    lines = [HEADING, "", *provenance(argv, time.perf_counter() - start, "benchmarks.scaleout")]
     device = f"{gpus} GPU(s): {torch.cuda.get_device_name(0)}" if gpus else "CPU only"
     lines += [f"- device: {device}; the same command on a multi-GPU machine: `python -m benchmarks.scaleout "
               f"--rows 50000 --shard-rows 5000` (one process per GPU)", "", *body]
