@@ -16,7 +16,7 @@ SST-2 training texts, from an empty cache, in a fresh process (``benchmarks/scal
 Seconds are the build's own (model load included; the slowest process), medians over ``--repeats`` runs with
 the workloads interleaved; ratios are between medians of this run. Each build's embeddings are compared with the
 sharded one-process build's: exactly equal, or the largest absolute difference. The one-file build batches rows
-across shard boundaries, so its padding, and its last bits, differ; ``tests/test_shards.py`` checks bit equality
+across shard boundaries, so its padding, and its last bits, differ; ``tests/test_distributed.py`` checks bit equality
 of 1 and 2 processes at equal thread counts.
 
 The Ray engine's figures come from ``python -m benchmarks.ray_engine`` (a Ray cluster's start-up is its own

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fusion import Ensemble, HFClassifier, HFEncoder, LinearHead
 from fusion.cache.shards import MANIFEST, ShardedEntry, shard_ranges
@@ -242,31 +241,6 @@ def test_a_member_pickles_without_its_loaded_model_and_loads_it_again(bert_class
     copy = pickle.loads(pickle.dumps(member))
     assert copy._model is None and len(pickle.dumps(member)) < 50_000  # the weights do not travel
     torch.testing.assert_close(copy.compute_rows(rows)["logits"], before, rtol=0, atol=0)
-
-
-@pytest.mark.slow
-def test_two_processes_share_the_shards_and_build_the_one_process_entry_bit_for_bit(
-        bert_classifier_dir, roberta_classifier_dir, bert_encoder_dir, tmp_path):
-    """Under torchrun with two CPU processes (gloo), each process computes its block of every entry's shards, and
-    the entries, and the mean fuser's predictions on them, equal one process's exactly."""
-    script = Path(__file__).with_name("_shard_launch_script.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: the same kernels
-    launched = {}
-    for processes in (1, 2):  # started together: their imports overlap (one torchrun: one rendezvous)
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if processes > 1 else []
-        launched[processes] = subprocess.Popen(
-            [sys.executable, *launcher, str(script), str(tmp_path / f"cache{processes}"),
-             str(tmp_path / f"{processes}.safetensors"), str(bert_classifier_dir), str(roberta_classifier_dir),
-             str(bert_encoder_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    for process in launched.values():
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-4000:]
-    one, two = (load_file(tmp_path / f"{n}.safetensors") for n in (1, 2))
-    assert int(two["num_processes"]) == 2 and int(one["num_processes"]) == 1
-    assert int(one["shards_rank0"]) == 18 and int(one["shards_rank1"]) == 0
-    assert int(two["shards_rank0"]) == 9 and int(two["shards_rank1"]) == 9  # 3 entries x 6 shards, half each
-    for name in ("clf", "pooled_mean", "pooled_cls", "proba"):
-        assert torch.equal(two[name], one[name]), name
 
 
 def test_cache_info_counts_a_sharded_entry_once_and_clear_removes_it_by_age(tmp_path):

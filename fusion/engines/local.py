@@ -4,7 +4,7 @@ Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) every process ca
 (an ensemble's fit already runs so): Accelerate's ``split_between_processes`` gives each process a contiguous
 block of the entry's shards, each computes those of its block still missing, and all wait for each other before
 anyone reads the entry. Every shard is computed by the same function of the same rows, so the entry equals one
-process's bit for bit on CPU (``tests/test_shards_distributed.py``). A process whose shard failed tells the
+process's bit for bit on CPU (``tests/test_distributed.py``). A process whose shard failed tells the
 others through one all-reduce, so they all raise instead of waiting.
 """
 
