@@ -453,12 +453,8 @@ class OutputCache:
         computed through this cache, which it lists as shared together with the entries it found cached.
         """
         key = (member_fp, data_fp, variant)
-        cached = self._entry(key)
-        if cached is not None:
-            self.hits += 1
-            self._note_reuse(key, cached.cost, 0.0)
-            return cached.outputs
-        self.misses += 1
+        if (cached := self._hit(key)) is not None:
+            return cached
         frame, start = _Frame(), time.perf_counter()
         self._frames.append(frame)
         try:
@@ -469,6 +465,17 @@ class OutputCache:
         entry = self._put(key, outputs, max(elapsed - frame.nested, 0.0), label, frame.shared)
         self._note_reuse(key, entry.cost, elapsed)
         return entry.outputs
+
+    def _hit(self, key: Key) -> Outputs | None:
+        """The entry's outputs, counted as a hit and as reused by the computation in progress; None (a miss,
+        counted) if it must be computed."""
+        cached = self._entry(key)
+        if cached is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._note_reuse(key, cached.cost, 0.0)
+        return cached.outputs
 
     def get_or_compute_rows(self, job: RowJob, compute: Callable[[], Outputs] | None = None) -> Outputs:
         """Like :meth:`get_or_compute` for a row-wise job (a model's pass over a dataset): the cached entry, else
@@ -487,12 +494,8 @@ class OutputCache:
         if self.directory is None or self._in_small_call or (self.engine.local and len(job.data) <= self.shard_rows):
             return self.get_or_compute(member_fp, data_fp, compute or (lambda: job.run(job.data)), variant,
                                        label=job.label)
-        cached = self._entry(key)
-        if cached is not None:
-            self.hits += 1
-            self._note_reuse(key, cached.cost, 0.0)
-            return cached.outputs
-        self.misses += 1
+        if (cached := self._hit(key)) is not None:
+            return cached
         start = time.perf_counter()
         sharded = ShardedEntry(self._shards_path(*key), key, len(job.data), self.shard_rows)
         self.engine.build(job, sharded)
