@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import FusionError
+from ..errors import ConfigError, FusionError
 from ..progress import describe, progress_enabled
 from ..registry import Registry
 
@@ -113,8 +113,6 @@ class Engine(abc.ABC):
 
     def __init__(self, retries: int = 2) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            from ..errors import ConfigError
-
             raise ConfigError(f"{type(self).__name__}: retries must be an integer >= 0; got {retries!r}.")
         self.retries = retries
 
@@ -142,8 +140,6 @@ def make_engine(engine: str | Engine | None) -> Engine:
     if engine is None:
         engine = "local"
     if not isinstance(engine, str):
-        from ..errors import ConfigError
-
         raise ConfigError(f"engine must be a registered engine name ({', '.join(ENGINES.names())}) or an Engine; "
                           f"got {type(engine).__name__}.")
     return ENGINES.get(engine)()
