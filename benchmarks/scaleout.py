@@ -120,7 +120,7 @@ def run(rows: int, shard_rows: int, processes: int, repeats: int, directory: Pat
                       " + ".join(map(str, runs[0]["computed"])), number(median), number(rows / median),
                       number(base / median), number(wall), compare(runs[0]["mean"], reference)])
     resumed = resume(directory, rows, shard_rows)
-    lines.append(["resume after a kill at about half", "1", str(rows), str(shard_rows),
+    lines.append(["resume after a kill at about half (one run)", "1", str(rows), str(shard_rows),
                   f"{resumed['computed']} (of {resumed['total']}; {resumed['before']} on disk before)",
                   number(resumed["seconds"]), "", "", "", compare(resumed["mean"], reference)])
     ok = resumed["computed"] == resumed["total"] - resumed["before"]

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-import fusion.engines.local as local  # noqa: E402
 from benchmarks.data import load_corpus  # noqa: E402
 from benchmarks.models import minilm_path  # noqa: E402
 from fusion import HFEncoder, LinearHead  # noqa: E402
@@ -44,23 +43,16 @@ def main() -> None:
     cli.add_argument("--model", default=None, help="encoder folder (default: all-MiniLM-L6-v2)")
     args = cli.parse_args()
     set_progress(False)
-    computed = []
-    original = local.compute_shard
-
-    def counted(job, entry, index, retries):
-        original(job, entry, index, retries)
-        computed.append(index)
-
-    local.compute_shard = counted
     texts = load_corpus(DATA).train.texts[: args.rows]
     member = HFEncoder(str(args.model or minilm_path()), head=LinearHead(), show_progress=False)
     state = launch_state()
     if state is not None:
         state.wait_for_everyone()
     start = time.perf_counter()
-    pooled = member.pooled(TextData(texts), OutputCache(args.cache, shard_rows=args.shard_rows))
+    cache = OutputCache(args.cache, shard_rows=args.shard_rows)
+    pooled = member.pooled(TextData(texts), cache)
     seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-    counts = torch.tensor([len(computed)], dtype=torch.int64)
+    counts = torch.tensor([cache.engine.computed], dtype=torch.int64)  # the shards this process wrote
     if state is not None:
         every = [torch.zeros_like(counts, device=state.device) for _ in range(state.num_processes)]
         torch.distributed.all_gather(every, counts.to(state.device))

@@ -23,7 +23,6 @@ from helpers import tfidf_member  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tiny_models import make_toy_sentiment  # noqa: E402
 
-import fusion.engines.local as local  # noqa: E402
 from fusion import Ensemble, HFClassifier, HFEncoder, LinearFuser, MLPHead, StackingFuser, TrainConfig  # noqa: E402
 from fusion.cache.store import OutputCache  # noqa: E402
 from fusion.engines.local import finish_launch  # noqa: E402
@@ -35,14 +34,6 @@ QUIET = {"show_progress": False}
 def main(out: Path, encoder_dir: str, classifier_dir: str, cache_dir: str) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as each process of the launch: the same kernels, bit for bit
-    computed = []
-    original = local.compute_shard
-
-    def counted(job, entry, index, retries):
-        original(job, entry, index, retries)
-        computed.append(index)
-
-    local.compute_shard = counted
     train, validation = make_toy_sentiment(120, 0), make_toy_sentiment(40, 1)
     head_config = TrainConfig(learning_rate=1e-2, max_epochs=15, batch_size=15, patience=None, **QUIET)
     members = [HFEncoder(encoder_dir, head=MLPHead(hidden=16, dropout=0.0), train_config=head_config, name="enc",
@@ -57,7 +48,7 @@ def main(out: Path, encoder_dir: str, classifier_dir: str, cache_dir: str) -> No
     results["pooled"] = ensemble.members_[0].pooled(rows, ensemble.cache)["mean"]
     results["clf"] = ensemble.cache.get(ensemble.members_[2].fingerprint, rows.fingerprint)["logits"]
     state = PartialState()
-    counts = torch.tensor([len(computed)])
+    counts = torch.tensor([ensemble.cache.engine.computed])  # the shards this process wrote
     every = [torch.zeros_like(counts) for _ in range(state.num_processes)]
     if state.num_processes > 1:
         torch.distributed.all_gather(every, counts)

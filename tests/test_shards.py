@@ -78,6 +78,7 @@ def test_a_large_entry_is_written_as_shards_and_read_back_in_row_order(tmp_path)
     out = cache.get_or_compute_rows(job(rows_data(10), run))
     torch.testing.assert_close(out, expected(10), rtol=0, atol=0)
     assert run.calls == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]  # each shard once, on exactly its rows
+    assert cache.engine.computed == 3
     folder = shard_folder(cache)
     assert sorted(p.name for p in folder.iterdir()) == [
         MANIFEST, "rows-000000000-000000004.safetensors", "rows-000000004-000000008.safetensors",
@@ -113,9 +114,9 @@ def test_a_failing_shard_stops_the_build_naming_the_member_and_rows_and_keeps_th
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert failing.failed == 2 and failing.calls == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert not (shard_folder(cache) / MANIFEST).exists()
-    resumed = Counting()
-    out = OutputCache(tmp_path, shard_rows=4).get_or_compute_rows(job(rows_data(10), resumed))
-    assert resumed.calls == [(8, 9)]  # only the missing shard
+    resumed, again = Counting(), OutputCache(tmp_path, shard_rows=4)
+    out = again.get_or_compute_rows(job(rows_data(10), resumed))
+    assert resumed.calls == [(8, 9)] and again.engine.computed == 1  # only the missing shard
     torch.testing.assert_close(out, expected(10), rtol=0, atol=0)
 
 

@@ -176,6 +176,12 @@ class ShardedEntry:
         against their checksum when read)."""
         return self._header(index) is not None
 
+    def written(self) -> int:
+        """How many of the entry's shard files exist (names only: a cheap count for progress, nothing verified)."""
+        names = {self.path(i).name for i in range(len(self.ranges))}
+        return sum(1 for path in self.folder.glob("rows-*.safetensors") if path.name in names) \
+            if self.folder.is_dir() else 0
+
     def missing(self) -> list[int]:
         """Indices of the shards still to compute."""
         return [i for i in range(len(self.ranges)) if not self.has(i)]

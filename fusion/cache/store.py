@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 
+from ..engines import make_engine
 from ..errors import ConfigError, FusionError
 from ..io import atomic_save_tensors, sha256_tensors
 from .shards import SHARDS_SUFFIX, ShardedEntry
@@ -268,7 +269,6 @@ class OutputCache:
     def __init__(self, directory: str | os.PathLike | None = None, max_memory_entries: int = 256, *,
                  memory_only: bool = False, max_token_entries: int = 8, small_call_rows: int = 1000,
                  shard_rows: int = 8192, engine: str | Engine | None = None) -> None:
-        from ..engines import make_engine
 
         if memory_only and directory is not None:
             raise ConfigError(f"OutputCache: directory={str(directory)!r} and memory_only=True contradict each "

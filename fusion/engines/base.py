@@ -106,6 +106,7 @@ class Engine(abc.ABC):
         local: True when shards run in this process (or the processes of this launch), so an entry small enough
             for one shard is simply computed here, unsharded; a remote engine shards every entry it is given.
         retries: how many times a failing shard is tried again before the build stops with a ``ShardError``.
+        computed: the shards this engine has written so far (in this process: its own share under a launch).
     """
 
     name: ClassVar[str]
@@ -115,6 +116,7 @@ class Engine(abc.ABC):
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ConfigError(f"{type(self).__name__}: retries must be an integer >= 0; got {retries!r}.")
         self.retries = retries
+        self.computed = 0
 
     @abc.abstractmethod
     def build(self, job: RowJob, entry: ShardedEntry, show_progress: bool = True) -> None:

@@ -21,7 +21,7 @@ def launch_state():
     """Accelerate's process state under a multi-process launch, else None (one process: no state is created)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from ..training import process_state
+    from ..training import process_state  # here: training imports the cache, which imports the engines
 
     state = process_state()
     return state if state.num_processes > 1 else None
@@ -58,6 +58,7 @@ class LocalEngine(Engine):
             with shard_bar(job, entry, show_progress) as bar:
                 for index in entry.missing():
                     compute_shard(job, entry, index, self.retries)
+                    self.computed += 1
                     bar.update()
             return
         failure: ShardError | None = None
@@ -71,8 +72,10 @@ class LocalEngine(Engine):
                 except ShardError as err:
                     failure = err
                     break
-                bar.n = len(entry.ranges) - len(entry.missing())  # every process's shards, counted on disk
-                bar.refresh()
+                self.computed += 1
+                if state.is_main_process:  # every process's shards, counted by their files
+                    bar.n = entry.written()
+                    bar.refresh()
         failed = torch.tensor([0.0 if failure is None else 1.0], device=state.device)
         torch.distributed.all_reduce(failed)
         if failure is not None:

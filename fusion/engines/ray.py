@@ -250,6 +250,7 @@ class RayEngine(Engine):
                 if error:
                     failures[index] = error
                 else:
+                    self.computed += 1
                     bar.update()
         except Exception as err:  # Ray itself failed (a dead actor, a lost node): the shards not back failed
             first_line = (str(err).strip().splitlines() or [""])[0]

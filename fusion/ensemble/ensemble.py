@@ -346,20 +346,27 @@ class Ensemble:
         self.members_ = self._fit_members(train_data)
         self.fusers = as_fusers(self.fuser)
         outputs, labels_ids = self._fuser_rows(mode, train_data, val_data)
-        self._fuser_outputs = (outputs, labels_ids)  # what prune chooses members on and refits fusers on
         logger.info("fitting %d fuser(s) on %d %s rows", len(self.fusers), len(labels_ids), mode)
-        candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels_ids, cv=self.cv, seed=self.seed,
-                                    cross_validate=len(self.fusers) > 1 or mode == "validation")
-        best = best_candidate(candidates, labels_ids)
-        self.fuser_, self.fuser_data_ = best.fuser, mode
-        self.candidates_ = {c.label: c.fuser for c in candidates}
-        self.selection_ = _selection(candidates, best, mode, self.cv, labels_ids) if len(candidates) > 1 else None
+        candidates = self._choose_fuser(outputs, labels_ids, mode)
         self.member_fitting_ = self._member_fitting(mode)
         self._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation"}
         self._validation, self._report, self._metrics = val_data, None, None
         self.students_ = {}  # students distilled from an earlier fit learnt from another ensemble
         self._validation_facts = data_facts(validation) if validation is not None else {}  # for report_'s title
         return self
+
+    def _choose_fuser(self, outputs: MemberOutputs, labels: np.ndarray, mode: str) -> list[Candidate]:
+        """Fit every candidate fuser (and the best member) on the fuser's rows and keep the best (``selection.py``):
+        sets ``fuser_``, ``fuser_data_``, ``candidates_``, ``selection_`` and the rows kept for ``prune``; returns
+        the candidates."""
+        candidates = fit_candidates(with_member_candidate(self.fusers), outputs, labels, cv=self.cv, seed=self.seed,
+                                    cross_validate=len(self.fusers) > 1 or mode == "validation")
+        best = best_candidate(candidates, labels)
+        self.fuser_, self.fuser_data_ = best.fuser, mode
+        self.candidates_ = {c.label: c.fuser for c in candidates}
+        self.selection_ = _selection(candidates, best, mode, self.cv, labels) if len(candidates) > 1 else None
+        self._fuser_outputs = (outputs, labels)  # what prune chooses members on and refits fusers on
+        return candidates
 
     # --- prediction ---------------------------------------------------------------------------------------
     def _fitted_fuser(self) -> Fuser:

@@ -26,7 +26,6 @@ from ..config import is_int, is_number
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.cost import cost_accuracy
 from ..inputs import TextData
-from .selection import best_candidate, fit_candidates, with_member_candidate
 
 if TYPE_CHECKING:
     from ..fusers import MemberOutputs
@@ -98,7 +97,7 @@ def prune(ensemble: Ensemble, *, max_seconds_per_1k: float | None = None, max_me
         ConfigError: no limit, a bad one, or no subset within them (naming the cheapest achievable cost).
         NotFittedError: an ensemble not fitted.
     """
-    from .ensemble import Ensemble, _selection
+    from .ensemble import Ensemble
 
     _check_limits(max_seconds_per_1k, max_members)
     if ensemble.fuser_ is None or ensemble.members_ is None:
@@ -122,18 +121,12 @@ def prune(ensemble: Ensemble, *, max_seconds_per_1k: float | None = None, max_me
                       text_column=ensemble.text_column, label_column=ensemble.label_column, cache_dir=ensemble.cache,
                       fuser_data=ensemble.fuser_data, cv=ensemble.cv, seed=ensemble.seed)
     mode = ensemble.fuser_data_ or "validation"
-    candidates = fit_candidates(with_member_candidate(pruned.fusers), subset_outputs, np.asarray(fit_labels),
-                                cv=pruned.cv, seed=pruned.seed,
-                                cross_validate=len(pruned.fusers) > 1 or mode == "validation")
-    chosen = best_candidate(candidates, np.asarray(fit_labels))
-    pruned._set_fitted([ensemble.members_[i] for i in keep], chosen.fuser, list(ensemble.labels_))
-    pruned.fuser_data_, pruned.label_note_ = mode, ensemble.label_note_
-    pruned.candidates_ = {c.label: c.fuser for c in candidates}
-    pruned.selection_ = _selection(candidates, chosen, mode, pruned.cv, np.asarray(fit_labels)) if len(candidates) > 1 else None
+    pruned._set_fitted([ensemble.members_[i] for i in keep], None, list(ensemble.labels_))
+    candidates = pruned._choose_fuser(subset_outputs, np.asarray(fit_labels), mode)
+    pruned.label_note_ = ensemble.label_note_
     pruned.member_fitting_ = {n: r for n, r in ensemble.member_fitting_.items() if n in best["members"]}
     pruned._cv_proba = {c.label: c.cv_proba for c in candidates if mode == "validation" and fuser_rows is not None}
     pruned._validation, pruned._validation_facts = ensemble._validation, dict(ensemble._validation_facts)
-    pruned._fuser_outputs = (subset_outputs, fit_labels)
     pruned.pruned_ = {
         "members": best["members"], "accuracy": best["accuracy"], "seconds_per_1k": best["seconds_per_1k"],
         "full": {"members": names, "accuracy": everyone["accuracy"], "seconds_per_1k": everyone["seconds_per_1k"]},
